@@ -1,0 +1,95 @@
+"""Fast pure-PyTorch frame-wise bidirectional GDN scans: the CPU path and the GPU fallback.
+
+Because SANA-WM writes a whole frame (S tokens) into the D×D state in one step, each frame's update is an affine map
+of the state, S_t = S_{t-1} W_t + U_t with W_t = g_t (I - A_t), A_t = K_tᵀ B_t K_t and U_t = V_tᵀ B_t K_t. All A_t and
+U_t come from one batched GEMM over the S tokens; only the T-step recurrence over D×D states is sequential, and the
+outputs come from one more batched GEMM against the per-frame states. The backward (exclusive) direction is written
+directly in original time: S^b_t = S^b_{t+1} W_{t+1} + U_{t+1}, S^b_{T-1} = 0 (REFERENCE §1.5.2 step 9).
+
+All maths runs in float32 whatever the input dtype (the released model's `fp32_attention`); outputs are float32.
+Autograd flows through everything (no custom backward), so gradients are exact. See `naive.py` for the reference.
+
+Layout: q, k, q_rot, k_rot, v [B, T, S, H, D]; beta [B, T, S, H]; g [B, T, H].
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check(name: str, x: torch.Tensor, shape: tuple[int | None, ...]) -> None:
+    if x.dim() != len(shape) or any(e is not None and e != s for e, s in zip(shape, x.shape, strict=True)):
+        want = "[" + ", ".join("?" if e is None else str(e) for e in shape) + "]"
+        raise ValueError(f"{name}: expected shape {want}, got {list(x.shape)}")
+
+
+def _validate(q, k, v, beta, g) -> None:
+    _check("q", q, (None,) * 5)
+    B, T, S, H, D = q.shape
+    _check("k", k, (B, T, S, H, D))
+    _check("v", v, (B, T, S, H, None))
+    _check("beta", beta, (B, T, S, H))
+    _check("g", g, (B, T, H))
+
+
+def _transitions(k: torch.Tensor, v: torch.Tensor | None, beta: torch.Tensor):
+    """Per-frame A_t = Σ_s β k kᵀ [B,H,T,D,D] and U_t = Σ_s β v kᵀ [B,H,T,Dv,D] (U = Σ_s β kᵀ when v is None)."""
+    kh = k.float().permute(0, 3, 1, 2, 4)  # [B, H, T, S, D]
+    kb = kh * beta.float().permute(0, 3, 1, 2).unsqueeze(-1)  # β-weighted keys
+    A = kh.transpose(-1, -2) @ kb  # [B, H, T, D, D]
+    if v is None:  # denominator stream: value ≡ 1, so U_t = (Σ_s β_s k_s)ᵀ as a 1×D row
+        U = kb.sum(dim=-2, keepdim=True)  # [B, H, T, 1, D]
+    else:
+        U = v.float().permute(0, 3, 1, 4, 2) @ kb  # [B, H, T, Dv, D]
+    return A, U
+
+
+def _bidirectional_states(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Sum of inclusive-forward and exclusive-backward states per frame: [B, H, T, Dv, D]."""
+    T = A.shape[2]
+    gh = g.float().permute(0, 2, 1)[..., None, None]  # [B, H, T, 1, 1]
+    # S W_t = g_t (S - S A_t): two small GEMMs per frame, batched over B·H.
+    fwd, state = [], U.new_zeros(U[:, :, 0].shape)
+    for t in range(T):
+        state = gh[:, :, t] * (state - state @ A[:, :, t]) + U[:, :, t]
+        fwd.append(state)
+    bwd, state = [None] * T, U.new_zeros(U[:, :, 0].shape)
+    bwd[T - 1] = state
+    for t in range(T - 2, -1, -1):
+        state = gh[:, :, t + 1] * (state - state @ A[:, :, t + 1]) + U[:, :, t + 1]
+        bwd[t] = state
+    return torch.stack(fwd, dim=2) + torch.stack(bwd, dim=2)
+
+
+def _read(q: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """o_{t,s} = states_t q_{t,s}: [B,T,S,H,D] × [B,H,T,Dv,D] → [B, H, T, S, Dv]."""
+    return q.float().permute(0, 3, 1, 2, 4) @ states.transpose(-1, -2)
+
+
+def bidirectional_gdn(q, k, q_rot, k_rot, v, beta, g, eps: float = 1e-8) -> torch.Tensor:
+    """Main-branch frame-wise bidirectional GDN with normaliser. Returns [B, T, S, H, Dv] float32.
+
+    num = (S_fwd + S_bwd) q̃ (rotated keys/queries), den = (z_fwd + z_bwd)ᵀ q (unrotated), out = num / (den + eps).
+
+    Examples:
+        >>> B, T, S, H, D = 1, 3, 5, 2, 8
+        >>> q = k = q_rot = k_rot = v = torch.rand(B, T, S, H, D)
+        >>> out = bidirectional_gdn(q, k, q_rot, k_rot, v, torch.rand(B, T, S, H), torch.rand(B, T, H))
+        >>> out.shape
+        torch.Size([1, 3, 5, 2, 8])
+    """
+    _validate(q_rot, k_rot, v, beta, g)
+    _check("q", q, tuple(q_rot.shape))
+    _check("k", k, tuple(k_rot.shape))
+    A_rot, U = _transitions(k_rot, v, beta)
+    num = _read(q_rot, _bidirectional_states(A_rot, U, g))  # [B, H, T, S, Dv]
+    A, b = _transitions(k, None, beta)
+    den = _read(q, _bidirectional_states(A, b, g))  # [B, H, T, S, 1]
+    return (num / (den + eps)).permute(0, 2, 3, 1, 4)
+
+
+def bidirectional_delta(q, k, v, beta, g) -> torch.Tensor:
+    """Camera-branch single-path bidirectional delta rule (numerator only). Returns [B, T, S, H, Dv] float32."""
+    _validate(q, k, v, beta, g)
+    A, U = _transitions(k, v, beta)
+    return _read(q, _bidirectional_states(A, U, g)).permute(0, 2, 3, 1, 4)
