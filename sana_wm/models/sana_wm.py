@@ -303,6 +303,19 @@ class SanaWM(nn.Module):
         )
         self.final_layer = FinalLayer(C, cfg.out_channels)
         self.initialize_weights()
+        for name, p in self.named_parameters():
+            if self.is_unused_parameter(name):
+                p.requires_grad_(False)  # never reached by forward: no gradient, and DDP needs none
+
+    def is_unused_parameter(self, name: str) -> bool:
+        """Parameters kept only so NVIDIA's checkpoint loads: the raymap embedder (skipped when Plücker injection is
+        on, REFERENCE §2.3) and the GDN gates of softmax blocks (§1.5.3). They are frozen at construction."""
+        if name.startswith("raymap_embedder."):
+            return True
+        parts = name.split(".")
+        if parts[0] == "blocks" and parts[2] == "attn" and parts[3] in ("beta_proj", "gate_proj", "A_log", "dt_bias"):
+            return not self.blocks[int(parts[1])].use_gdn
+        return False
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> SanaWM:

@@ -1,0 +1,162 @@
+"""SANA-WM DiT on CPU: presets, key layout, initialisation, input handling, autograd, precision."""
+
+import pytest
+import torch
+
+from sana_wm import SanaWM
+from sana_wm.checkpoint import to_diffusers_layout
+from sana_wm.parallel import parallelize
+
+
+def _cam(B, T):
+    cc = torch.zeros(B, T, 20)
+    cc[..., :16] = torch.eye(4).flatten()
+    cc[:, 1:, 11] = torch.arange(1, T).float() * 0.5  # forward motion along +Z
+    cc[..., 16:] = torch.tensor([5.0, 5.0, 3.0, 2.0])
+    return cc
+
+
+def _inputs(B=2, T=3, H=4, W=6, C=16, L=5, Cy=32):
+    return torch.randn(B, C, T, H, W), torch.tensor([500.0, 250.0])[:B], torch.randn(B, L, Cy)
+
+
+def test_full_preset_parameter_count_and_pattern():
+    with torch.device("meta"):
+        model = SanaWM.from_preset("sana_wm_1600m_720p")
+    assert model.num_parameters() == 2_661_800_448
+    assert [i for i, b in enumerate(model.blocks) if not b.use_gdn] == [3, 7, 11, 15, 19]
+    assert model.config.head_dim == 112
+
+
+def test_full_preset_matches_diffusers_key_layout():
+    port = pytest.importorskip("diffusers.models.transformers.transformer_sana_wm")
+    with torch.device("meta"):
+        ours = to_diffusers_layout(SanaWM.from_preset("sana_wm_1600m_720p").state_dict())
+        theirs = port.SanaWMTransformer3DModel().state_dict()
+    assert len(theirs) == 870
+    assert sorted(ours) == sorted(theirs)
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    assert sum(v.numel() for v in ours.values()) == 2_661_800_468  # 2.6618 B values incl. 20 recall_gate buffers
+
+
+def test_tiny_preset_is_small_and_keeps_head_dim():
+    model = SanaWM.from_preset("tiny")
+    assert model.config.head_dim == 112 and len(model.blocks) == 4
+    assert [b.use_gdn for b in model.blocks] == [True, True, True, False]
+    assert model.num_parameters() < 10_000_000
+
+
+def test_preset_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown SANA-WM preset 'huge'"):
+        SanaWM.from_preset("huge")
+    with pytest.raises(ValueError, match=r"unknown SanaWMConfig field\(s\) \['hiden_size'\]"):
+        SanaWM.from_preset("tiny", hiden_size=10)
+
+
+def test_camera_branch_contributes_exactly_zero_at_init():
+    model = SanaWM.from_preset("tiny").eval()
+    x, t, y = _inputs()
+    with torch.no_grad():
+        base = model(x, t, y)
+        with_cam = model(x, t, y, camera_conditions=_cam(2, 3), chunk_plucker=torch.randn(2, 48, 3, 4, 6))
+    assert torch.equal(base, with_cam)
+    # …and it is live once the zero-initialised projections move.
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.out_proj_cam.weight.normal_(std=0.05)
+        moved = model(x, t, y, camera_conditions=_cam(2, 3))
+    assert not torch.allclose(moved, base)
+
+
+def test_gdn_init_is_linear_attention_equivalent():
+    attn = SanaWM.from_preset("tiny").blocks[0].attn
+    x = torch.randn(1, 6, 224)
+    beta, g = attn.gates(x, (2, 3, 1))
+    assert torch.allclose(beta, torch.full_like(beta, torch.sigmoid(torch.tensor(5.0)).item()))
+    assert torch.allclose(g, torch.full_like(g, 0.99330715), atol=1e-6)
+    assert torch.allclose(torch.nn.functional.silu(attn.output_gate.bias), torch.ones(224), atol=1e-6)
+    assert torch.equal(attn.conv_k.weight[:, 0, -1], torch.ones(224))
+
+
+def test_timestep_forms_agree_and_are_truncated():
+    model = SanaWM.from_preset("tiny").eval()
+    x, _, y = _inputs(B=2)
+    with torch.no_grad():
+        a = model(x, torch.tensor([731.0, 20.0]), y)
+        b = model(x, torch.tensor([[731.0] * 3, [20.0] * 3]), y)
+        c = model(x, torch.tensor([[[731.9] * 3], [[20.2] * 3]]), y)
+        d = model(x, torch.tensor([[731.0], [20.0]]), y)
+        per_frame = model(x, torch.tensor([[0.0, 731.0, 731.0], [0.0, 20.0, 20.0]]), y)
+    assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(a, d)
+    assert not torch.allclose(a[:, :, 0], per_frame[:, :, 0])
+
+
+def test_y_with_singleton_axis_and_mask():
+    model = SanaWM.from_preset("tiny").eval()
+    x, t, y = _inputs()
+    mask = torch.ones(2, 5)
+    mask[1, 3:] = 0
+    with torch.no_grad():
+        a = model(x, t, y, mask=mask)
+        b = model(x, t, y[:, None], mask=mask)
+        padded_changed = model(x, t, torch.cat([y[:, :3], torch.randn(2, 2, 32)], 1), mask=mask)
+    assert torch.equal(a, b)
+    assert torch.allclose(a[1], padded_changed[1], atol=1e-6)  # padded tokens are invisible
+
+
+def test_all_padded_caption_stays_finite():
+    model = SanaWM.from_preset("tiny").eval()
+    x, t, y = _inputs()
+    with torch.no_grad():
+        out = model(x, t, y, mask=torch.zeros(2, 5))
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(x=torch.randn(2, 8, 3, 4, 6)), r"x: expected \[B, 16, T, H, W\], got \[2, 8, 3, 4, 6\]"),
+        (dict(timestep=torch.zeros(2, 4)), r"timestep: expected .* got \[2, 4\]"),
+        (dict(camera_conditions=torch.zeros(2, 2, 20)), r"camera_conditions: expected \[B, T, 20\] = \[2, 3, 20\]"),
+        (dict(camera_conditions=torch.full((2, 3, 20), float("nan"))), "NaN"),
+        (dict(chunk_plucker=torch.zeros(2, 48, 3, 4, 5)), r"chunk_plucker: expected \[2, 48, 3, 4, 6\]"),
+        (dict(y=torch.randn(2, 5, 31)), r"y: expected \[B, L, 32\]"),
+        (dict(mask=torch.ones(2, 4)), r"mask: expected \[B, L\] = \[2, 5\]"),
+    ],
+)
+def test_bad_inputs_raise_named_errors(kwargs, message):
+    model = SanaWM.from_preset("tiny")
+    x, t, y = _inputs()
+    args = dict(x=x, timestep=t, y=y) | kwargs
+    with pytest.raises(ValueError, match=message):
+        model(**args)
+
+
+def test_gradients_match_with_activation_checkpointing():
+    torch.manual_seed(0)
+    ref = SanaWM.from_preset("tiny")
+    ckpt = SanaWM.from_preset("tiny")
+    ckpt.load_state_dict(ref.state_dict())
+    parallelize(ckpt, activation_checkpointing=True)
+    assert list(ckpt.state_dict()) == list(ref.state_dict())  # wrapping keeps checkpoint names
+    x, t, y = _inputs()
+    cc, pl = _cam(2, 3), torch.randn(2, 48, 3, 4, 6)
+    for m in (ref, ckpt):
+        m(x, t, y, camera_conditions=cc, chunk_plucker=pl).square().mean().backward()
+    for (n, a), (_, b) in zip(ref.named_parameters(), ckpt.named_parameters(), strict=True):
+        if not a.requires_grad:  # frozen checkpoint-only parameters (raymap embedder, softmax-block gates)
+            assert ref.is_unused_parameter(n) and a.grad is None, n
+            continue
+        assert a.grad is not None, n
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_bf16_autocast_runs_scans_in_fp32_and_stays_close():
+    model = SanaWM.from_preset("tiny").eval()
+    x, t, y = _inputs()
+    with torch.no_grad():
+        ref = model(x, t, y, camera_conditions=_cam(2, 3))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, t, y, camera_conditions=_cam(2, 3))
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    assert ((low - ref).norm() / ref.norm()).item() < 5e-2
