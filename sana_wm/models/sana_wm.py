@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sana_wm.camera.rays import ray_frames
+from sana_wm.camera import ray_frames
 
 from .attention import AttentionContext, CrossAttention, HybridSelfAttention, RMSNorm
 from .rope import camera_rope_pairs, rope_table

@@ -83,3 +83,17 @@ def test_bad_shapes_are_named():
         bidirectional_gdn(q, k, q_rot, k_rot, v, beta[..., 0], decay)
     with pytest.raises(ValueError, match="g: expected shape"):
         bidirectional_delta(q, k, v, beta, decay[:, :2])
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("T", [1, 2, 5])
+def test_state_scan_gradcheck(reverse, T):
+    """The hand-written backward of the state recurrence against finite differences, float64."""
+    from sana_wm.ops.gdn.scan import StateScan
+
+    g = torch.Generator().manual_seed(T)
+    A = (torch.randn(2, T, 4, 4, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
+    U = torch.randn(2, T, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    d = (0.5 + 0.5 * torch.rand(2, T, generator=g, dtype=torch.float64)).requires_grad_()
+
+    torch.autograd.gradcheck(lambda A, U, d: StateScan.apply(A, U, d, reverse), (A, U, d), eps=1e-6, atol=1e-6)

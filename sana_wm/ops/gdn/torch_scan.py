@@ -7,7 +7,8 @@ outputs come from one more batched GEMM against the per-frame states. The backwa
 directly in original time: S^b_t = S^b_{t+1} W_{t+1} + U_{t+1}, S^b_{T-1} = 0 (REFERENCE §1.5.2 step 9).
 
 All maths runs in float32 whatever the input dtype (the released model's `fp32_attention`); outputs are float32.
-Autograd flows through everything (no custom backward), so gradients are exact. See `naive.py` for the reference.
+The T-step recurrence is `scan.state_scan` (exact custom backward; fused Triton kernel on CUDA); the batched GEMMs
+around it use autograd. See `naive.py` for the reference.
 
 Layout: q, k, q_rot, k_rot, v [B, T, S, H, D]; beta [B, T, S, H]; g [B, T, H].
 """
@@ -15,6 +16,8 @@ Layout: q, k, q_rot, k_rot, v [B, T, S, H, D]; beta [B, T, S, H]; g [B, T, H].
 from __future__ import annotations
 
 import torch
+
+from .scan import state_scan
 
 
 def _check(name: str, x: torch.Tensor, shape: tuple[int | None, ...]) -> None:
@@ -46,19 +49,11 @@ def _transitions(k: torch.Tensor, v: torch.Tensor | None, beta: torch.Tensor):
 
 def _bidirectional_states(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Sum of inclusive-forward and exclusive-backward states per frame: [B, H, T, Dv, D]."""
-    T = A.shape[2]
-    gh = g.float().permute(0, 2, 1)[..., None, None]  # [B, H, T, 1, 1]
-    # S W_t = g_t (S - S A_t): two small GEMMs per frame, batched over B·H.
-    fwd, state = [], U.new_zeros(U[:, :, 0].shape)
-    for t in range(T):
-        state = gh[:, :, t] * (state - state @ A[:, :, t]) + U[:, :, t]
-        fwd.append(state)
-    bwd, state = [None] * T, U.new_zeros(U[:, :, 0].shape)
-    bwd[T - 1] = state
-    for t in range(T - 2, -1, -1):
-        state = gh[:, :, t + 1] * (state - state @ A[:, :, t + 1]) + U[:, :, t + 1]
-        bwd[t] = state
-    return torch.stack(fwd, dim=2) + torch.stack(bwd, dim=2)
+    gh = g.float().permute(0, 2, 1)  # [B, H, T]
+    fwd = state_scan(A, U, gh)
+    # Exclusive backward: S^b_t = g_{t+1} S^b_{t+1}(I − A_{t+1}) + U_{t+1}, i.e. the reverse scan of U shifted by one.
+    U_next = torch.cat([U[:, :, 1:], torch.zeros_like(U[:, :, :1])], dim=2)
+    return fwd + state_scan(A, U_next, gh, reverse=True)
 
 
 def _read(q: torch.Tensor, states: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,112 @@
+"""The sequential core of the frame-wise GDN: a linear recurrence on D×D states, with its own exact backward.
+
+    forward  (reverse=False):  S_t = g_t · S_{t−1} (I − A_t) + U_t,        S_{−1} = 0
+    reverse  (reverse=True):   S_t = g_{t+1} · S_{t+1} (I − A_{t+1}) + U_t,  S_T = 0
+
+A [..., T, D, D], U [..., T, Dv, D], g [..., T]; returns all states [..., T, Dv, D] in float32 (float64 inputs stay float64).
+
+Why a custom autograd.Function: differentiating through a Python loop stores T intermediate graphs and launches
+O(T) tiny kernels in both passes. The gradient of this recurrence is the same recurrence run the other way with Aᵀ
+(G_t = dS_t + g_{t+1} G_{t+1}(I − A_{t+1})ᵀ for the forward scan), so forward and backward share one primitive,
+`_scan`, which has a PyTorch loop implementation (CPU, fallback) and a fused Triton kernel (`triton_scan.py`, CUDA).
+The parameter gradients then come from three batched products over all frames at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # Triton is optional: CPU machines and CI run the PyTorch loop.
+    from .triton_scan import triton_state_scan
+except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
+    triton_state_scan = None
+
+_BACKEND = {"name": "auto"}
+
+
+def set_scan_backend(name: str) -> None:
+    """'auto' (Triton on CUDA when available, else torch), 'torch' or 'triton'."""
+    if name not in ("auto", "torch", "triton"):
+        raise ValueError(f"scan backend must be 'auto', 'torch' or 'triton', got {name!r}")
+    if name == "triton" and triton_state_scan is None:
+        raise RuntimeError("scan backend 'triton' requested but Triton could not be imported")
+    _BACKEND["name"] = name
+
+
+def _torch_scan(A, U, g, reverse: bool, transpose_a: bool) -> torch.Tensor:
+    T = A.shape[-3]
+    if transpose_a:
+        A = A.transpose(-1, -2)
+    out = torch.empty_like(U)
+    state = torch.zeros_like(U[..., 0, :, :])
+    steps = range(T - 1, -1, -1) if reverse else range(T)
+    for t in steps:
+        if reverse:
+            if t < T - 1:
+                state = g[..., t + 1, None, None] * (state - state @ A[..., t + 1, :, :]) + U[..., t, :, :]
+            else:
+                state = U[..., t, :, :].clone()
+        else:
+            state = g[..., t, None, None] * (state - state @ A[..., t, :, :]) + U[..., t, :, :]
+        out[..., t, :, :] = state
+    return out
+
+
+def _scan(A, U, g, reverse: bool, transpose_a: bool = False) -> torch.Tensor:
+    backend = _BACKEND["name"]
+    use_triton = (
+        triton_state_scan is not None and A.is_cuda and A.dtype == torch.float32 and backend in ("auto", "triton")
+    )
+    if backend == "triton" and not A.is_cuda:
+        raise RuntimeError("scan backend 'triton' needs CUDA tensors")
+    if use_triton:
+        return triton_state_scan(A, U, g, reverse=reverse, transpose_a=transpose_a)
+    return _torch_scan(A, U, g, reverse, transpose_a)
+
+
+def _shift(x: torch.Tensor, by: int) -> torch.Tensor:
+    """x[..., t] ← x[..., t − by] along the frame axis (dim −3 of states), zero-filled."""
+    out = torch.zeros_like(x)
+    if by > 0:
+        out[..., by:, :, :] = x[..., :-by, :, :]
+    else:
+        out[..., :by, :, :] = x[..., -by:, :, :]
+    return out
+
+
+class StateScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, A, U, g, reverse: bool):
+        dt = torch.promote_types(A.dtype, torch.float32)  # float32 at least; float64 stays (reference tests)
+        A, U, g = (x.to(dt).contiguous() for x in (A, U, g))
+        states = _scan(A, U, g, reverse)
+        ctx.save_for_backward(A, g, states)
+        ctx.reverse = reverse
+        return states
+
+    @staticmethod
+    def backward(ctx, dS):
+        A, g, states = ctx.saved_tensors
+        dS = dS.to(states.dtype).contiguous()
+        if not ctx.reverse:
+            # G_t = dS_t + g_{t+1} G_{t+1} (I − A_{t+1})ᵀ: the reverse scan with Aᵀ.
+            G = _scan(A, dS, g, reverse=True, transpose_a=True)
+            prev = _shift(states, 1)  # S_{t−1}, zero at t = 0
+            dA = -g[..., None, None] * (prev.transpose(-1, -2) @ G)
+            dg = (G * (prev - prev @ A)).sum((-1, -2))
+        else:
+            # S_t feeds S_{t−1} through A_t, g_t: G_t = dS_t + g_t G_{t−1} (I − A_t)ᵀ, a forward scan with Aᵀ.
+            G = _scan(A, dS, g, reverse=False, transpose_a=True)
+            g_prev = _shift(G, 1)  # G_{t−1} pairs with S_t, A_t, g_t; zero at t = 0 (A_0, g_0 unused)
+            dA = -g[..., None, None] * (states.transpose(-1, -2) @ g_prev)
+            dg = (g_prev * (states - states @ A)).sum((-1, -2))
+        return dA, G, dg, None
+
+
+def state_scan(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """All states of the forward (or reverse) recurrence, float32, differentiable in A, U and g."""
+    if A.shape[-1] != A.shape[-2] or A.shape[:-2] != U.shape[:-2] or U.shape[-1] != A.shape[-1]:
+        raise ValueError(f"state_scan: A {list(A.shape)} must be [..., T, D, D] and U {list(U.shape)} [..., T, Dv, D]")
+    if g.shape != A.shape[:-2]:
+        raise ValueError(f"state_scan: g {list(g.shape)} must be [..., T] = {list(A.shape[:-2])}")
+    return StateScan.apply(A, U, g, reverse)
