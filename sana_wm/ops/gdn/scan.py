@@ -103,6 +103,7 @@ class StateScan(torch.autograd.Function):
         return dA, G, dg, None
 
 
+@torch.compiler.disable  # opaque to torch.compile: a custom Function around a Triton kernel with its own backward
 def state_scan(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """All states of the forward (or reverse) recurrence, float32, differentiable in A, U and g."""
     if A.shape[-1] != A.shape[-2] or A.shape[:-2] != U.shape[:-2] or U.shape[-1] != A.shape[-1]:

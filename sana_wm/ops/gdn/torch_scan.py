@@ -35,21 +35,26 @@ def _validate(q, k, v, beta, g) -> None:
     _check("g", g, (B, T, H))
 
 
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (float64 reference inputs stay float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _transitions(k: torch.Tensor, v: torch.Tensor | None, beta: torch.Tensor):
     """Per-frame A_t = Σ_s β k kᵀ [B,H,T,D,D] and U_t = Σ_s β v kᵀ [B,H,T,Dv,D] (U = Σ_s β kᵀ when v is None)."""
-    kh = k.float().permute(0, 3, 1, 2, 4)  # [B, H, T, S, D]
-    kb = kh * beta.float().permute(0, 3, 1, 2).unsqueeze(-1)  # β-weighted keys
+    kh = _f32(k).permute(0, 3, 1, 2, 4)  # [B, H, T, S, D]
+    kb = kh * _f32(beta).permute(0, 3, 1, 2).unsqueeze(-1)  # β-weighted keys
     A = kh.transpose(-1, -2) @ kb  # [B, H, T, D, D]
     if v is None:  # denominator stream: value ≡ 1, so U_t = (Σ_s β_s k_s)ᵀ as a 1×D row
         U = kb.sum(dim=-2, keepdim=True)  # [B, H, T, 1, D]
     else:
-        U = v.float().permute(0, 3, 1, 4, 2) @ kb  # [B, H, T, Dv, D]
+        U = _f32(v).permute(0, 3, 1, 4, 2) @ kb  # [B, H, T, Dv, D]
     return A, U
 
 
 def _bidirectional_states(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Sum of inclusive-forward and exclusive-backward states per frame: [B, H, T, Dv, D]."""
-    gh = g.float().permute(0, 2, 1)  # [B, H, T]
+    gh = _f32(g).permute(0, 2, 1)  # [B, H, T]
     fwd = state_scan(A, U, gh)
     # Exclusive backward: S^b_t = g_{t+1} S^b_{t+1}(I − A_{t+1}) + U_{t+1}, i.e. the reverse scan of U shifted by one.
     U_next = torch.cat([U[:, :, 1:], torch.zeros_like(U[:, :, :1])], dim=2)
@@ -58,11 +63,11 @@ def _bidirectional_states(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> 
 
 def _read(q: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     """o_{t,s} = states_t q_{t,s}: [B,T,S,H,D] × [B,H,T,Dv,D] → [B, H, T, S, Dv]."""
-    return q.float().permute(0, 3, 1, 2, 4) @ states.transpose(-1, -2)
+    return _f32(q).permute(0, 3, 1, 2, 4) @ states.transpose(-1, -2)
 
 
 def bidirectional_gdn(q, k, q_rot, k_rot, v, beta, g, eps: float = 1e-8) -> torch.Tensor:
-    """Main-branch frame-wise bidirectional GDN with normaliser. Returns [B, T, S, H, Dv] float32.
+    """Main-branch frame-wise bidirectional GDN with normaliser. Returns [B, T, S, H, Dv] float32 (float64 for float64 inputs).
 
     num = (S_fwd + S_bwd) q̃ (rotated keys/queries), den = (z_fwd + z_bwd)ᵀ q (unrotated), out = num / (den + eps).
 
@@ -84,7 +89,7 @@ def bidirectional_gdn(q, k, q_rot, k_rot, v, beta, g, eps: float = 1e-8) -> torc
 
 
 def bidirectional_delta(q, k, v, beta, g) -> torch.Tensor:
-    """Camera-branch single-path bidirectional delta rule (numerator only). Returns [B, T, S, H, Dv] float32."""
+    """Camera-branch single-path bidirectional delta rule (numerator only). Returns [B, T, S, H, Dv] float32 (float64 for float64 inputs)."""
     _validate(q, k, v, beta, g)
     A, U = _transitions(k, v, beta)
     return _read(q, _bidirectional_states(A, U, g)).permute(0, 2, 3, 1, 4)

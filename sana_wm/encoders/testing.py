@@ -1,0 +1,158 @@
+"""Tiny, randomly initialised stand-ins for the frozen encoders, for tests and the CPU demo.
+
+Everything is built in-process and offline: an LTX-2 VAE with a few thousand parameters per block,
+a 2-layer Gemma-2, and a byte-level BPE tokenizer trained on a handful of strings. Shapes and
+conventions match the real models (32×/8× compression, BOS-prefixed right-padded tokenisation);
+only the sizes and the weights differ. Builders are seeded, so two calls give identical models.
+
+Helpers ``save_tiny_vae`` / ``save_tiny_text_encoder`` write the diffusers layout
+(``<dir>/vae``, ``<dir>/text_encoder``, ``<dir>/tokenizer``) that
+:meth:`LatentCodec.from_pretrained` and :meth:`GemmaTextEncoder.from_pretrained` read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .text import CHI_PROMPT
+
+__all__ = [
+    "tiny_ltx2_vae",
+    "save_tiny_vae",
+    "tiny_tokenizer",
+    "tiny_gemma2",
+    "save_tiny_text_encoder",
+]
+
+# Gemma's special-token ids: <pad>=0, <eos>=1, <bos>=2, <unk>=3.
+_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+
+_TOKENIZER_CORPUS = [
+    CHI_PROMPT,
+    "A car driving across a vast desert plain at golden hour.",
+    "A first-person walk through a quiet forest path with tall pine trees and soft morning light.",
+    "The camera moves forward along a busy city street at dusk, neon signs and wet asphalt.",
+    "A snowy mountain village, wooden houses, smoke rising from chimneys, clear blue sky.",
+]
+
+
+def tiny_ltx2_vae(
+    latent_channels: int = 8,
+    *,
+    scaling_factor: float = 1.0,
+    seed: int = 0,
+    random_stats: bool = True,
+):
+    """A ~2 M-parameter ``AutoencoderKLLTX2Video`` with the real 32× spatial / 8× temporal layout.
+
+    Config from DEPENDENCIES.md §6.2 (the decoder channels must double per stage). The compression
+    ratios are passed explicitly (diffusers would otherwise record 64/16).
+
+    Args:
+        latent_channels: C of the latent (128 for the real VAE).
+        scaling_factor: the config's ``scaling_factor``.
+        seed: weight-initialisation seed.
+        random_stats: fill ``latents_mean`` / ``latents_std`` with non-trivial per-channel values (the
+            real VAE ships them) so that tests exercise the normalisation; False keeps 0 / 1.
+
+    Returns:
+        ``diffusers.AutoencoderKLLTX2Video`` in eval mode, float32, on CPU.
+    """
+    from diffusers import AutoencoderKLLTX2Video
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKLLTX2Video(
+            latent_channels=latent_channels,
+            block_out_channels=(16, 32, 64, 128),
+            decoder_block_out_channels=(16, 32, 64),
+            layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1),
+            scaling_factor=scaling_factor,
+            spatial_compression_ratio=32,
+            temporal_compression_ratio=8,
+        )
+        if random_stats:
+            g = torch.Generator().manual_seed(seed + 1)
+            vae.latents_mean.copy_(0.5 * torch.randn(latent_channels, generator=g))
+            vae.latents_std.copy_(0.5 + torch.rand(latent_channels, generator=g))
+    return vae.eval()
+
+
+def save_tiny_vae(directory: str | os.PathLike, **kwargs) -> Path:
+    """Build :func:`tiny_ltx2_vae` (``kwargs`` forwarded) and save it to ``<directory>/vae``; returns that path."""
+    out = Path(directory) / "vae"
+    tiny_ltx2_vae(**kwargs).save_pretrained(out)
+    return out
+
+
+def tiny_tokenizer(vocab_size: int = 384, corpus: list[str] | None = None):
+    """A byte-level BPE tokenizer trained in-process, wrapped as a transformers fast tokenizer.
+
+    It behaves like Gemma's where it matters here: it prepends ``<bos>`` (id 2) to every text, pads
+    with ``<pad>`` (id 0), and can encode any string (byte-level, no unknown tokens).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus or _TOKENIZER_CORPUS, trainer)
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def tiny_gemma2(hidden: int = 32, *, vocab_size: int = 384, seed: int = 0, max_positions: int = 1024):
+    """A 2-layer ``Gemma2ForCausalLM`` (hidden ``hidden``, 2 heads of 16, 1 KV head), eager attention.
+
+    ``max_positions`` must exceed the chi-prompt window (prefix tokens + 298), about 600 with
+    :func:`tiny_tokenizer`.
+    """
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=max_positions,
+        sliding_window=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        attn_implementation="eager",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Gemma2ForCausalLM(cfg)
+    return model.eval()
+
+
+def save_tiny_text_encoder(directory: str | os.PathLike, hidden: int = 32, seed: int = 0) -> Path:
+    """Save a tiny Gemma-2 to ``<directory>/text_encoder`` and its tokenizer to ``<directory>/tokenizer``.
+
+    Returns ``directory``, which :meth:`GemmaTextEncoder.from_pretrained` accepts.
+    """
+    root = Path(directory)
+    tokenizer = tiny_tokenizer()
+    tiny_gemma2(hidden, vocab_size=len(tokenizer), seed=seed).save_pretrained(root / "text_encoder")
+    tokenizer.save_pretrained(root / "tokenizer")
+    return root
