@@ -1,0 +1,263 @@
+"""DiT step benchmark: our SANA-WM vs the diffusers port, same random weights, one GPU, bf16, 704×1280 latents.
+
+Cases (PERFORMANCE.md §4 B1/B2, issue 6):
+  fwd21    inference forward, 21 latent frames (161 f), B=2 (one CFG step)
+  fwd121   inference forward, 121 latent frames (961 f), B=1
+  train21  forward+backward with per-block activation checkpointing, 21 latent frames, B=1
+  trainmax longest clip whose training step fits (ours only; probes 41/61/81/121 latent frames)
+  profile  breakdown of our fwd21 into linear / GDN / softmax / other (torch.profiler device time)
+Timing: CUDA events, median of --reps after --warmup runs; peak memory = torch.cuda.max_memory_allocated.
+MFU = model FLOPs (sana_wm.flops) / (time × 989.4 TFLOP/s); also reported against the GEMM ceiling measured here.
+Prints a table and writes JSON (--out). Never asserts speed.
+
+    python bench/dit_step.py --cases fwd21,fwd121,train21,trainmax,profile --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from sana_wm import SanaWM
+from sana_wm.camera import action_to_c2w, prepare_camera
+from sana_wm.checkpoint import to_diffusers_layout
+from sana_wm.flops import H100_BF16_PEAK, model_flops
+from sana_wm.parallel import apply_activation_checkpointing, apply_compile
+
+H, W, TEXT = 22, 40, 300
+
+
+def cuda_time(fn, warmup: int, reps: int) -> tuple[float, float]:
+    """(median ms, peak GiB) over `reps` timed runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
+
+
+def gemm_ceiling(n_tokens: int, C: int = 2240) -> float:
+    """Measured bf16 GEMM TFLOP/s at the DiT's largest per-token shape (N × C) @ (C × 3C)."""
+    a = torch.randn(n_tokens, C, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(C, 3 * C, device="cuda", dtype=torch.bfloat16)
+    ms, _ = cuda_time(lambda: a @ b, 3, 10)
+    return 2 * n_tokens * C * 3 * C / (ms * 1e-3) / 1e12
+
+
+def make_inputs(B: int, T: int, dtype=torch.bfloat16, seed: int = 0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    F = 8 * (T - 1) + 1
+    c2w = action_to_c2w(f"w-{F // 2},dl-{F - 1 - F // 2}")[:F]
+    K = [1000.0, 1000.0, 640.0, 352.0]
+    cc, pl = prepare_camera(c2w, K, pixel_hw=(704, 1280), latent_hw=(H, W))
+    x = torch.randn(B, 128, T, H, W, device="cuda", generator=g, dtype=dtype)
+    t = torch.full((B, 1, T), 812.0, device="cuda")
+    t[:, :, 0] = 0
+    y = torch.randn(B, 1, TEXT, 2304, device="cuda", generator=g, dtype=dtype)
+    mask = torch.ones(B, TEXT, device="cuda", dtype=torch.long)
+    mask[:, 120:] = 0
+    cc = cc[None].expand(B, -1, -1).to("cuda", dtype)
+    pl = pl[None].expand(B, -1, -1, -1, -1).to("cuda", dtype)
+    return dict(x=x, t=t, y=y, mask=mask, cc=cc, pl=pl)
+
+
+def ours_fn(model, inp):
+    return lambda: model(inp["x"], inp["t"], inp["y"], mask=inp["mask"], camera_conditions=inp["cc"],
+                         chunk_plucker=inp["pl"])
+
+
+def port_fn(model, inp):
+    return lambda: model(hidden_states=inp["x"], timestep=inp["t"], encoder_hidden_states=inp["y"], mask=inp["mask"],
+                         camera_conditions=inp["cc"], chunk_plucker=inp["pl"], return_dict=False)[0]
+
+
+def build_models(with_port: bool):
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        ours = SanaWM.from_preset("sana_wm_1600m_720p")
+    with torch.no_grad():  # make the zero-initialised camera/temporal paths non-trivial so outputs can be compared
+        for name, p in ours.named_parameters():
+            if any(s in name for s in ("out_proj_cam", "plucker_proj", "plucker_embedder", "t_conv")):
+                p.normal_(std=0.02)
+    ours = ours.to(torch.bfloat16).eval()
+    port = None
+    if with_port:
+        from diffusers.models.transformers.transformer_sana_wm import SanaWMTransformer3DModel
+
+        with torch.device("cuda"):
+            port = SanaWMTransformer3DModel()
+        port.load_state_dict(to_diffusers_layout(ours.state_dict()), strict=True)
+        port = port.to(torch.bfloat16).eval()
+    return ours, port
+
+
+def train_step(model, inp, port: bool):
+    fn = port_fn(model, inp) if port else ours_fn(model, inp)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        out = fn()
+        out.float().square().mean().backward()
+
+    return step
+
+
+def profile_breakdown(ours, inp) -> dict[str, float]:
+    """Device ms of one forward split into linear / GDN scans / softmax SDPA / other, via annotated ranges."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    import sana_wm.models.attention as attn_mod
+
+    originals = {n: getattr(attn_mod, n) for n in ("bidirectional_gdn", "bidirectional_delta", "_sdpa")}
+
+    def wrap(label, fn):
+        def inner(*a, **k):
+            with record_function(label):
+                return fn(*a, **k)
+        return inner
+
+    for n, fn in originals.items():
+        setattr(attn_mod, n, wrap({"_sdpa": "bench::softmax"}.get(n, "bench::gdn"), fn))
+    try:
+        fwd = ours_fn(ours, inp)
+        with torch.no_grad():
+            fwd()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+                fwd()
+                torch.cuda.synchronize()
+    finally:
+        for n, fn in originals.items():
+            setattr(attn_mod, n, fn)
+    events = prof.key_averages()
+
+    def dev(name):
+        return sum(e.device_time_total for e in events if e.key == name) / 1e3
+
+    total = sum(e.self_device_time_total for e in events) / 1e3
+    out = {"gdn": dev("bench::gdn"), "softmax": dev("bench::softmax")}
+    out["linear"] = dev("aten::linear")
+    out["other"] = total - sum(out.values())
+    out["total"] = total
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", default="fwd21,fwd121,train21,trainmax,profile")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--no-port", action="store_true", help="skip the diffusers baseline")
+    ap.add_argument("--compile", action="store_true", help="also time ours with per-block torch.compile")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    cases = args.cases.split(",")
+    dev = torch.cuda.get_device_name()
+    info = dict(date=time.strftime("%Y-%m-%d"), card=dev, torch=torch.__version__, python=platform.python_version())
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    print(json.dumps(info))
+    ours, port = build_models(with_port=not args.no_port)
+    cfg = ours.config
+    rows, results = [], dict(info=info)
+
+    def record(case, who, B, T, ms, gib, training):
+        flops = model_flops(cfg, (T, H, W), TEXT, batch=B, training=training).total
+        row = dict(case=case, impl=who, B=B, T=T, frames=8 * (T - 1) + 1, ms=round(ms, 1), peak_gib=round(gib, 2),
+                   mfu=round(flops / (ms * 1e-3) / H100_BF16_PEAK, 4))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        return row
+
+    if "fwd21" in cases or "fwd121" in cases:
+        results["gemm_tflops"] = gemm_ceiling(2 * 21 * H * W)
+        print(f"GEMM ceiling: {results['gemm_tflops']:.0f} TFLOP/s", flush=True)
+    for case, B, T in (("fwd21", 2, 21), ("fwd121", 1, 121)):
+        if case not in cases:
+            continue
+        inp = make_inputs(B, T)
+        with torch.no_grad():
+            ms, gib = cuda_time(ours_fn(ours, inp), args.warmup, args.reps)
+            record(case, "ours", B, T, ms, gib, False)
+            a = ours_fn(ours, inp)().float()
+            if port is not None:
+                ms_p, gib_p = cuda_time(port_fn(port, inp), args.warmup, args.reps)
+                record(case, "port", B, T, ms_p, gib_p, False)
+                b = port_fn(port, inp)().float()
+                results[f"{case}_rel_err_vs_port"] = ((a - b).norm() / b.norm()).item()
+                results[f"{case}_speedup"] = ms_p / ms
+                print(f"{case}: ours vs port rel err {results[f'{case}_rel_err_vs_port']:.2e}, "
+                      f"speed-up {ms_p / ms:.2f}x", flush=True)
+        del inp
+        torch.cuda.empty_cache()
+    if "profile" in cases:
+        results["profile_fwd21_ms"] = profile_breakdown(ours, make_inputs(2, 21))
+        print("profile fwd21 (device ms):", json.dumps(results["profile_fwd21_ms"]), flush=True)
+    if "train21" in cases or "trainmax" in cases:
+        ours.train()
+        apply_activation_checkpointing(ours)
+        if port is not None:
+            port.train()
+            port.enable_gradient_checkpointing()
+    if "train21" in cases:
+        inp = make_inputs(1, 21)
+        ms, gib = cuda_time(train_step(ours, inp, False), args.warmup, args.reps)
+        record("train21", "ours", 1, 21, ms, gib, True)
+        if port is not None:
+            ms_p, gib_p = cuda_time(train_step(port, inp, True), args.warmup, args.reps)
+            record("train21", "port", 1, 21, ms_p, gib_p, True)
+            results["train21_speedup"] = ms_p / ms
+    if port is not None:
+        del port
+        port = None
+        torch.cuda.empty_cache()
+    if "trainmax" in cases:
+        for T in (41, 61, 81, 121):
+            try:
+                inp = make_inputs(1, T)
+                ms, gib = cuda_time(train_step(ours, inp, False), 1, 2)
+                record("trainmax", "ours", 1, T, ms, gib, True)
+                results["train_longest_T"] = T
+            except torch.OutOfMemoryError:
+                print(f"trainmax: T={T} does not fit", flush=True)
+                break
+            finally:
+                ours.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+    if args.compile and "fwd21" in cases:
+        ours.eval()
+        apply_compile(ours)
+        inp = make_inputs(2, 21)
+        with torch.no_grad():
+            ms, gib = cuda_time(ours_fn(ours, inp), 2, args.reps)
+            record("fwd21", "ours+compile", 2, 21, ms, gib, False)
+    results["rows"] = rows
+    print("\n| case | impl | B | latent T (frames) | ms | peak GiB | MFU |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['impl']} | {r['B']} | {r['T']} ({r['frames']}) | {r['ms']} | {r['peak_gib']} | "
+              f"{100 * r['mfu']:.1f}% |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
