@@ -119,7 +119,8 @@ def _ucpe(x: torch.Tensor, mat: torch.Tensor, rope: RopeTable, inverse_rope: boo
     the second half rotated by the re-sliced RoPE (conjugate when `inverse_rope`)."""
     half = x.shape[-1] // 2
     geo, rot = x[..., :half], x[..., half:]
-    geo = geo.unflatten(-1, (-1, 4)) @ mat.to(x.dtype).transpose(-1, -2)[:, :, None]  # [B, N, Hd, D/8, 4]
+    # One [4×4] @ [4 × Hd·D/8] product per token (a broadcast matmul would expand `mat` per head and group).
+    geo = torch.einsum("bnij,bnhgj->bnhgi", mat.to(x.dtype), geo.unflatten(-1, (-1, 4)))  # [B, N, Hd, D/8, 4]
     return torch.cat([geo.flatten(-2), apply_rope(rot, rope, inverse=inverse_rope)], dim=-1)
 
 

@@ -46,6 +46,9 @@ def test_gpu_gdn_matches_naive_with_grads(shape):
     ref_out = bidirectional_gdn(*ref_in)
     ref_grads = torch.autograd.grad((ref_out * w.double()).sum(), ref_in)
     for name, a, b in zip("q k q_rot k_rot v beta g".split(), grads, ref_grads, strict=True):
+        if name == "g" and T == 1:  # one frame: the decay multiplies an empty state, its gradient is exactly 0
+            assert a.abs().max().item() == 0.0 and b.abs().max().item() == 0.0
+            continue
         assert ((a.double() - b).norm() / b.norm()).item() < 1e-3, name
     cam = bidirectional_delta(q, k_rot, v, beta, decay)
     cam_ref = bidirectional_delta(*[x.detach().double() for x in (q, k_rot, v, beta, decay)])

@@ -1,0 +1,73 @@
+"""GDN kernel benchmark (PERFORMANCE.md B3): our frame-wise bidirectional GDN op vs cuDNN softmax SDPA at the same N.
+
+For T latent frames of S = 880 tokens, H = 20 heads, D = 112, B = 1: times the main-branch op (`bidirectional_gdn`,
+num + den) and the camera op (`bidirectional_delta`), forward and forward+backward, with the fused Triton state scan
+and with the PyTorch-loop scan (baseline, same process), next to `F.scaled_dot_product_attention` (cuDNN, bf16).
+Prints a table; `--out` writes JSON. Never asserts speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from sana_wm.ops.gdn import bidirectional_delta, bidirectional_gdn
+from sana_wm.ops.gdn.scan import set_scan_backend
+
+
+def timeit(fn, warmup=2, reps=5) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        ts.append(s.elapsed_time(e))
+    return sorted(ts)[len(ts) // 2]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", default="11,21,41,121")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    S, H, D = 880, 20, 112
+    rows = []
+    for T in map(int, args.frames.split(",")):
+        mk = lambda *s, sc=1.0: (torch.rand(*s, device="cuda", dtype=torch.bfloat16) * sc).requires_grad_()
+        q, k, qr, kr = mk(1, T, S, H, D), mk(1, T, S, H, D, sc=(D * S) ** -0.5), mk(1, T, S, H, D), mk(
+            1, T, S, H, D, sc=(D * S) ** -0.5)
+        v, beta = mk(1, T, S, H, D), mk(1, T, S, H)
+        g = (0.9 + 0.1 * torch.rand(1, T, H, device="cuda")).requires_grad_()
+        row = dict(T=T, N=T * S)
+        for backend in ("triton", "torch"):
+            set_scan_backend(backend)
+            with torch.no_grad():
+                row[f"gdn_fwd_{backend}"] = timeit(lambda: bidirectional_gdn(q, k, qr, kr, v, beta, g))
+                row[f"cam_fwd_{backend}"] = timeit(lambda: bidirectional_delta(q, kr, v, beta, g))
+            row[f"gdn_fb_{backend}"] = timeit(lambda: bidirectional_gdn(q, k, qr, kr, v, beta, g).sum().backward())
+        set_scan_backend("auto")
+        qs, ks, vs = (x.detach().transpose(1, 2).reshape(1, T * S, H, D).transpose(1, 2) for x in (q, k, v))
+        with torch.no_grad(), sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            row["sdpa_cudnn_fwd"] = timeit(lambda: F.scaled_dot_product_attention(qs, ks, vs))
+        rows.append({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
+        print(json.dumps(rows[-1]), flush=True)
+    keys = list(rows[0])
+    print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+    if args.out:
+        json.dump(rows, open(args.out, "w"), indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
