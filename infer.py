@@ -1,0 +1,374 @@
+"""Generate a camera-controlled video: image + prompt + camera path → mp4 (SANA-WM stage 1 + LTX-2 refiner).
+
+    python infer.py --model_root SANA-WM_bidirectional --text_encoder_root gemma-2-2b-it \\
+        --image first.png --prompt prompt.txt --action "w-60,wl-40,w-60" --intrinsics K.npy --output_dir out/
+
+Every input is checked before any model is loaded; a bad one ends the run with exit status 2 and a one-line reason.
+Outputs in --output_dir: <name>.mp4 (H.264, --fps), <name>_c2w.npy (F, 4, 4) and <name>_intrinsics.npy (F, 3, 3)
+aligned with the video frames (intrinsics in output pixels), and <name>.json (timings per stage, peak memory,
+settings). See docs/inference.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("infer")
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+class InputError(ValueError):
+    """A user input is unusable; the message is the one-line reason shown to the user."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and a non-zero exit, like every other input check here."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise InputError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="infer.py", description=__doc__.split("\n\n")[0])
+    w = p.add_argument_group("weights (local folders only; nothing is downloaded)")
+    w.add_argument("--model_root", help="release layout: config.yaml, dit/*.safetensors, vae/, refiner/")
+    w.add_argument("--checkpoint", help="DiT .safetensors to use instead of <model_root>/dit (ours or official)")
+    w.add_argument("--model_config", help="YAML/JSON describing the DiT when the checkpoint carries no config")
+    w.add_argument("--vae_root", help="LTX-2 VAE folder (default <model_root>/vae)")
+    w.add_argument("--text_encoder_root", help="stage-1 Gemma-2-2B-it (default <model_root>/text_encoder)")
+    w.add_argument("--refiner_root", help="LTX-2 refiner folder (default <model_root>/refiner)")
+
+    i = p.add_argument_group("inputs")
+    i.add_argument("--image", required=True, help="first frame; resized and centre-cropped to the model size")
+    i.add_argument("--prompt", required=True, help="UTF-8 text file with the prompt")
+    i.add_argument("--negative_prompt", default="", help="negative prompt text (default empty)")
+    cam = i.add_mutually_exclusive_group()
+    cam.add_argument("--action", help='action DSL, e.g. "w-60,wl-40,none-8" (REFERENCE §6.1A)')
+    cam.add_argument("--camera", help="(F, 4, 4) OpenCV camera-to-world .npy")
+    i.add_argument("--action_scheme", choices=["release", "unified"], default="release",
+                   help="key mapping of --action; 'unified' (a/d yaw, j/l strafe, smoothing) is opt-in")
+    i.add_argument("--translation_speed", type=float, default=None,
+                   help="units per frame for --action (default 0.05; 0.025 with --action_scheme unified)")
+    i.add_argument("--rotation_speed_deg", type=float, default=None,
+                   help="degrees per frame for --action (default 1.2; 0.6 with --action_scheme unified)")
+    i.add_argument("--intrinsics", help=".npy: (4,) fx,fy,cx,cy, (3,3) K, (F,4) or (F,3,3) in input-image pixels")
+
+    s = p.add_argument_group("sampling")
+    s.add_argument("--num_frames", type=int, default=161, help="frames to generate, snapped to 8k+1 (161)")
+    s.add_argument("--fps", type=float, default=16.0)
+    s.add_argument("--step", type=int, default=60, help="stage-1 sampling steps")
+    s.add_argument("--cfg_scale", type=float, default=5.0)
+    s.add_argument("--flow_shift", type=float, default=None, help="σ-grid shift (default from config.yaml, 9.8)")
+    s.add_argument("--sampling_algo", choices=["flow_euler_ltx", "flow_dpm-solver"], default="flow_euler_ltx")
+    s.add_argument("--seed", type=int, default=42, help="stage-1 noise seed")
+    s.add_argument("--height", type=int, default=None, help="override the model resolution (multiple of 32)")
+    s.add_argument("--width", type=int, default=None)
+
+    r = p.add_argument_group("stage 2 (LTX-2 refiner)")
+    r.add_argument("--no_refiner", action="store_true", help="decode the stage-1 latents directly")
+    r.add_argument("--refiner_block_size", type=int, default=3,
+                   help="latent frames per AR block (3, as trained); 0 = single-shot sink-bidirectional pass")
+    r.add_argument("--refiner_kv_max_frames", type=int, default=11, help="sink + history frames in the window")
+    r.add_argument("--refiner_seed", type=int, default=42)
+
+    o = p.add_argument_group("memory and output")
+    o.add_argument("--offload_vae", action="store_true", help="keep the VAE on the CPU except while it runs")
+    o.add_argument("--offload_refiner", action="store_true",
+                   help="refiner modules on the CPU except while each runs; stage-1 modules leave the GPU for stage 2")
+    o.add_argument("--offload_text_encoder", action="store_true", help="Gemma-2 on the CPU except while encoding")
+    o.add_argument("--vae_tiling", choices=["framewise", "spatial", "none"], default=None,
+                   help="VAE decode tiling (default from config.yaml: frame-wise 96/64)")
+    o.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default cuda if available)")
+    o.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    o.add_argument("--no_action_overlay", action="store_true", help="do not draw the WASD + joystick overlay")
+    o.add_argument("--save_stage1", action="store_true", help="also write the unrefined stage-1 video")
+    o.add_argument("--output_dir", default="outputs")
+    o.add_argument("--output_name", default=None, help="file stem (default: the image file's stem)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input checks (no model is touched here)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    image: object  # PIL.Image
+    prompt: str
+    c2w: np.ndarray  # (F0, 4, 4)
+    intrinsics: np.ndarray  # (F, 4) in input-image pixels
+    num_frames: int
+    output_dir: Path
+    stem: str
+    notices: list[str]
+
+
+def _read_prompt(path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"--prompt {path!r}: file not found") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"--prompt {path!r}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise InputError(f"--prompt {path!r}: cannot read ({err.strerror})") from None
+    text = text.strip()
+    if not text:
+        raise InputError(f"--prompt {path!r}: the file is empty; write the prompt text into it")
+    return text
+
+
+def _load_npy(path: str, flag: str) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{flag} {path!r}: file not found") from None
+    except (OSError, ValueError) as err:
+        raise InputError(f"{flag} {path!r}: not a readable .npy array ({err})") from None
+    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
+        raise InputError(f"{flag} {path!r}: expected a numeric array, got {getattr(arr, 'dtype', type(arr))}")
+    return arr
+
+
+def _trajectory(args) -> np.ndarray:
+    from sana_wm.camera import action_to_c2w, validate_c2w
+
+    if args.action is None and args.camera is None:
+        raise InputError("one of --action (DSL string) or --camera (.npy of (F, 4, 4) c2w) is required")
+    if args.action is not None:
+        try:
+            return action_to_c2w(args.action, args.translation_speed, args.rotation_speed_deg, scheme=args.action_scheme)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"--action: {err}") from None
+    c2w = _load_npy(args.camera, "--camera")
+    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
+        raise InputError(f"--camera {args.camera!r}: expected shape (F, 4, 4) camera-to-world poses, got {c2w.shape}")
+    try:
+        validate_c2w(c2w, "--camera")
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    return c2w.astype(np.float64)
+
+
+def _intrinsics(args, image, num_frames: int) -> np.ndarray:
+    from sana_wm.camera import as_fxfycxcy
+
+    if args.intrinsics is None:
+        arr = estimate_intrinsics(image)
+        source = "estimated intrinsics"
+    else:
+        arr = _load_npy(args.intrinsics, "--intrinsics")
+        source = f"--intrinsics {args.intrinsics!r}"
+    try:
+        return as_fxfycxcy(arr, num_frames, name=source)
+    except (TypeError, ValueError) as err:
+        raise InputError(str(err)) from None
+
+
+def estimate_intrinsics(image) -> np.ndarray:
+    """Hook for automatic intrinsics (Pi3X, REFERENCE §6.3) from the annotation package.
+
+    Expected provider: ``annotation.intrinsics.estimate_intrinsics(image: PIL.Image) -> (3, 3) K`` in pixels of the
+    given (uncropped) image. Until it exists the user must pass ``--intrinsics``.
+    """
+    try:
+        from annotation.intrinsics import estimate_intrinsics as provider  # type: ignore[import-not-found]
+    except ImportError:
+        provider = None
+    if provider is None:
+        raise InputError(
+            "--intrinsics is required: automatic estimation needs the `annotation` package (not available yet); "
+            "pass --intrinsics <file.npy> with (4,) [fx, fy, cx, cy], (3, 3) K, (F, 4) or (F, 3, 3) in input-image pixels"
+        )
+    return np.asarray(provider(image), dtype=np.float64)
+
+
+def _output_dir(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write_test_"):
+            pass
+    except OSError as err:
+        raise InputError(f"--output_dir {path!r}: cannot write there ({err.strerror or err})") from None
+    return out
+
+
+def check_inputs(args) -> Inputs:
+    """Validate every user input (cheap: no model is loaded). Raises :class:`InputError` with a one-line reason."""
+    from sana_wm.camera import snap_num_frames
+    from sana_wm.video import load_image
+
+    for flag, value, ok, want in (
+        ("--num_frames", args.num_frames, args.num_frames >= 1, ">= 1"),
+        ("--fps", args.fps, args.fps > 0, "> 0"),
+        ("--step", args.step, args.step >= 1, ">= 1"),
+        ("--cfg_scale", args.cfg_scale, args.cfg_scale >= 0, ">= 0"),
+        ("--refiner_block_size", args.refiner_block_size, args.refiner_block_size >= 0, ">= 0 (0 = single shot)"),
+        ("--refiner_kv_max_frames", args.refiner_kv_max_frames, args.refiner_kv_max_frames >= 2, ">= 2"),
+    ):
+        if not ok:
+            raise InputError(f"{flag} must be {want}; got {value}")
+    if args.flow_shift is not None and not args.flow_shift > 0:
+        raise InputError(f"--flow_shift must be > 0; got {args.flow_shift}")
+    for flag in ("--height", "--width"):
+        v = getattr(args, flag[2:])
+        if v is not None and (v <= 0 or v % 32):
+            raise InputError(f"{flag} must be a positive multiple of 32; got {v}")
+    if args.action is None and (args.translation_speed is not None or args.rotation_speed_deg is not None):
+        raise InputError("--translation_speed / --rotation_speed_deg apply to --action only")
+
+    output_dir = _output_dir(args.output_dir)
+    prompt = _read_prompt(args.prompt)
+    try:
+        image = load_image(args.image)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    c2w = _trajectory(args)
+    source = "--action" if args.action is not None else f"--camera {args.camera!r}"
+    if c2w.shape[0] < args.num_frames:
+        raise InputError(
+            f"{source} gives {c2w.shape[0]} poses but --num_frames is {args.num_frames}; lengthen the trajectory "
+            f"or pass --num_frames {c2w.shape[0]} or less"
+        )
+    notices = []
+    F = snap_num_frames(args.num_frames, max_frames=c2w.shape[0])
+    if F != args.num_frames:
+        notices.append(f"--num_frames {args.num_frames} snapped to {F} (the VAE needs 8k+1 frames)")
+    if not args.no_refiner and F < 9:
+        raise InputError(f"the refiner needs at least 9 frames, got {F}; raise --num_frames or pass --no_refiner")
+    intr = _intrinsics(args, image, F)
+    stem = args.output_name or Path(args.image).stem
+    if not stem or os.sep in stem:
+        raise InputError(f"--output_name must be a plain file stem; got {stem!r}")
+    return Inputs(image, prompt, c2w, intr, F, output_dir, stem, notices)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def run(args, inputs: Inputs) -> dict:
+    """Load the models, generate, write the outputs; returns the JSON record."""
+    import torch
+
+    from sana_wm.overlay import derive_controls, draw_overlay
+    from sana_wm.pipeline import SanaWMPipeline, default_device, save_result_arrays
+    from sana_wm.video import write_mp4
+
+    device = torch.device(args.device) if args.device else default_device()
+    kwargs = dict(
+        offload_vae=args.offload_vae, offload_refiner=args.offload_refiner, offload_text_encoder=args.offload_text_encoder,
+    )
+    if args.vae_tiling is not None:
+        kwargs["vae_tiling"] = args.vae_tiling
+    t0 = time.perf_counter()
+    pipe = SanaWMPipeline.from_model_root(
+        args.model_root, checkpoint=args.checkpoint, model_config=args.model_config, vae_root=args.vae_root,
+        text_encoder_root=args.text_encoder_root, refiner_root=args.refiner_root, use_refiner=not args.no_refiner,
+        device=device, dtype=_dtype(args.dtype), height=args.height, width=args.width, **kwargs,
+    )
+    load_s = time.perf_counter() - t0
+    result = pipe.generate(
+        inputs.image, inputs.prompt, inputs.c2w, inputs.intrinsics, num_frames=inputs.num_frames, fps=args.fps,
+        num_steps=args.step, cfg_scale=args.cfg_scale, flow_shift=args.flow_shift, sampler=args.sampling_algo,
+        seed=args.seed, negative_prompt=args.negative_prompt, refine=not args.no_refiner,
+        refiner_block_size=args.refiner_block_size or None, refiner_kv_max_frames=args.refiner_kv_max_frames,
+        refiner_seed=args.refiner_seed, decode_stage1=args.save_stage1,
+    )
+    for note in result.notices:
+        print(f"note: {note}", file=sys.stderr)
+
+    t1 = time.perf_counter()
+    video = result.video
+    if not args.no_action_overlay:
+        scheme = args.action_scheme if args.action is not None else "release"
+        # One pose past the clip (when the trajectory has it) so the last frame shows its own step.
+        controls = derive_controls(inputs.c2w[: result.num_frames + 1], scheme=scheme)
+        controls = controls[result.frame_offset : result.num_frames]
+        video = draw_overlay(video, controls)
+    stem = inputs.output_dir / inputs.stem
+    video_path = write_mp4(stem.with_suffix(".mp4"), video, args.fps)
+    arrays = save_result_arrays(result, stem)
+    stage1_path = None
+    if result.stage1_video is not None:
+        stage1_path = write_mp4(stem.with_name(inputs.stem + "_stage1.mp4"), result.stage1_video, args.fps)
+    write_s = time.perf_counter() - t1
+
+    generation_s = sum(result.timings.values())
+    duration = len(video) / args.fps
+    record = {
+        "video": str(video_path),
+        "stage1_video": str(stage1_path) if stage1_path else None,
+        "c2w": str(arrays["c2w"]),
+        "intrinsics": str(arrays["intrinsics"]),
+        "frames_generated": result.num_frames,
+        "frames_in_video": int(len(video)),
+        "fps": args.fps,
+        "height": int(video.shape[1]),
+        "width": int(video.shape[2]),
+        "refined": result.refined,
+        "device": str(pipe.device),
+        "dtype": str(next(pipe.dit.parameters()).dtype).replace("torch.", ""),
+        "timings_s": {"load": load_s, **result.timings, "write": write_s, "generation_total": generation_s},
+        "realtime_factor": generation_s / duration if duration > 0 else None,
+        "peak_memory_bytes": result.peak_memory,
+        "notices": inputs.notices + result.notices,
+        "args": {k: v for k, v in vars(args).items()},
+    }
+    json_path = stem.with_suffix(".json")
+    json_path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the process exit status (0 ok, 2 bad input, 1 failure while generating)."""
+    from sana_wm.model_root import ModelRootError, resolve_model_paths
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        inputs = check_inputs(args)
+        # Weight files are checked (not loaded) before anything heavy happens, so a typo fails in a second.
+        resolve_model_paths(
+            args.model_root, checkpoint=args.checkpoint, model_config=args.model_config, vae_root=args.vae_root,
+            text_encoder_root=args.text_encoder_root, refiner_root=args.refiner_root, need_refiner=not args.no_refiner,
+        )
+    except (InputError, ModelRootError) as err:
+        print(f"infer.py: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for note in inputs.notices:
+        print(f"note: {note}", file=sys.stderr)
+    try:
+        record = run(args, inputs)
+    except (ModelRootError, ValueError, RuntimeError, OSError) as err:
+        print(f"infer.py: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(record["video"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

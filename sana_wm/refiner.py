@@ -1,0 +1,495 @@
+"""Stage 2: the LTX-2 refiner (REFERENCE §5, PORT-CHECK §4), driven through diffusers' model classes.
+
+The heavy modules are diffusers' / transformers' own — ``SanaWMLTX2RefinerTransformer3DModel`` (an LTX-2 DiT with a
+video-only forward and an explicit K/V cache), ``LTX2TextConnectors`` and Gemma-3 — loaded from local folders only.
+The refinement loop, the prompt packing and the device placement are ours.
+
+Prompt (REFERENCE §5.1): the raw user prompt (stripped, no chi prefix), Gemma-3 tokenizer, **left** padding to
+``text_max_sequence_length`` (1024). All hidden states (embedding output + every layer) are stacked to
+(1, L, D, n_layers + 1) and handed to the connectors, which apply the per-layer masked mean / range normalisation (×8)
+once (diffusers' pipeline normalises twice, an idempotent no-op up to rounding, PORT-CHECK §4.1) and return the
+cross-attention memory (1, L, D_model) and its mask. No CFG.
+
+Refinement of the stage-1 latent z (B, C, T, h, w), normalised as the stage-1 DiT sees it:
+
+* sink = z[:, :, :1] (the clean first-image frame). Its self-attention K/V are captured once at σ = 0, after the q/k
+  RMSNorm and before RoPE, in a pass where the sink attends only to itself; the sink frames are never changed.
+* the other frames are refined in blocks of ``block_size`` latent frames (3). Each block starts from
+  x = (1 − σ₀)·z_block + σ₀·ε with one ε per block drawn, in block order, from a generator on the execution device
+  seeded ``seed`` (42), and runs the distilled Euler steps σ = (0.909375, 0.725, 0.421875, 0):
+  v = F(x, σ·1000) (float timesteps), x̂₀ = x − σ·v, x ← x + (σ_next − σ)·(x − x̂₀)/σ.
+  Its queries attend to [sink K/V re-RoPE'd at offset (start − history − 1) | history K/V (post-RoPE) | the block].
+  After the block, a σ = 0 pass captures its post-RoPE K/V into the history, trimmed to ``kv_max_frames − 1`` frames.
+  This is the mode the released refiner was trained with and the only one in diffusers' port.
+* ``block_size=None`` is NVIDIA's single-shot "sink-bidirectional" pass (REFERENCE §5.2, the CLI default when
+  ``--refiner_block_size`` is unset): one block holding every non-sink frame, so current queries see the sink and all
+  current frames, sink queries only the sink, and one ε covers the whole clip. The sink K/V are exact for that mask
+  because nothing the sink computes depends on the current frames.
+
+The decoded sink frame is dropped by the caller (161 → 160 frames, c2w aligned as c2w[1:]); see
+:meth:`sana_wm.pipeline.SanaWMPipeline.generate`.
+
+Memory: the audio half of the LTX-2 checkpoint is loaded (so the released weights load unchanged) but never run and
+never moved to the accelerator. With ``offload=True`` the Gemma-3 language model, the connectors and the transformer
+live on the offload device and are moved to the execution device only while they run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DISTILLED_SIGMAS",
+    "LTX2Refiner",
+    "plan_blocks",
+    "is_audio_only",
+    "move_module",
+    "tiny_refiner_components",
+    "save_tiny_refiner",
+]
+
+#: The 3-step distilled σ schedule of the released refiner (ends with the terminal 0).
+DISTILLED_SIGMAS: tuple[float, ...] = (0.909375, 0.725, 0.421875, 0.0)
+
+
+def is_audio_only(name: str) -> bool:
+    """True for parameters/modules of the LTX-2 checkpoint that the video-only refiner forward never touches.
+
+    The audio stream (``audio_*``), the audio↔video cross-attention (``audio_to_video_*``, ``video_to_audio_*``,
+    ``*a2v*``/``*v2a*`` tables) and its global modulation (``av_cross_attn_*``).
+    """
+    for part in name.split("."):
+        if "audio" in part or part.startswith("av_") or "a2v" in part or "v2a" in part:
+            return True
+    return False
+
+
+def move_module(module: nn.Module, device: torch.device | str, skip: Callable[[str], bool] | None = None) -> None:
+    """Move a module's parameters and buffers to ``device`` in place, leaving those whose name ``skip`` accepts.
+
+    Unlike ``module.to`` this never transfers the skipped tensors (no transient peak on the target device).
+    """
+    device = torch.device(device)
+    for mod_name, mod in module.named_modules():
+        for pname, p in list(mod._parameters.items()):
+            full = f"{mod_name}.{pname}" if mod_name else pname
+            if p is None or (skip is not None and skip(full)) or p.device == device:
+                continue
+            moved = p.data.to(device)
+            if torch._has_compatible_shallow_copy_type(p.data, moved):
+                p.data = moved  # keeps the Parameter object (and any weight tying, optimiser references)
+            else:  # e.g. to/from `meta`: a new Parameter, as nn.Module.to does
+                mod._parameters[pname] = nn.Parameter(moved, requires_grad=p.requires_grad)
+        for bname, b in list(mod._buffers.items()):
+            full = f"{mod_name}.{bname}" if mod_name else bname
+            if b is None or (skip is not None and skip(full)) or b.device == device:
+                continue
+            mod._buffers[bname] = b.to(device)
+
+
+def plan_blocks(num_frames: int, sink_frames: int = 1, block_size: int | None = 3) -> list[tuple[int, int]]:
+    """Latent-frame ranges [start, end) refined one after another; ``block_size=None`` gives one block.
+
+    Example: 21 latent frames, sink 1, block 3 → [(1, 4), (4, 7), …, (19, 21)] (the last block has 2 frames).
+    """
+    if sink_frames < 1 or num_frames <= sink_frames:
+        raise ValueError(f"need more latent frames ({num_frames}) than sink frames ({sink_frames}) to refine")
+    if block_size is None:
+        return [(sink_frames, num_frames)]
+    if block_size < 1:
+        raise ValueError(f"refiner block_size must be >= 1 or None (single shot); got {block_size}")
+    return [(s, min(s + block_size, num_frames)) for s in range(sink_frames, num_frames, block_size)]
+
+
+def _text_backbone(text_encoder: nn.Module) -> nn.Module:
+    """The Gemma-3 language model inside ``Gemma3ForConditionalGeneration`` (the vision tower is never needed)."""
+    inner = getattr(text_encoder, "model", text_encoder)
+    return getattr(inner, "language_model", inner)
+
+
+@dataclass
+class _Placer:
+    """Fallback placement when no tracker is shared by a pipeline: move and remember (see ModulePlacement)."""
+
+    where: dict
+
+    def move(self, name: str, module: nn.Module, device, skip=None) -> None:
+        move_module(module, device, skip)
+        self.where[name] = str(torch.device(device))
+
+
+class LTX2Refiner:
+    """Stage-2 refiner around diffusers' LTX-2 refiner modules.
+
+    Args:
+        transformer: ``diffusers.SanaWMLTX2RefinerTransformer3DModel`` (patch size 1).
+        connectors: ``diffusers.pipelines.ltx2.LTX2TextConnectors``.
+        text_encoder: Gemma-3 (``Gemma3ForConditionalGeneration``, or a bare Gemma-3 text model).
+        tokenizer: its tokenizer.
+        text_max_sequence_length: prompt tokens (1024 for the release).
+        sigmas: distilled σ schedule ending in 0.
+        device: execution device (where the transformer runs).
+        offload: keep the modules on ``offload_device`` except while they run.
+        offload_device: where offloaded modules live (CPU).
+        placement: an object with ``move(name, module, device, skip=None)`` and a ``where`` dict, shared with the
+            stage-1 pipeline so that every move is recorded in one place; a private one by default.
+    """
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        connectors: nn.Module,
+        text_encoder: nn.Module,
+        tokenizer,
+        *,
+        text_max_sequence_length: int = 1024,
+        sigmas: tuple[float, ...] = DISTILLED_SIGMAS,
+        device: torch.device | str = "cpu",
+        offload: bool = False,
+        offload_device: torch.device | str = "cpu",
+        placement=None,
+    ) -> None:
+        cfg = transformer.config
+        if int(cfg.patch_size) != 1 or int(cfg.patch_size_t) != 1:
+            raise ValueError(
+                f"LTX2Refiner supports patch_size = patch_size_t = 1 (the LTX-2 refiner); got "
+                f"{cfg.patch_size}, {cfg.patch_size_t}"
+            )
+        sig = [float(s) for s in sigmas]
+        if len(sig) < 2 or sig[-1] != 0.0 or any(b >= a for a, b in zip(sig, sig[1:], strict=False)) or sig[0] > 1:
+            raise ValueError(f"refiner sigmas must decrease strictly from <= 1 to a terminal 0; got {sigmas}")
+        for m in (transformer, connectors, text_encoder):
+            m.requires_grad_(False).eval()
+        self.transformer = transformer
+        self.connectors = connectors
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.text_max_sequence_length = int(text_max_sequence_length)
+        self.sigmas = tuple(sig)
+        self.device = torch.device(device)
+        self.offload = bool(offload)
+        self.offload_device = torch.device(offload_device)
+        self.placement = placement if placement is not None else _Placer({})
+        self.home()
+
+    # ------------------------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        refiner_root,
+        *,
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str = "cpu",
+        offload: bool = False,
+        offload_device: torch.device | str = "cpu",
+        placement=None,
+        text_max_sequence_length: int | None = None,
+    ) -> LTX2Refiner:
+        """Load from a local refiner folder (``transformer/``, ``connectors/``, ``text_encoder/`` + tokenizer).
+
+        ``refiner_root`` is a path or a :class:`sana_wm.model_root.RefinerPaths`. Weights are read on the CPU and
+        moved to ``device`` unless ``offload``.
+        """
+        from diffusers.models.transformers.transformer_sana_wm_refiner import (
+            SanaWMLTX2RefinerTransformer3DModel,
+        )
+        from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+        from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
+
+        from sana_wm.model_root import RefinerPaths, resolve_refiner_paths
+
+        paths = refiner_root if isinstance(refiner_root, RefinerPaths) else resolve_refiner_paths(refiner_root)
+        transformer = SanaWMLTX2RefinerTransformer3DModel.from_pretrained(
+            paths.transformer, torch_dtype=dtype, local_files_only=True
+        )
+        connectors = LTX2TextConnectors.from_pretrained(paths.connectors, torch_dtype=dtype, local_files_only=True)
+        text_encoder = Gemma3ForConditionalGeneration.from_pretrained(
+            paths.text_encoder, dtype=dtype, local_files_only=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(paths.tokenizer, local_files_only=True)
+        return cls(
+            transformer,
+            connectors,
+            text_encoder,
+            tokenizer,
+            text_max_sequence_length=text_max_sequence_length or paths.text_max_sequence_length,
+            device=device,
+            offload=offload,
+            offload_device=offload_device,
+            placement=placement,
+        )
+
+    # ------------------------------------------------------------------------------------------------ helpers
+
+    def _place(self, name: str, module: nn.Module, device, skip=None) -> None:
+        self.placement.move(name, module, device, skip)
+
+    def _release(self, name: str, module: nn.Module, skip=None) -> None:
+        if self.offload:
+            self._place(name, module, self.offload_device, skip)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.proj_in.weight.dtype
+
+    def home(self) -> None:
+        """Put every refiner module where it waits between uses: the offload device when ``offload``, else the
+        execution device. The audio half of the transformer and the Gemma-3 vision tower are never moved."""
+        where = self.offload_device if self.offload else self.device
+        self._place("refiner.text_encoder", _text_backbone(self.text_encoder), where)
+        self._place("refiner.connectors", self.connectors, where)
+        self._place("refiner.transformer", self.transformer, where, skip=is_audio_only)
+
+    # --------------------------------------------------------------------------------------------- prompt
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt → (embeddings (1, L, D_model), mask (1, L)) for the refiner's cross-attention (module docstring)."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"refiner prompt must be a string; got {type(prompt).__name__}")
+        tok = self.tokenizer(
+            [prompt.strip()],
+            padding="max_length",
+            padding_side="left",
+            max_length=self.text_max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+        lm = _text_backbone(self.text_encoder)
+        self._place("refiner.text_encoder", lm, self.device)
+        try:
+            out = lm(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            hidden = torch.stack(out.hidden_states, dim=-1)  # (1, L, D, n_layers + 1)
+        finally:
+            self._release("refiner.text_encoder", lm)
+        self._place("refiner.connectors", self.connectors, self.device)
+        try:
+            emb, _, emb_mask = self.connectors(hidden.to(self.connectors.dtype), mask, padding_side="left")
+        finally:
+            self._release("refiner.connectors", self.connectors)
+        return emb.to(self.dtype), emb_mask
+
+    # --------------------------------------------------------------------------------------------- refine
+
+    def _rope(self, positions: list[int], h: int, w: int, batch: int, fps: float):
+        return self.transformer.build_rotary_emb_for_absolute_positions(
+            batch_size=batch, frame_positions=positions, height=h, width=w, device=self.device, fps=float(fps)
+        )
+
+    def _forward(self, x: torch.Tensor, positions: list[int], sigma: float, text, cache, mode: str, fps: float):
+        """One transformer pass on latent frames x (B, C, n, h, w) at absolute ``positions``; returns v (B, C, n, h, w)."""
+        B, C, n, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (B, n·h·w, C): frame-major, then row, then column
+        scale = float(self.transformer.config.timestep_scale_multiplier)
+        t = torch.full((B, tokens.shape[1]), sigma * scale, dtype=torch.float32, device=x.device)
+        v = self.transformer(
+            hidden_states=tokens,
+            encoder_hidden_states=text[0],
+            timestep=t,
+            video_rotary_emb=self._rope(positions, h, w, B, fps),
+            encoder_attention_mask=text[1],
+            kv_cache=cache,
+            kv_cache_mode=mode,
+            return_dict=False,
+        )[0]
+        return v.transpose(1, 2).reshape(B, -1, n, h, w)
+
+    @torch.no_grad()
+    def refine(
+        self,
+        latents: torch.Tensor,
+        prompt: str | None = None,
+        *,
+        prompt_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
+        fps: float = 16.0,
+        block_size: int | None = 3,
+        kv_max_frames: int = 11,
+        sink_frames: int = 1,
+        seed: int = 42,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Refine stage-1 latents.
+
+        Args:
+            latents: (B, C, T, h, w) normalised stage-1 latents (frame 0 = the encoded first image).
+            prompt: raw user prompt (encoded with :meth:`encode_prompt` unless ``prompt_embeds`` is given).
+            prompt_embeds: precomputed (embeddings, mask) from :meth:`encode_prompt`.
+            fps: video frame rate; scales the LTX-2 temporal RoPE.
+            block_size: latent frames per AR block (3); None = single-shot sink-bidirectional pass.
+            kv_max_frames: sink + history frames kept in the K/V window (11); must exceed ``sink_frames``.
+            sink_frames: leading frames used as the attention sink and left unchanged (1).
+            seed: seed of the per-block noise generator on the execution device (42).
+            generator: use this generator instead.
+            progress: tqdm bar over blocks.
+
+        Returns:
+            (B, C, T, h, w) float32 latents: the sink frames unchanged, the rest refined.
+        """
+        from diffusers.models.transformers.transformer_sana_wm_refiner import SanaWMRefinerKVCache
+
+        if latents.ndim != 5:
+            raise ValueError(f"refiner latents must be (B, C, T, h, w); got {tuple(latents.shape)}")
+        if int(latents.shape[1]) != int(self.transformer.config.in_channels):
+            raise ValueError(
+                f"refiner expects {self.transformer.config.in_channels} latent channels; got {latents.shape[1]}"
+            )
+        if kv_max_frames <= sink_frames:
+            raise ValueError(f"kv_max_frames ({kv_max_frames}) must exceed sink_frames ({sink_frames})")
+        B, _, T, h, w = latents.shape
+        blocks = plan_blocks(T, sink_frames, block_size)
+        if prompt_embeds is None:
+            if prompt is None:
+                raise ValueError("refine() needs a prompt or prompt_embeds")
+            prompt_embeds = self.encode_prompt(prompt)
+        emb, emb_mask = prompt_embeds
+        text = (emb.to(self.device, self.dtype).expand(B, -1, -1), emb_mask.to(self.device).expand(B, -1))
+        dtype = self.dtype
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        sig = torch.tensor(self.sigmas, dtype=torch.float32)  # the schedule in float32, as the scheduler keeps it
+        s0 = float(sig[0])
+
+        self._place("refiner.transformer", self.transformer, self.device, skip=is_audio_only)
+        try:
+            z = latents.to(self.device, dtype)
+            out = latents.detach().float().to(self.device).clone()
+            n_layers = len(self.transformer.transformer_blocks)
+            cache = SanaWMRefinerKVCache(n_layers)
+            sink_pos = list(range(sink_frames))
+            self._forward(z[:, :, :sink_frames], sink_pos, 0.0, text, cache, "capture_pre_rope", fps)
+            for i in range(n_layers):
+                layer = cache.get(i)
+                layer.store_sink(*layer.get_captured_pre_rope())
+            max_history = kv_max_frames - sink_frames
+            tokens_per_frame = h * w
+            history = 0
+            iterator = blocks
+            if progress:
+                from tqdm.auto import tqdm
+
+                iterator = tqdm(blocks, desc="refiner", leave=False)
+            for bi, (start, end) in enumerate(iterator):
+                positions = list(range(start, end))
+                offset = start - history - sink_frames  # the sink sits right before the kept history
+                cache.sink_pe = self._rope(list(range(offset, offset + sink_frames)), h, w, B, fps)
+                clean = z[:, :, start:end]
+                eps = torch.randn(clean.shape, generator=generator, device=self.device, dtype=dtype)
+                x = ((1.0 - s0) * clean.float() + s0 * eps.float()).to(dtype)
+                for k in range(len(sig) - 1):
+                    s, s_next = float(sig[k]), float(sig[k + 1])
+                    v = self._forward(x, positions, s, text, cache, "inject", fps)
+                    x0 = (x.float() - s * v.float()).to(dtype)  # x̂₀, rounded to the model dtype as in the port
+                    xf = x.float()
+                    x = (xf + (s_next - s) * ((xf - x0.float()) / s)).to(dtype)
+                out[:, :, start:end] = x.float()
+                if bi == len(blocks) - 1:
+                    break  # nothing attends to the last block: skip its K/V capture
+                self._forward(x, positions, 0.0, text, cache, "inject_and_capture_post_rope", fps)
+                for i in range(n_layers):
+                    layer = cache.get(i)
+                    k_new, v_new = layer.get_captured_post_rope()
+                    old = layer.get_history()
+                    if old is not None:
+                        k_new, v_new = torch.cat([old[0], k_new], dim=1), torch.cat([old[1], v_new], dim=1)
+                    layer.store_history(k_new, v_new)
+                history += end - start
+                if history > max_history:
+                    keep = max_history * tokens_per_frame
+                    for i in range(n_layers):
+                        layer = cache.get(i)
+                        k_h, v_h = layer.get_history()
+                        layer.store_history(k_h[:, -keep:], v_h[:, -keep:])
+                    history = max_history
+            cache.clear()
+        finally:
+            self._release("refiner.transformer", self.transformer, skip=is_audio_only)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tiny random components (tests, `bench/generate.py --quick`)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def tiny_refiner_components(latent_channels: int = 8, seed: int = 0, text_max_sequence_length: int = 64):
+    """Random, CPU-sized stand-ins with the real class layout: (transformer, connectors, text_encoder, tokenizer).
+
+    Gemma-3 with 2 layers of width 32 (+ a 1-layer SigLIP tower so ``Gemma3ForConditionalGeneration`` loads like
+    the release), connectors mapping 32 × 3 stacked states to 32 channels with 16 registers, a 2-layer refiner
+    transformer of width 16. ``text_max_sequence_length`` must be a multiple of the 16 registers.
+    """
+    from diffusers.models.transformers.transformer_sana_wm_refiner import SanaWMLTX2RefinerTransformer3DModel
+    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+
+    from sana_wm.encoders.testing import tiny_tokenizer
+
+    if text_max_sequence_length % 16:
+        raise ValueError("text_max_sequence_length must be a multiple of 16 (the tiny connectors' registers)")
+    tokenizer = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_cfg = Gemma3TextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=2048,
+            sliding_window=64, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        )
+        vision_cfg = SiglipVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+        )
+        text_encoder = Gemma3ForConditionalGeneration(
+            Gemma3Config(
+                text_config=text_cfg.to_dict(), vision_config=vision_cfg.to_dict(), mm_tokens_per_image=4,
+                image_token_index=5, boi_token_index=6, eoi_token_index=7,
+            )
+        ).eval()
+        connectors = LTX2TextConnectors(
+            caption_channels=32, text_proj_in_factor=3,
+            video_connector_num_attention_heads=2, video_connector_attention_head_dim=16,
+            video_connector_num_layers=1, video_connector_num_learnable_registers=16,
+            audio_connector_num_attention_heads=2, audio_connector_attention_head_dim=16,
+            audio_connector_num_layers=1, audio_connector_num_learnable_registers=16,
+            video_hidden_dim=16, audio_hidden_dim=16,
+        ).eval()
+        transformer = SanaWMLTX2RefinerTransformer3DModel(
+            in_channels=latent_channels, out_channels=latent_channels, num_attention_heads=2, attention_head_dim=8,
+            cross_attention_dim=16, num_layers=2, caption_channels=32, audio_in_channels=8, audio_out_channels=8,
+            audio_num_attention_heads=2, audio_attention_head_dim=8, audio_cross_attention_dim=16,
+        ).eval()
+    return transformer, connectors, text_encoder, tokenizer
+
+
+def save_tiny_refiner(directory: str | os.PathLike, latent_channels: int = 8, seed: int = 0,
+                      text_max_sequence_length: int = 64) -> Path:
+    """Write :func:`tiny_refiner_components` in the release layout ``<directory>/{transformer,connectors,
+    text_encoder,tokenizer}/`` plus a ``model_index.json`` carrying ``text_max_sequence_length``."""
+    import json
+
+    root = Path(directory)
+    transformer, connectors, text_encoder, tokenizer = tiny_refiner_components(
+        latent_channels, seed, text_max_sequence_length
+    )
+    transformer.save_pretrained(root / "transformer")
+    connectors.save_pretrained(root / "connectors")
+    text_encoder.save_pretrained(root / "text_encoder")
+    tokenizer.save_pretrained(root / "tokenizer")
+    (root / "model_index.json").write_text(json.dumps({"text_max_sequence_length": text_max_sequence_length}))
+    return root

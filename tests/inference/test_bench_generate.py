@@ -1,0 +1,48 @@
+"""bench/generate.py --quick: the benchmark script runs end to end on CPU with tiny modules (no timing checks)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "generate.py"
+
+
+def test_quick_run_prints_every_stage(tmp_path, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_generate", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_generate", mod)  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    assert mod.main(["--quick", "--json", str(tmp_path / "rows.json")]) == 0
+    table = capsys.readouterr().out
+    for stage in ("stage1", "vae_decode", "text", "refiner_text", "refiner", "total"):
+        assert f"\n{stage} " in table, stage
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [r["frames"] for r in rows if r["stage"] == "stage1"] == [17, 33]
+    assert all(r["seconds"] > 0 for r in rows)
+    with pytest.raises(SystemExit):
+        mod.main(["--quick", "--frames", "20"])  # not 8k+1
+
+
+def test_full_size_builders_construct_on_meta(monkeypatch):
+    """The GPU configuration can't run here, but its modules must build with the real sizes (on `meta`, no memory)."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_generate", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_generate", mod)
+    spec.loader.exec_module(mod)
+    meta, bf16 = torch.device("meta"), torch.bfloat16
+    dit = mod.build_dit(mod.FULL, meta, bf16)
+    assert dit.num_parameters() == 2_661_800_448 and next(dit.parameters()).dtype == bf16
+    tr = mod._refiner_transformer(mod.FULL, meta, bf16)
+    video = sum(p.numel() for n, p in tr.named_parameters() if not mod.is_audio_only(n))
+    assert len(tr.transformer_blocks) == 48 and 12e9 < video < 14e9
+    conn, te, _, length = mod._refiner_text_modules(mod.FULL, meta, bf16)
+    assert length == 1024 and 11e9 < sum(p.numel() for p in te.parameters()) < 12.5e9
+    assert conn.config.caption_channels * conn.config.text_proj_in_factor == 3840 * 49

@@ -1,0 +1,220 @@
+"""infer.py end to end on a tiny random release layout written to disk, and its input checks.
+
+The CLI is called in-process through ``main(argv)`` (one subprocess run checks the real exit status)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sana_wm.camera import action_to_c2w
+from sana_wm.pipeline import SanaWMPipeline
+from sana_wm.video import read_mp4
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_infer():
+    """infer.py lives at the repository root, which need not be on sys.path under every pytest invocation."""
+    import importlib.util
+
+    if "infer" in sys.modules:
+        return sys.modules["infer"]
+    spec = importlib.util.spec_from_file_location("infer", REPO / "infer.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["infer"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+infer = _load_infer()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from sana_wm.model_root import write_random_model_root
+
+    d = tmp_path_factory.mktemp("cli")
+    root = write_random_model_root(d / "root", sample_size=(64, 96), text_max_length=32)
+    yy, xx = np.mgrid[0:120, 0:160]
+    Image.fromarray(np.stack([xx * 1.5, yy * 2.0, (xx + yy) % 256], -1).astype(np.uint8)).save(d / "img.png")
+    (d / "prompt.txt").write_text("A quiet forest path in the morning.\n", encoding="utf-8")
+    np.save(d / "K.npy", np.array([[90.0, 0, 80], [0, 90.0, 60], [0, 0, 1]]))
+    return {"root": root, "dir": d, "image": d / "img.png", "prompt": d / "prompt.txt", "K": d / "K.npy"}
+
+
+def argv(files, out, *extra):
+    return ["--model_root", str(files["root"]), "--image", str(files["image"]), "--prompt", str(files["prompt"]),
+            "--intrinsics", str(files["K"]), "--step", "2", "--output_dir", str(out), *extra]
+
+
+def test_cli_two_stage_end_to_end(files, tmp_path, capsys):
+    rc = infer.main(argv(files, tmp_path, "--action", "w-8,l-8", "--num_frames", "16", "--save_stage1"))
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "snapped to 17" in captured.err
+    video, fps = read_mp4(tmp_path / "img.mp4")
+    assert video.shape == (16, 64, 96, 3) and fps == pytest.approx(16.0)  # 17 generated, sink frame dropped
+    assert read_mp4(tmp_path / "img_stage1.mp4")[0].shape[0] == 17
+    c2w = np.load(tmp_path / "img_c2w.npy")
+    np.testing.assert_allclose(c2w, action_to_c2w("w-8,l-8")[1:17], atol=1e-6)
+    K = np.load(tmp_path / "img_intrinsics.npy")
+    assert K.shape == (16, 3, 3)
+    np.testing.assert_allclose(K[0], [[54.0, 0, 48.0], [0, 54.0, 32.0], [0, 0, 1]], atol=1e-4)  # 0.6 scale, 4-row crop
+    record = json.loads((tmp_path / "img.json").read_text())
+    assert record["frames_generated"] == 17 and record["frames_in_video"] == 16 and record["refined"]
+    for stage in ("load", "text_encoder", "vae_encode", "stage1", "stage2", "vae_decode", "write"):
+        assert record["timings_s"][stage] >= 0, stage
+    assert record["peak_memory_bytes"]["process_max_rss"] > 0 and record["realtime_factor"] > 0
+    assert captured.out.strip() == str(tmp_path / "img.mp4")
+
+
+def test_cli_stage1_only_with_camera_file_and_overlay(files, tmp_path, capsys):
+    c2w = action_to_c2w("w-4,d-4,j-4,k-4").astype(np.float64)
+    world = np.eye(4)
+    world[:3, 3] = [1.0, 2.0, 3.0]  # a camera file need not start at the identity
+    np.save(tmp_path / "cam.npy", world @ c2w)
+    np.save(tmp_path / "Kf.npy", np.repeat(np.load(files["K"])[None], 17, axis=0))
+    common = ["--camera", str(tmp_path / "cam.npy"), "--intrinsics", str(tmp_path / "Kf.npy"), "--num_frames", "17",
+              "--no_refiner", "--seed", "5"]
+    assert infer.main(argv(files, tmp_path / "a", *common)) == 0
+    assert infer.main(argv(files, tmp_path / "b", *common, "--no_action_overlay")) == 0
+    capsys.readouterr()
+    with_overlay, _ = read_mp4(tmp_path / "a" / "img.mp4")
+    plain, _ = read_mp4(tmp_path / "b" / "img.mp4")
+    assert with_overlay.shape == plain.shape == (17, 64, 96, 3)
+    diff = np.abs(with_overlay.astype(int) - plain.astype(int))
+    assert diff[:, -20:].mean() > 5 * max(diff[:, :20].mean(), 0.5)  # widgets in the bottom band only
+    np.testing.assert_allclose(np.load(tmp_path / "a" / "img_c2w.npy"), (world @ c2w)[:17], atol=1e-6)
+    assert not json.loads((tmp_path / "a" / "img.json").read_text())["refined"]
+
+
+def test_cli_with_our_checkpoint_file(files, tmp_path, capsys):
+    """--checkpoint (our save_checkpoint format, config in its metadata) gives the same video as the release
+    layout's dit/ with the same weights and seed."""
+    from sana_wm.checkpoint import load_checkpoint, save_checkpoint
+    from sana_wm.model_root import load_inference_config, resolve_model_paths
+    from sana_wm.models import SanaWM
+
+    cfg = load_inference_config(resolve_model_paths(files["root"], need_refiner=False))
+    model = SanaWM(cfg.model)
+    load_checkpoint(model, next((files["root"] / "dit").glob("*.safetensors")))
+    ckpt = save_checkpoint(model, tmp_path / "ours.safetensors")
+    common = ["--action", "w-8", "--num_frames", "9", "--no_refiner", "--step", "1", "--no_action_overlay"]
+    assert infer.main(argv(files, tmp_path / "a", *common)) == 0
+    assert infer.main(argv(files, tmp_path / "b", *common, "--checkpoint", str(ckpt))) == 0
+    capsys.readouterr()
+    a, _ = read_mp4(tmp_path / "a" / "img.mp4")
+    b, _ = read_mp4(tmp_path / "b" / "img.mp4")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_cli_dsl_signs(files, tmp_path, capsys):
+    """REFERENCE §6.1A sign checks through the CLI: d → +x, w → +z, l turns toward +x, i looks up (−y)."""
+    rc = infer.main(argv(files, tmp_path, "--action", "d-8,w-8,l-8,i-8", "--num_frames", "33", "--no_refiner",
+                         "--step", "1", "--no_action_overlay"))
+    assert rc == 0, capsys.readouterr().err
+    c2w = np.load(tmp_path / "img_c2w.npy")
+    assert c2w.shape == (33, 4, 4)
+    np.testing.assert_allclose(c2w[8, :3, 3], [0.4, 0.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(c2w[16, :3, 3], [0.4, 0.0, 0.4], atol=1e-5)
+    assert c2w[24, 0, 2] > 0.15 and abs(c2w[24, 1, 2]) < 1e-6  # forward gains +x, no pitch yet
+    assert c2w[32, 1, 2] < -0.15  # forward gains −y: looking up
+    # translation speed and rotation speed flags scale the rollout
+    rc = infer.main(argv(files, tmp_path / "fast", "--action", "d-8", "--num_frames", "9", "--no_refiner", "--step",
+                         "1", "--translation_speed", "0.1"))
+    assert rc == 0
+    np.testing.assert_allclose(np.load(tmp_path / "fast" / "img_c2w.npy")[8, :3, 3], [0.8, 0, 0], atol=1e-5)
+
+
+def test_cli_flags_single_shot_refiner_offload_dpm(files, tmp_path, capsys):
+    rc = infer.main(argv(files, tmp_path, "--action", "w-8", "--num_frames", "9", "--refiner_block_size", "0",
+                         "--offload_refiner", "--offload_vae", "--offload_text_encoder",
+                         "--sampling_algo", "flow_dpm-solver", "--output_name", "clip", "--vae_tiling", "spatial"))
+    assert rc == 0, capsys.readouterr().err
+    assert read_mp4(tmp_path / "clip.mp4")[0].shape == (8, 64, 96, 3)
+    record = json.loads((tmp_path / "clip.json").read_text())
+    assert record["args"]["refiner_block_size"] == 0 and record["refined"]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("infer.py: error: ")
+    return err[0]
+
+
+BAD = {
+    "camera_and_action": (["--action", "w-16", "--camera", "{d}/cam.npy"], "not allowed with"),
+    "no_trajectory": ([], "--action"),
+    "short_trajectory": (["--action", "w-8", "--num_frames", "17"], "9 poses"),
+    "bad_dsl": (["--action", "w-16,q-3"], "'q'"),
+    "camera_shape": (["--camera", "{d}/cam_shape.npy"], "(F, 4, 4)"),
+    "camera_nonrigid": (["--camera", "{d}/cam_scaled.npy"], "non-rigid"),
+    "intrinsics_shape": (["--action", "w-16", "--intrinsics", "{d}/K_bad.npy"], "must have shape"),
+    "intrinsics_nonpositive": (["--action", "w-16", "--intrinsics", "{d}/K_zero.npy"], "> 0"),
+    "intrinsics_length": (["--action", "w-16", "--intrinsics", "{d}/K_short.npy"], "per-frame"),
+    "intrinsics_missing": (["--action", "w-16", "--intrinsics", None], "--intrinsics is required"),
+    "image_unreadable": (["--action", "w-16", "--image", "{d}/notimage.png"], "not a readable image"),
+    "prompt_empty": (["--action", "w-16", "--prompt", "{d}/empty.txt"], "empty"),
+    "prompt_missing": (["--action", "w-16", "--prompt", "{d}/nope.txt"], "not found"),
+    "prompt_not_utf8": (["--action", "w-16", "--prompt", "{d}/latin1.txt"], "UTF-8"),
+    "output_unwritable": (["--action", "w-16", "--output_dir", "{d}/afile/out"], "cannot write"),
+    "too_few_frames_for_refiner": (["--action", "w-16", "--num_frames", "1"], "--no_refiner"),
+    "bad_number": (["--action", "w-16", "--step", "0"], "--step"),
+    "missing_refiner": (["--action", "w-16", "--refiner_root", "{d}/norefiner"], "norefiner"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_files(files):
+    d = files["dir"] / "bad"
+    d.mkdir()
+    np.save(d / "cam.npy", action_to_c2w("w-16"))
+    np.save(d / "cam_shape.npy", np.zeros((17, 3, 4)))
+    scaled = action_to_c2w("w-16")
+    scaled[5, :3, :3] *= 1.5
+    np.save(d / "cam_scaled.npy", scaled)
+    np.save(d / "K_bad.npy", np.ones((2, 2)))
+    np.save(d / "K_zero.npy", np.array([0.0, 90.0, 80.0, 60.0]))
+    np.save(d / "K_short.npy", np.repeat(np.load(files["K"])[None], 5, axis=0))
+    (d / "notimage.png").write_text("hello")
+    (d / "empty.txt").write_text("  \n")
+    (d / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (d / "afile").write_text("a file, not a folder")
+    return d
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_exits_before_loading(files, bad_files, tmp_path, capsys, monkeypatch, case):
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded despite bad input")
+
+    monkeypatch.setattr(SanaWMPipeline, "from_model_root", classmethod(boom))
+    extra, message = BAD[case]
+    flags = {"--model_root": str(files["root"]), "--image": str(files["image"]), "--prompt": str(files["prompt"]),
+             "--intrinsics": str(files["K"]), "--num_frames": "17", "--output_dir": str(tmp_path / "out")}
+    flags.update({extra[i]: extra[i + 1] for i in range(0, len(extra), 2)})  # None removes a flag
+    args = []
+    for flag, value in flags.items():
+        if value is not None:
+            args += [flag, value.format(d=bad_files)]
+    rc = infer.main(args)
+    assert rc == infer.EXIT_BAD_INPUT
+    assert message in _one_line_error(capsys)
+
+
+def test_subprocess_exit_status(files, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "infer.py"), *argv(files, tmp_path, "--action", "w-4", "--num_frames", "17")],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("infer.py: error: --action gives 5 poses")

@@ -1,0 +1,234 @@
+"""SanaWMPipeline with tiny in-memory components: shapes, frame/pose alignment, conditioning, determinism,
+camera sensitivity, samplers, precomputed inputs (the validation-callback path) and device placement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sana_wm.camera import action_to_c2w
+from sana_wm.encoders import GemmaTextEncoder, LatentCodec
+from sana_wm.encoders.testing import tiny_gemma2, tiny_ltx2_vae, tiny_tokenizer
+from sana_wm.models import SanaWM
+from sana_wm.pipeline import ModulePlacement, SanaWMPipeline
+from sana_wm.refiner import LTX2Refiner, tiny_refiner_components
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+H, W = 64, 96
+K = np.array([90.0, 90.0, 60.0, 45.0])  # (fx, fy, cx, cy) of the 120 x 160 input image
+
+
+@pytest.fixture(scope="module")
+def parts():
+    torch.manual_seed(0)
+    dit = SanaWM.from_preset("tiny", in_channels=8, out_channels=8, caption_channels=32, depth=2)
+    with torch.no_grad():  # NVIDIA's init silences the camera branches; wake them so cameras matter
+        for name, p in dit.named_parameters():
+            if any(k in name for k in ("out_proj_cam", "plucker_proj", "plucker_embedder")):
+                p.normal_(0.0, 0.05)
+    codec = LatentCodec(tiny_ltx2_vae(8))
+    tok = tiny_tokenizer()
+    te = GemmaTextEncoder(tiny_gemma2(32, vocab_size=len(tok)), tok, max_sequence_length=32)
+    return dit, codec, te, tiny_refiner_components(8, text_max_sequence_length=64)
+
+
+def make(parts, refine=True, **kw):
+    dit, codec, te, rparts = parts
+    refiner = LTX2Refiner(*rparts, text_max_sequence_length=64) if refine else None
+    return SanaWMPipeline(dit, codec, te, refiner, height=H, width=W, device="cpu", **kw)
+
+
+@pytest.fixture(scope="module")
+def image():
+    yy, xx = np.mgrid[0:120, 0:160]
+    return np.stack([xx * 1.5, yy * 2.0, (xx + yy) % 256], -1).astype(np.uint8)
+
+
+def run(pipe, image, action="w-8,l-8", **kw):
+    kw.setdefault("num_frames", 17)
+    kw.setdefault("num_steps", 2)
+    return pipe.generate(image, "a forest path", action_to_c2w(action), K, progress=False, **kw)
+
+
+def test_refined_output_drops_the_sink_frame_and_aligns_poses(parts, image):
+    pipe = make(parts)
+    res = run(pipe, image)
+    c2w = action_to_c2w("w-8,l-8")
+    assert res.refined and res.num_frames == 17 and res.frame_offset == 1
+    assert res.video.shape == (16, H, W, 3) and res.video.dtype == np.uint8
+    np.testing.assert_array_equal(res.c2w, c2w[1:17])
+    assert res.intrinsics.shape == (16, 4)
+    # 120x160 → 72x96 resize (scale 0.6), crop 4 rows: fx·0.6, cy·0.6 − 4
+    np.testing.assert_allclose(res.intrinsics[0], [54.0, 54.0, 36.0, 23.0])
+    assert res.latents.shape == res.stage1_latents.shape == (1, 8, 3, 2, 3)
+    assert torch.equal(res.latents[:, :, 0], res.stage1_latents[:, :, 0])  # sink untouched
+    assert (res.latents[:, :, 1:] - res.stage1_latents[:, :, 1:]).abs().mean() > 1e-3
+    assert set(res.timings) >= {"prepare", "text_encoder", "vae_encode", "stage1", "stage2", "vae_decode"}
+    assert res.peak_memory["process_max_rss"] > 0
+
+
+def test_stage1_only_keeps_all_frames_and_the_image_latent(parts, image):
+    pipe = make(parts, refine=False)
+    res = run(pipe, image, num_frames=12)  # snapped to the nearest 8k+1 = 9
+    assert not res.refined and res.num_frames == 9 and res.frame_offset == 0
+    assert res.video.shape == (9, H, W, 3) and len(res.c2w) == 9
+    assert any("num_frames 12 -> 9" in n for n in res.notices)
+    tensor, _ = pipe.prepare_image(image)
+    z0 = parts[1].encode(tensor)
+    torch.testing.assert_close(res.latents[:, :, :1], z0)  # frame 0 = the encoded first image, never updated
+    # the decoded first frame resembles the (cropped) input image more than the reversed one
+    target = pipe.prepare_image(image)[0][0, :, 0].permute(1, 2, 0).add(1).mul(127.5).numpy()
+    err = np.abs(res.video[0].astype(float) - target).mean()
+    assert err < np.abs(res.video[0].astype(float) - target[::-1, ::-1]).mean()
+
+
+def test_seed_determinism_and_camera_sensitivity(parts, image):
+    pipe = make(parts, refine=False)
+    a = run(pipe, image, seed=3, decode=False)
+    b = run(pipe, image, seed=3, decode=False)
+    c = run(pipe, image, seed=4, decode=False)
+    d = run(pipe, image, action="s-8,j-8", seed=3, decode=False)
+    assert torch.equal(a.latents, b.latents)
+    assert (a.latents - c.latents).abs().max() > 1e-3
+    assert (a.latents - d.latents).abs().max() > 1e-4  # the trajectory steers the result
+    assert a.video is None
+
+
+def test_dpm_solver_and_guidance_off(parts, image):
+    pipe = make(parts, refine=False)
+    # 4 steps: DPM-Solver++ equals Euler on first-order steps (from σ = 1 and into σ = 0); step 3 is second order
+    euler = run(pipe, image, num_steps=4, decode=False)
+    dpm = run(pipe, image, num_steps=4, decode=False, sampler="flow_dpm-solver")
+    no_cfg = run(pipe, image, num_steps=4, decode=False, cfg_scale=1.0)
+    assert torch.isfinite(dpm.latents).all()
+    assert (euler.latents - dpm.latents).abs().max() > 1e-4
+    assert (euler.latents - no_cfg.latents).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="sampler"):
+        run(pipe, image, sampler="unipc")
+
+
+def test_precomputed_embeddings_and_latent(parts, image):
+    """The training helper's validation path: no text encoder, no image decode of the input."""
+    dit, codec, te, _ = parts
+    pipe = make(parts, refine=False)
+    cond, uncond = pipe.encode_prompt("a forest path", "")
+    tensor, geom = pipe.prepare_image(image)
+    z0 = codec.encode(tensor)
+    from sana_wm.camera import crop_intrinsics
+
+    K_model = crop_intrinsics(K[None], geom)[0]
+    bare = SanaWMPipeline(dit, codec, None, None, height=H, width=W, device="cpu")
+    got = bare.generate(None, None, action_to_c2w("w-8,l-8"), K_model, num_frames=17, num_steps=2, progress=False,
+                        prompt_embeds=cond, negative_prompt_embeds=uncond, image_latent=z0, decode=False)
+    want = run(pipe, image, decode=False)
+    torch.testing.assert_close(got.latents, want.latents)
+    with pytest.raises(ValueError, match="text encoder"):
+        bare.generate(None, "p", action_to_c2w("w-8"), K_model, num_frames=9, image_latent=z0, progress=False)
+
+
+def test_bad_inputs(parts, image):
+    pipe = make(parts)
+    bad = action_to_c2w("w-16")
+    bad[3, :3, :3] *= 2.0
+    with pytest.raises(ValueError, match="non-rigid"):
+        pipe.generate(image, "p", bad, K, num_frames=17, progress=False)
+    with pytest.raises(ValueError, match="focal"):
+        pipe.generate(image, "p", action_to_c2w("w-16"), np.array([0.0, 90, 60, 45]), num_frames=17, progress=False)
+    with pytest.raises(ValueError, match="at least 9"):
+        run(pipe, image, num_frames=1)
+
+
+class RecordingPlacement(ModulePlacement):
+    """A fake second device: records where each module is asked to be but leaves the weights on the CPU."""
+
+    def move(self, name, module, device, skip=None):
+        dev = str(torch.device(device))
+        if self.where.get(name) != dev:
+            self.log.append((name, dev))
+        self.where[name] = dev
+
+
+def _watch(pipe, placement):
+    """Forward pre-hooks that snapshot the placement record when each network first runs."""
+    dit, codec, te, _ = pipe.dit, pipe.codec, pipe.text_encoder, None
+    seen, hooks = {}, []
+    targets = {"dit": dit, "vae_encoder": codec.vae.encoder, "vae_decoder": codec.vae.decoder, "gemma2": te.decoder}
+    if pipe.refiner is not None:
+        targets["refiner"] = pipe.refiner.transformer
+        targets["refiner_text"] = pipe.refiner.connectors
+    for key, module in targets.items():
+        def hook(m, a, key=key):
+            seen.setdefault(key, dict(placement.where))
+
+        hooks.append(module.register_forward_pre_hook(hook))
+    return seen, hooks
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_offload_flags_move_modules(parts, image, offload):
+    placement = RecordingPlacement()
+    pipe = make(parts, placement=placement, offload_device="meta", offload_vae=offload, offload_refiner=offload,
+                offload_text_encoder=offload)
+    seen, hooks = _watch(pipe, placement)
+    try:
+        run(pipe, image)
+    finally:
+        for h in hooks:
+            h.remove()
+    off = "meta" if offload else "cpu"
+    assert seen["dit"]["dit"] == "cpu"
+    assert seen["dit"]["vae"] == off and seen["dit"]["text_encoder"] == off
+    assert seen["dit"]["refiner.transformer"] == off and seen["dit"]["refiner.text_encoder"] == off
+    assert seen["gemma2"]["text_encoder"] == "cpu" and seen["vae_encoder"]["vae"] == "cpu"
+    assert seen["refiner"]["refiner.transformer"] == "cpu"
+    # during stage 2 the stage-1 modules are off the accelerator when --offload_refiner is set
+    for name in ("dit", "text_encoder", "vae", "refiner.text_encoder", "refiner.connectors"):
+        assert seen["refiner"][name] == off, name
+    assert seen["refiner_text"]["refiner.connectors"] == "cpu"
+    assert seen["vae_decoder"]["vae"] == "cpu" and seen["vae_decoder"]["refiner.transformer"] == off
+    if not offload:
+        assert all(dev == "cpu" for _, dev in placement.log)
+
+
+def test_module_placement_really_moves(parts):
+    import copy
+
+    dit = copy.deepcopy(parts[0])
+    placement = ModulePlacement()
+    placement.move("dit", dit, "meta")
+    assert all(p.device.type == "meta" for p in dit.parameters())
+    assert placement.where == {"dit": "meta"} and placement.log == [("dit", "meta")]
+    placement.move("dit", dit, "meta")
+    assert placement.log == [("dit", "meta")]  # no-op moves are not logged
+
+
+@pytest.mark.gpu
+def test_offload_on_cuda(parts, image):
+    """On a real accelerator the offloaded modules' weights are on the CPU while other stages run."""
+    pipe = make(parts, device="cuda", offload_vae=True, offload_refiner=True, offload_text_encoder=True)
+    devs = {}
+    watch = {"dit": pipe.dit, "vae": pipe.codec.vae, "refiner": pipe.refiner.transformer.proj_in,
+             "gemma2": pipe.text_encoder.decoder}
+
+    def snapshot(key):
+        def hook(m, a):
+            devs.setdefault(key, {k: next(v.parameters()).device.type for k, v in watch.items()})
+
+        return hook
+
+    hooks = [pipe.dit.register_forward_pre_hook(snapshot("dit")),
+             pipe.refiner.transformer.register_forward_pre_hook(snapshot("refiner")),
+             pipe.codec.vae.decoder.register_forward_pre_hook(snapshot("decode"))]
+    try:
+        res = run(pipe, image)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert res.video.shape == (16, H, W, 3)
+    assert devs["dit"] == {"dit": "cuda", "vae": "cpu", "refiner": "cpu", "gemma2": "cpu"}
+    assert devs["refiner"] == {"dit": "cpu", "vae": "cpu", "refiner": "cuda", "gemma2": "cpu"}
+    assert devs["decode"]["vae"] == "cuda" and devs["decode"]["refiner"] == "cpu"
+    assert res.peak_memory["stage1"] > 0
+    audio = [p for n, p in pipe.refiner.transformer.named_parameters() if "audio" in n]
+    assert all(p.device.type == "cpu" for p in audio)
