@@ -461,8 +461,11 @@ class SanaWM(nn.Module):
                 f"camera_conditions: expected [B, T, 20] = [{B}, {T}, 20] (one pose per latent frame of x), "
                 f"got {list(camera_conditions.shape)}"
             )
-        if camera_conditions is not None and not torch.isfinite(camera_conditions).all():
-            raise ValueError("camera_conditions: contains NaN or Inf")
+        # Finiteness needs a host sync on an accelerator, so it is checked here only for CPU tensors; on the GPU path
+        # poses are validated before they are turned into tensors (`sana_wm.camera.prepare_camera`, the data loader).
+        if camera_conditions is not None and camera_conditions.device.type == "cpu":
+            if not torch.isfinite(camera_conditions).all():
+                raise ValueError("camera_conditions: contains NaN or Inf")
         want = (B, cfg.plucker_channels, T, H, W)
         if chunk_plucker is not None and tuple(chunk_plucker.shape) != want:
             raise ValueError(f"chunk_plucker: expected {list(want)} (matching x), got {list(chunk_plucker.shape)}")

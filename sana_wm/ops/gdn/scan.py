@@ -5,7 +5,7 @@
 
 A [..., T, D, D], U [..., T, Dv, D], g [..., T]; returns all states [..., T, Dv, D] in float32 (float64 inputs stay float64).
 
-Why a custom autograd.Function: differentiating through a Python loop stores T intermediate graphs and launches
+Why a custom op with its own backward: differentiating through a Python loop stores T intermediate graphs and launches
 O(T) tiny kernels in both passes. The gradient of this recurrence is the same recurrence run the other way with Aᵀ
 (G_t = dS_t + g_{t+1} G_{t+1}(I − A_{t+1})ᵀ for the forward scan), so forward and backward share one primitive,
 `_scan`, which has a PyTorch loop implementation (CPU, fallback) and a fused Triton kernel (`triton_scan.py`, CUDA).
@@ -74,36 +74,58 @@ def _shift(x: torch.Tensor, by: int) -> torch.Tensor:
     return out
 
 
-class StateScan(torch.autograd.Function):
+@torch.library.custom_op("sana_wm::state_scan", mutates_args=())
+def _state_scan_op(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor, reverse: bool, transpose_a: bool) -> torch.Tensor:
+    # A registered custom op (not a bare autograd.Function) so torch.compile keeps whole blocks in one graph and
+    # treats the scan as an opaque node, also inside activation-checkpointed regions.
+    return _scan(A, U, g, reverse, transpose_a)
+
+
+@_state_scan_op.register_fake
+def _(A, U, g, reverse, transpose_a):
+    return torch.empty_like(U)
+
+
+def _setup_context(ctx, inputs, output):
+    A, _, g, reverse, transpose_a = inputs
+    ctx.save_for_backward(A, g, output)
+    ctx.reverse, ctx.transpose_a = reverse, transpose_a
+
+
+def _state_scan_backward(ctx, dS):
+    A, g, states = ctx.saved_tensors
+    dS = dS.to(states.dtype).contiguous()
+    A_used = A.transpose(-1, -2) if ctx.transpose_a else A
+    if not ctx.reverse:
+        # G_t = dS_t + g_{t+1} G_{t+1} (I − A_{t+1})ᵀ: the reverse scan with Aᵀ.
+        G = _state_scan_op(A, dS, g, True, not ctx.transpose_a)
+        prev = _shift(states, 1)  # S_{t−1}, zero at t = 0
+        dA = -g[..., None, None] * (prev.transpose(-1, -2) @ G)
+        dg = (G * (prev - prev @ A_used)).sum((-1, -2))
+    else:
+        # S_t feeds S_{t−1} through A_t, g_t: G_t = dS_t + g_t G_{t−1} (I − A_t)ᵀ, a forward scan with Aᵀ.
+        G = _state_scan_op(A, dS, g, False, not ctx.transpose_a)
+        g_prev = _shift(G, 1)  # G_{t−1} pairs with S_t, A_t, g_t; zero at t = 0 (A_0, g_0 unused)
+        dA = -g[..., None, None] * (states.transpose(-1, -2) @ g_prev)
+        dg = (g_prev * (states - states @ A_used)).sum((-1, -2))
+    if ctx.transpose_a:
+        dA = dA.transpose(-1, -2)
+    return dA, G, dg, None, None
+
+
+_state_scan_op.register_autograd(_state_scan_backward, setup_context=_setup_context)
+
+
+class StateScan:
+    """`StateScan.apply(A, U, g, reverse)`: the differentiable scan (kept for callers of the autograd-Function API)."""
+
     @staticmethod
-    def forward(ctx, A, U, g, reverse: bool):
+    def apply(A, U, g, reverse: bool):
         dt = torch.promote_types(A.dtype, torch.float32)  # float32 at least; float64 stays (reference tests)
         A, U, g = (x.to(dt).contiguous() for x in (A, U, g))
-        states = _scan(A, U, g, reverse)
-        ctx.save_for_backward(A, g, states)
-        ctx.reverse = reverse
-        return states
-
-    @staticmethod
-    def backward(ctx, dS):
-        A, g, states = ctx.saved_tensors
-        dS = dS.to(states.dtype).contiguous()
-        if not ctx.reverse:
-            # G_t = dS_t + g_{t+1} G_{t+1} (I − A_{t+1})ᵀ: the reverse scan with Aᵀ.
-            G = _scan(A, dS, g, reverse=True, transpose_a=True)
-            prev = _shift(states, 1)  # S_{t−1}, zero at t = 0
-            dA = -g[..., None, None] * (prev.transpose(-1, -2) @ G)
-            dg = (G * (prev - prev @ A)).sum((-1, -2))
-        else:
-            # S_t feeds S_{t−1} through A_t, g_t: G_t = dS_t + g_t G_{t−1} (I − A_t)ᵀ, a forward scan with Aᵀ.
-            G = _scan(A, dS, g, reverse=False, transpose_a=True)
-            g_prev = _shift(G, 1)  # G_{t−1} pairs with S_t, A_t, g_t; zero at t = 0 (A_0, g_0 unused)
-            dA = -g[..., None, None] * (states.transpose(-1, -2) @ g_prev)
-            dg = (g_prev * (states - states @ A)).sum((-1, -2))
-        return dA, G, dg, None
+        return _state_scan_op(A, U, g, reverse, False)
 
 
-@torch.compiler.disable  # opaque to torch.compile: a custom Function around a Triton kernel with its own backward
 def state_scan(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """All states of the forward (or reverse) recurrence, float32, differentiable in A, U and g."""
     if A.shape[-1] != A.shape[-2] or A.shape[:-2] != U.shape[:-2] or U.shape[-1] != A.shape[-1]:
