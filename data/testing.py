@@ -1,0 +1,103 @@
+"""Small shard builders for tests and examples (including deliberately broken samples).
+
+:func:`raw_video_sample` builds the raw member dict of one video sample *without* validation, so a
+test can write any defect with ``wds.TarWriter``; :func:`tiny_video_clip` makes a short textured clip
+with a simple known camera motion.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+
+from .schema import C2W_KEY, CAPTION_KEY, FRAMES_KEY, INTRINSICS_KEY, META_KEY, SCHEMA_VERSION, VIDEO_KEY
+from .video import encode_mp4
+
+__all__ = ["npy_bytes", "tiny_video_clip", "raw_video_sample", "write_raw_shard"]
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """``.npy`` serialisation of an array (no pickling)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def tiny_video_clip(num_frames: int = 9, height: int = 32, width: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A short clip: a random texture panning right, with a camera moving along +x.
+
+    Returns:
+        frames ``(F, H, W, 3)`` uint8, c2w ``(F, 4, 4)`` float64 (translation 0.1·i along x, small
+        yaw), K ``(3, 3)`` float64.
+    """
+    rng = np.random.default_rng(seed)
+    tex = (rng.random((height // 4 + 1, (width + 4 * num_frames) // 4 + 1, 3)) * 255).astype(np.uint8)
+    tex = np.repeat(np.repeat(tex, 4, axis=0), 4, axis=1)  # 4×4 blocks survive H.264 well
+    frames = np.stack([tex[:height, 2 * i : 2 * i + width] for i in range(num_frames)])
+    c2w = np.tile(np.eye(4), (num_frames, 1, 1))
+    for i in range(num_frames):
+        a = 0.01 * i
+        c2w[i, :3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
+        c2w[i, :3, 3] = [0.1 * i, 0.0, 0.02 * i]
+    K = np.array([[0.8 * width, 0, (width - 1) / 2], [0, 0.8 * width, (height - 1) / 2], [0, 0, 1.0]])
+    return frames, c2w, K
+
+
+def raw_video_sample(
+    key: str,
+    frames: np.ndarray | None = None,
+    c2w: np.ndarray | None = None,
+    intrinsics: np.ndarray | None = None,
+    caption: str = "a test clip",
+    fps: float = 16.0,
+    metric_scale: float = 1.0,
+    as_mp4: bool = True,
+    mp4: bytes | None = None,
+    meta_overrides: dict[str, Any] | None = None,
+    drop: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Raw member dict of a video sample, unvalidated (for building broken shards on purpose).
+
+    Args:
+        key: sample key.
+        frames: ``(F, H, W, 3)`` uint8 (encoded to H.264 if ``as_mp4``, else stored as frames.npy).
+        c2w, intrinsics: arrays stored as given (None → member omitted).
+        caption, fps, metric_scale: written into txt / json.
+        mp4: pre-encoded (possibly corrupted) bytes used instead of ``frames``.
+        meta_overrides: json fields to set (a value of ``None`` deletes the field).
+        drop: member extensions to leave out (e.g. ``("c2w.npy",)``).
+    """
+    sample: dict[str, Any] = {"__key__": key}
+    if mp4 is not None:
+        sample[VIDEO_KEY] = mp4
+    elif frames is not None:
+        sample[VIDEO_KEY if as_mp4 else FRAMES_KEY] = encode_mp4(frames, fps, crf=12) if as_mp4 else npy_bytes(frames)
+    meta: dict[str, Any] = {"schema": SCHEMA_VERSION, "fps": fps, "metric_scale": metric_scale, "source": "test", "licence": "CC0-1.0"}
+    if frames is not None:
+        meta.update(num_frames=int(frames.shape[0]), height=int(frames.shape[1]), width=int(frames.shape[2]))
+    for k, v in (meta_overrides or {}).items():
+        if v is None:
+            meta.pop(k, None)
+        else:
+            meta[k] = v
+    sample[META_KEY] = json.dumps(meta).encode()
+    sample[CAPTION_KEY] = caption.encode()
+    if c2w is not None:
+        sample[C2W_KEY] = npy_bytes(c2w)
+    if intrinsics is not None:
+        sample[INTRINSICS_KEY] = npy_bytes(intrinsics)
+    for name in drop:
+        sample.pop(name, None)
+    return sample
+
+
+def write_raw_shard(path: str, samples: list[dict[str, Any]]) -> str:
+    """Write raw member dicts into one tar shard (no validation); returns ``path``."""
+    with wds.TarWriter(str(path), mtime=0.0, mode=0o644) as tw:
+        for s in samples:
+            tw.write(s)
+    return str(path)
