@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 
 import torch
+from common import cuda_time
 
 from sana_wm import SanaWM
 from sana_wm.camera import action_to_c2w, prepare_camera
@@ -30,23 +30,6 @@ from sana_wm.flops import H100_BF16_PEAK, model_flops
 from sana_wm.parallel import apply_activation_checkpointing
 
 H, W, TEXT = 22, 40, 300
-
-
-def cuda_time(fn, warmup: int, reps: int) -> tuple[float, float]:
-    """(median ms, peak GiB) over `reps` timed runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
 
 
 def gemm_ceiling(n_tokens: int, C: int = 2240) -> float:

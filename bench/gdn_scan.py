@@ -13,6 +13,7 @@ import json
 
 import torch
 import torch.nn.functional as F
+from common import cuda_time
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sana_wm.ops.gdn import bidirectional_delta, bidirectional_gdn
@@ -20,18 +21,7 @@ from sana_wm.ops.gdn.scan import set_scan_backend
 
 
 def timeit(fn, warmup=2, reps=5) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
-    return sorted(ts)[len(ts) // 2]
+    return cuda_time(fn, warmup, reps)[0]
 
 
 def main(argv=None) -> int:
