@@ -1,0 +1,478 @@
+"""Typed configuration schemas of the trainer, registered in Hydra's ConfigStore.
+
+`configs/train.yaml` starts its defaults list with ``train_schema`` (the :class:`TrainConfig` dataclass below), so
+every YAML file and command-line override is merged onto typed nodes: a misspelt key fails at composition with
+``Key 'lr_' not in 'OptimConfig'  full_key: optim.lr_``, a wrong type fails with the key and the value. Values that
+types cannot express (a strategy name, a probability in [0, 1]) are checked by :func:`validate_config`, which names
+the key, the bad value and what was expected.
+
+`OmegaConf.to_object(cfg)` turns a composed config into these dataclasses; modules receive dataclasses, never a
+DictConfig (STYLE.md §10 principle 8).
+
+Groups (see configs/): model, data, trainer, strategy, logger, experiment. The other sections (objective, optim,
+ema, lora, encoders, checkpoint, validation, monitor, paths) are plain keys with defaults from the schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from omegaconf import MISSING
+
+__all__ = [
+    "ModelConfig",
+    "ObjectiveConfig",
+    "OptimConfig",
+    "EMAConfig",
+    "LoraConfig",
+    "EncoderConfig",
+    "DataConfig",
+    "TrainerConfig",
+    "StrategyConfig",
+    "LoggerConfig",
+    "CheckpointConfig",
+    "ValidationConfig",
+    "MonitorConfig",
+    "PathsConfig",
+    "TrainConfig",
+    "ConfigError",
+    "register_configs",
+    "validate_config",
+    "DEFAULT_LORA_TARGETS",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent; the message names the key and the expected form."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """The DiT to train: a preset plus field overrides, and where its initial weights come from.
+
+    preset: ``sana_wm_1600m_720p`` or ``tiny`` (see `sana_wm.models.PRESETS`). The fields from ``in_channels`` to
+    ``reference_numerics`` override the preset's `SanaWMConfig` field of the same name when not null.
+    init_checkpoint: official/diffusers-layout safetensors (or a `.pt`) loaded strictly before training; null =
+    NVIDIA's training initialisation. activation_checkpointing: recompute each block in backward (non-reentrant).
+    compile: `torch.compile` each block.
+    """
+
+    preset: str = "tiny"
+    in_channels: int | None = None
+    out_channels: int | None = None
+    hidden_size: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    caption_channels: int | None = None
+    caption_length: int | None = None
+    softmax_every_n: int | None = None
+    conv_kernel_size: int | None = None
+    t_kernel_size: int | None = None
+    plucker_channels: int | None = None
+    frequency_embedding_size: int | None = None
+    gdn_eps: float | None = None
+    reference_numerics: bool | None = None
+    init_checkpoint: str | None = None
+    activation_checkpointing: bool = False
+    compile: bool = False
+
+    #: fields that are not SanaWMConfig overrides
+    NON_ARCH_FIELDS = ("preset", "init_checkpoint", "activation_checkpointing", "compile")
+
+    def overrides(self) -> dict[str, Any]:
+        """The non-null architecture overrides, as keyword arguments of `SanaWM.from_preset`."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in self.NON_ARCH_FIELDS and getattr(self, f.name) is not None
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Objective, optimiser, EMA, LoRA
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectiveConfig:
+    """Rectified-flow training objective (REFERENCE §7.1, §3.1, §3.3).
+
+    flow_shift: σ′ = sσ/(1+(s−1)σ) on the training table (9.95 released; 3.0 in the SANA-Video base recipe).
+    timestep_sampling: ``logit_normal`` (u = sigmoid(N(logit_mean, logit_std))) or ``uniform``.
+    per_frame_timesteps: an independent σ per latent frame (diffusion forcing) instead of one per sample.
+    image_condition_prob: probability that latent frame 0 is kept clean (σ = 0) and excluded from the loss.
+    caption_dropout: probability that a caption is replaced by the model's null-caption table (CFG training).
+    """
+
+    flow_shift: float = 9.95
+    timestep_sampling: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    per_frame_timesteps: bool = False
+    image_condition_prob: float = 0.9
+    caption_dropout: float = 0.1
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with parameter groups and a warm-up + constant/cosine schedule (REFERENCE §7.2 defaults).
+
+    weight_decay applies to matrices only: biases, norms, AdaLN tables and gate parameters (names containing one of
+    ``no_decay``) get 0. grad_clip: global-norm clipping (0 or null disables). scheduler: ``constant`` or
+    ``cosine`` (from lr after warm-up down to lr·min_lr_ratio at ``decay_steps``, default trainer.max_steps).
+    """
+
+    lr: float = 1e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-10
+    weight_decay: float = 0.0
+    grad_clip: float | None = 0.5
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    decay_steps: int | None = None
+    no_decay: list[str] = field(
+        default_factory=lambda: ["bias", "norm", "scale_shift_table", "gate", "A_log", "dt_bias", "lora_magnitude"]
+    )
+    foreach: bool | None = None
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the trained weights (off in the released recipe).
+
+    decay: per update. start_step: optimizer step from which EMA starts (weights are copied then). update_every:
+    update every n optimizer steps (decay is compounded accordingly). use_for_export: export/validate with EMA weights.
+    """
+
+    enabled: bool = False
+    decay: float = 0.9999
+    start_step: int = 0
+    update_every: int = 1
+    use_for_export: bool = True
+
+
+#: Default LoRA targets: attention (main + cross), FFN and the camera branch (UCPE projections, Plücker injection).
+#: Patterns are regular expressions matched against the full module name (`re.fullmatch`).
+DEFAULT_LORA_TARGETS = [
+    r"blocks\.\d+\.attn\.(qkv|proj|output_gate)",
+    r"blocks\.\d+\.cross_attn\.(q_linear|kv_linear|proj)",
+    r"blocks\.\d+\.mlp\.(inverted_conv|point_conv)\.conv",
+    r"blocks\.\d+\.attn\.(q_proj_cam|k_proj_cam|v_proj_cam|out_proj_cam)",
+    r"blocks\.\d+\.plucker_proj",
+]
+
+
+@dataclass
+class LoraConfig:
+    """LoRA fine-tuning with peft: only adapters are trained and saved.
+
+    rank, alpha, dropout: the usual LoRA knobs (scale alpha/rank). target_modules: regexes over module names (see
+    DEFAULT_LORA_TARGETS). init: ``zero`` (B = 0, the fine-tune starts exactly at the base model) or ``gaussian``.
+    adapter: an adapter safetensors to start from (checked against the base checkpoint's hash).
+    save_every_n_steps: write ``adapters/step_XXXXXXX.safetensors`` this often (0: only the last).
+    """
+
+    enabled: bool = False
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    init: str = "zero"
+    adapter: str | None = None
+    save_every_n_steps: int = 0
+
+
+@dataclass
+class EncoderConfig:
+    """Frozen encoders, needed for video batches (encoded on the fly), the null caption and validation videos.
+
+    kind: ``none`` (cached latents only), ``pretrained`` (local diffusers-layout folders) or ``tiny_random`` (seeded
+    tiny random LTX-2 VAE + Gemma-2 + in-process tokenizer, for tests and the CPU demo; never for real training).
+    vae / text_encoder: local folders (diffusers layout, or a pipeline root with vae/, text_encoder/, tokenizer/).
+    dtype: parameter dtype of both encoders. set_null_embedding: write the text encoder's encoding of "" into the
+    DiT's null-caption table before training (skipped when the checkpoint already carries a trained table).
+    """
+
+    kind: str = "none"
+    vae: str | None = None
+    text_encoder: str | None = None
+    dtype: str = "bfloat16"
+    set_null_embedding: bool = True
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data, trainer, strategy, logger
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """WebDataset shards (data/README.md). ``latent`` shards come from `python -m sana_wm.training.cache`; ``video``
+    shards are encoded on the fly with the frozen encoders (slower).
+
+    train_shards / val_shards: a list, brace pattern, glob, directory or manifest.json. batch_size: per device.
+    num_frames / height / width / target_fps / frame_sampling: video shards only. shuffle_buffer: samples.
+    resampled: infinite stream of shards drawn with replacement (multi-node); samples_per_epoch then sets the epoch
+    length per rank. strict: stop on the first bad sample instead of skipping it.
+    """
+
+    kind: str = "latent"
+    train_shards: Any = MISSING
+    val_shards: Any = None
+    batch_size: int = 1
+    val_batch_size: int | None = None
+    num_workers: int = 2
+    shuffle_buffer: int = 64
+    resampled: bool = False
+    samples_per_epoch: int | None = None
+    num_frames: int = 161
+    height: int = 704
+    width: int = 1280
+    target_fps: float | None = 16.0
+    frame_sampling: str = "random"
+    strict: bool = False
+    pin_memory: bool = True
+    persistent_workers: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of `lightning.Trainer` (the strategy, logger, callbacks and clipping are built from other sections)."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: str = "bf16-mixed"
+    max_steps: int = -1
+    max_epochs: int | None = None
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 10
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    limit_val_batches: Any = 1.0
+    num_sanity_val_steps: int = 0
+    enable_progress_bar: bool = True
+    deterministic: Any = False
+    detect_anomaly: bool = False
+    benchmark: bool | None = None
+
+
+@dataclass
+class StrategyConfig:
+    """How the model is distributed (one schema for every strategy; unused fields are ignored).
+
+    name: ``auto`` (single device), ``ddp``, ``fsdp`` (Lightning's FSDPStrategy, one unit per block) or
+    ``deepspeed`` (ZeRO ``stage`` 2 or 3). process_group_backend: null = nccl on GPU, gloo on CPU.
+    fsdp_sharding: FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD. fsdp_state_dict: ``full`` (one consolidated
+    file, exportable directly) or ``sharded`` (a folder per checkpoint; faster at scale).
+    """
+
+    name: str = "auto"
+    process_group_backend: str | None = None
+    timeout_minutes: int = 30
+    find_unused_parameters: bool = False
+    static_graph: bool = False
+    gradient_as_bucket_view: bool = True
+    fsdp_sharding: str = "FULL_SHARD"
+    fsdp_state_dict: str = "full"
+    fsdp_cpu_offload: bool = False
+    fsdp_limit_all_gathers: bool = True
+    stage: int = 2
+    offload_optimizer: bool = False
+    offload_parameters: bool = False
+    allgather_bucket_size: int = 200_000_000
+    reduce_bucket_size: int = 200_000_000
+    contiguous_gradients: bool = True
+    overlap_comm: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment logger: ``csv`` (always works), ``wandb`` (online, or offline with ``offline: true``), ``none``."""
+
+    name: str = "csv"
+    project: str = "sana-wm"
+    entity: str | None = None
+    run_name: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    offline: bool = False
+    save_dir: str | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    """Periodic + best + last Lightning checkpoints (full training state, for resume) and the final export.
+
+    every_n_steps: periodic checkpoints ``step_XXXXXXX.ckpt`` (0 disables); keep_periodic: how many to keep (-1 all).
+    monitor: metric for ``best.ckpt`` (null disables; needs validation). resume: a ``.ckpt`` path or ``last`` (the
+    run's last.ckpt if it exists). export_on_end: write ``export/dit.safetensors`` (official layout; EMA weights when
+    enabled) or, with LoRA, ``adapters/last.safetensors`` when training ends.
+    """
+
+    dirpath: str | None = None
+    every_n_steps: int = 1000
+    keep_periodic: int = 3
+    save_last: bool = True
+    monitor: str | None = "val/loss"
+    mode: str = "min"
+    resume: str | None = None
+    export_on_end: bool = True
+    export_layout: str = "official"
+
+
+@dataclass
+class ValidationConfig:
+    """Periodic validation videos through `sana_wm.pipeline` (needs encoders). every_n_steps: 0 disables."""
+
+    every_n_steps: int = 0
+    prompts: list[str] = field(default_factory=lambda: ["A first-person walk through a quiet room."])
+    actions: list[str] = field(default_factory=lambda: ["w-8"])
+    image: str | None = None
+    num_frames: int = 17
+    num_steps: int = 20
+    guidance_scale: float = 5.0
+    flow_shift: float = 9.8
+    fps: int = 16
+    seed: int = 42
+
+
+@dataclass
+class MonitorConfig:
+    """Throughput logging: tokens/s, samples/s and MFU against ``peak_flops`` per device (H100 dense bf16)."""
+
+    peak_flops: float = 989.4e12
+    text_tokens: int | None = None
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class PathsConfig:
+    """Roots referenced by the configs (override them per machine, e.g. `paths.data_root=/lustre/...`)."""
+
+    data_root: str = "data_cache"
+    model_root: str = "models/SANA-WM_bidirectional"
+    output_root: str = "outputs"
+
+
+@dataclass
+class TrainConfig:
+    """Root of `configs/train.yaml`. output_dir holds logs, checkpoints and exports of the run."""
+
+    task_name: str = "train"
+    seed: int = 3407
+    output_dir: str = "${paths.output_root}/${task_name}"
+    tags: list[str] = field(default_factory=list)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    encoders: EncoderConfig = field(default_factory=EncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+
+_REGISTERED = False
+
+
+def register_configs() -> None:
+    """Register the schema as ``train_schema`` in Hydra's ConfigStore (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    _REGISTERED = True
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Value checks (types are enforced by OmegaConf; ranges and choices here)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not valid; expected one of {list(allowed)}")
+
+
+def _range(key: str, value: float, lo: float, hi: float, lo_open: bool = False) -> None:
+    ok = (lo < value if lo_open else lo <= value) and value <= hi
+    if not ok:
+        bracket = "(" if lo_open else "["
+        raise ConfigError(f"{key}={value!r} is out of range; expected a value in {bracket}{lo}, {hi}]")
+
+
+def validate_config(cfg: TrainConfig) -> TrainConfig:
+    """Check choices and ranges that types cannot express; raises ConfigError naming the key. Returns cfg."""
+    from sana_wm.models import PRESETS
+
+    _choice("model.preset", cfg.model.preset, tuple(sorted(PRESETS)))
+    o = cfg.objective
+    _range("objective.flow_shift", o.flow_shift, 0.0, float("inf"), lo_open=True)
+    _choice("objective.timestep_sampling", o.timestep_sampling, ("logit_normal", "uniform"))
+    _range("objective.logit_std", o.logit_std, 0.0, float("inf"), lo_open=True)
+    _range("objective.image_condition_prob", o.image_condition_prob, 0.0, 1.0)
+    _range("objective.caption_dropout", o.caption_dropout, 0.0, 1.0)
+    p = cfg.optim
+    _range("optim.lr", p.lr, 0.0, float("inf"), lo_open=True)
+    if len(p.betas) != 2 or not all(0.0 <= b < 1.0 for b in p.betas):
+        raise ConfigError(f"optim.betas={list(p.betas)!r} is not valid; expected two values in [0, 1)")
+    _range("optim.eps", p.eps, 0.0, float("inf"), lo_open=True)
+    _range("optim.weight_decay", p.weight_decay, 0.0, float("inf"))
+    if p.grad_clip is not None:
+        _range("optim.grad_clip", p.grad_clip, 0.0, float("inf"))
+    _choice("optim.scheduler", p.scheduler, ("constant", "cosine"))
+    _range("optim.warmup_steps", p.warmup_steps, 0, float("inf"))
+    _range("optim.min_lr_ratio", p.min_lr_ratio, 0.0, 1.0)
+    if cfg.ema.enabled:
+        _range("ema.decay", cfg.ema.decay, 0.0, 1.0)
+        _range("ema.update_every", cfg.ema.update_every, 1, float("inf"))
+    if cfg.lora.enabled:
+        _range("lora.rank", cfg.lora.rank, 1, float("inf"))
+        _range("lora.alpha", cfg.lora.alpha, 0.0, float("inf"), lo_open=True)
+        _range("lora.dropout", cfg.lora.dropout, 0.0, 1.0)
+        _choice("lora.init", cfg.lora.init, ("zero", "gaussian"))
+        if not cfg.lora.target_modules:
+            raise ConfigError("lora.target_modules is empty; give at least one module-name regex")
+    _choice("encoders.kind", cfg.encoders.kind, ("none", "pretrained", "tiny_random"))
+    _choice("encoders.dtype", cfg.encoders.dtype, ("float32", "bfloat16", "float16"))
+    if cfg.encoders.kind == "pretrained" and not cfg.encoders.vae and not cfg.encoders.text_encoder:
+        raise ConfigError("encoders.kind='pretrained' needs encoders.vae and/or encoders.text_encoder (local folders)")
+    d = cfg.data
+    _choice("data.kind", d.kind, ("latent", "video"))
+    if d.kind == "video" and cfg.encoders.kind == "none":
+        raise ConfigError(
+            "data.kind='video' encodes clips on the fly and needs encoders (set encoders.kind='pretrained' with "
+            "encoders.vae and encoders.text_encoder), or cache latents first: python -m sana_wm.training.cache"
+        )
+    _range("data.batch_size", d.batch_size, 1, float("inf"))
+    _range("data.num_workers", d.num_workers, 0, float("inf"))
+    _choice("data.frame_sampling", d.frame_sampling, ("random", "start", "center"))
+    if d.resampled and not d.samples_per_epoch:
+        raise ConfigError("data.resampled=true draws shards forever; set data.samples_per_epoch (per rank) too")
+    s = cfg.strategy
+    _choice("strategy.name", s.name, ("auto", "ddp", "fsdp", "deepspeed"))
+    if s.name == "deepspeed":
+        _choice("strategy.stage", s.stage, (1, 2, 3))
+    _choice("strategy.fsdp_sharding", s.fsdp_sharding, ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"))
+    _choice("strategy.fsdp_state_dict", s.fsdp_state_dict, ("full", "sharded"))
+    _choice("logger.name", cfg.logger.name, ("csv", "wandb", "none"))
+    _choice("checkpoint.mode", cfg.checkpoint.mode, ("min", "max"))
+    _choice("checkpoint.export_layout", cfg.checkpoint.export_layout, ("official", "diffusers"))
+    return cfg

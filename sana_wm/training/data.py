@@ -1,0 +1,167 @@
+"""The trainer's side of the data pipeline: pre-flight checks and a training loader that resumes mid-epoch.
+
+`TrainDataModule` is `data.SanaWMDataModule` (shards → `Batch`) plus two things the trainer needs:
+
+* **pre-flight checks** (:func:`check_shards`, :func:`peek_latent_sample`) that run in `setup`, before any model
+  compute: an empty shard list, missing local shard files, or cached tensors whose shapes do not fit the model raise
+  :class:`DataConfigError` naming the config key and the offending value;
+* **data-stream position on resume**: the training loader is a :class:`ResumableLoader`, which at every pass asks
+  the trainer where it is — epoch e and the number k of batches of that epoch already trained (Lightning's own
+  restored loop counters) — and replays the epoch-e stream, skipping k batches. Shard order, shuffles and frame
+  choice are seeded by (seed, rank, worker, epoch) in `data.webdataset`, so the replay is the same stream and a
+  resumed run sees exactly the batches an uninterrupted run would have seen. Skipping costs decoding k batches once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from data.datamodule import SanaWMDataModule
+from data.webdataset import expand_shard_urls
+
+__all__ = ["DataConfigError", "check_shards", "peek_latent_sample", "ResumableLoader", "TrainDataModule"]
+
+log = logging.getLogger(__name__)
+
+
+class DataConfigError(ValueError):
+    """The data configuration cannot work (no shards, missing files, tensors that do not fit the model)."""
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
+
+
+def check_shards(spec: Any, key: str) -> list[str]:
+    """Expand a shard spec and check that every local shard exists.
+
+    Args:
+        spec: list, brace pattern, glob, directory or manifest.json (see `data.webdataset.expand_shard_urls`).
+        key: the config key the spec came from, for the error message (e.g. ``data.train_shards``).
+
+    Returns:
+        The shard list.
+    """
+    if spec is None or (isinstance(spec, (list, tuple)) and len(spec) == 0) or spec == "":
+        raise DataConfigError(f"{key} is empty; give a shard list, brace pattern, glob, directory or manifest.json")
+    if isinstance(spec, (str, os.PathLike)) and not any(c in str(spec) for c in "*?[{") and not _is_remote(str(spec)):
+        if not os.path.exists(spec):
+            raise DataConfigError(f"{key}={str(spec)!r}: no such file or directory")
+    try:
+        urls = expand_shard_urls(spec)
+    except ValueError as err:
+        raise DataConfigError(f"{key}: {err}") from None
+    missing = [u for u in urls if not _is_remote(u) and not os.path.isfile(u)]
+    if missing:
+        raise DataConfigError(
+            f"{key}: {len(missing)} of {len(urls)} shard(s) do not exist, e.g. {missing[:3]}; check the path "
+            "(paths.data_root) or build the shards first"
+        )
+    return urls
+
+
+def peek_latent_sample(urls: list[str]) -> Any:
+    """The first decodable sample of a list of latent shards (a `data.schema.LatentSample`), strict decoding."""
+    from data.webdataset import make_latent_dataset
+
+    ds = make_latent_dataset(urls[:1], shuffle_shards=False, rank=0, world_size=1, strict=True)
+    for sample in ds:
+        return sample
+    raise DataConfigError(f"latent shard {urls[0]!r} contains no sample")
+
+
+class ResumableLoader:
+    """Iterable of training batches whose every pass starts where the trainer is.
+
+    Args:
+        make_loader: ``epoch -> iterable`` of batches of that epoch (a deterministic function of the epoch).
+        position: ``() -> (epoch, batches_done)``, read when a pass starts; None → (pass count, 0).
+
+    Not a DataLoader on purpose: Lightning leaves other iterables alone (no sampler injection) and the webdataset
+    pipeline already splits shards by rank and worker.
+    """
+
+    def __init__(self, make_loader: Callable[[int], Iterable], position: Callable[[], tuple[int, int]] | None = None):
+        self.make_loader = make_loader
+        self.position = position
+        self._passes = 0
+        self.starts: list[tuple[int, int]] = []  # (epoch, skipped batches) of every pass, for logs and tests
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch, skip = self.position() if self.position is not None else (self._passes, 0)
+        self._passes += 1
+        self.starts.append((int(epoch), int(skip)))
+        it = iter(self.make_loader(int(epoch)))
+        if skip:
+            log.info("resuming the data stream at epoch %d after %d batches (replaying them)", epoch, skip)
+        for _ in range(int(skip)):
+            try:
+                next(it)
+            except StopIteration:
+                return
+        yield from it
+
+
+class TrainDataModule(SanaWMDataModule):
+    """`SanaWMDataModule` with pre-flight checks and a resumable training loader (see module docstring).
+
+    Args:
+        expect: shapes the model needs, checked against the first cached sample: ``latent_channels``,
+            ``text_dim`` and (when caption dropout is on) ``text_length``. None skips the check.
+        **kwargs: `data.SanaWMDataModule` arguments.
+    """
+
+    def __init__(self, *args: Any, expect: dict[str, int] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.expect = dict(expect or {})
+        self._checked = False
+
+    def preflight(self) -> None:
+        """Check the shard specs and (for latent shards) the first sample's shapes; idempotent."""
+        if self._checked:
+            return
+        train = check_shards(self.train_shards, "data.train_shards")
+        if self.val_shards is not None:
+            check_shards(self.val_shards, "data.val_shards")
+        if self.kind == "latent" and self.expect:
+            s = peek_latent_sample(train)
+            C, _, h, w = s.latent.shape
+            L, D = s.text_emb.shape
+            where = f"first sample {s.key!r} of {train[0]!r}"
+            want = self.expect
+            if "latent_channels" in want and C != want["latent_channels"]:
+                raise DataConfigError(
+                    f"{where}: latent has {C} channels but the model expects model.in_channels="
+                    f"{want['latent_channels']}; cache latents with the matching VAE or set model.in_channels"
+                )
+            if "text_dim" in want and D != want["text_dim"]:
+                raise DataConfigError(
+                    f"{where}: text embeddings are {D}-d but the model expects model.caption_channels="
+                    f"{want['text_dim']}; re-cache with the matching text encoder or set model.caption_channels"
+                )
+            if "text_length" in want and L != want["text_length"]:
+                raise DataConfigError(
+                    f"{where}: captions have {L} tokens but the null-caption table has model.caption_length="
+                    f"{want['text_length']} rows (caption dropout swaps one for the other); make them equal"
+                )
+        self._checked = True
+
+    def setup(self, stage: str | None = None) -> None:
+        self.preflight()
+        super().setup(stage)
+
+    def _position(self) -> tuple[int, int]:
+        trainer = self.trainer
+        # `current.ready` is Lightning's count of batches of this epoch already consumed; it is restored from the
+        # checkpoint on resume and reset to 0 at each new epoch, before the loader is iterated.
+        return int(trainer.current_epoch), int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
+    def train_dataloader(self) -> ResumableLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        dataset = self.train_dataset
+        position = self._position if getattr(self, "trainer", None) is not None else None
+        return ResumableLoader(lambda epoch: self._loader(dataset, start_epoch=epoch), position)

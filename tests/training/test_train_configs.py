@@ -1,0 +1,181 @@
+"""The Hydra config tree: every experiment composes and instantiates (with tiny CPU overrides), typed schemas reject
+misspelt keys and bad values by name, and bad input fails before any compute."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError
+
+from sana_wm import SanaWM
+from sana_wm.checkpoint import CheckpointError, save_checkpoint
+from sana_wm.config import ConfigError, ModelConfig, TrainConfig
+from sana_wm.training import launch
+from sana_wm.training.data import DataConfigError
+from sana_wm.training.lora import LoraError, add_lora, save_lora
+from sana_wm.training.testing import (
+    CONFIG_DIR,
+    TINY_CPU_OVERRIDES,
+    compose_train_config,
+    write_tiny_latent_shards,
+)
+
+EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml"))
+REPO = Path(CONFIG_DIR).parent
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    write_tiny_latent_shards(out, num_samples=2)
+    return out
+
+
+def test_the_expected_experiments_exist():
+    assert {"demo_cpu", "lora_custom_footage", "pretrain_720p_stage1", "pretrain_720p_stage2",
+            "pretrain_720p_stage3", "pretrain_720p_stage4"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_instantiates(experiment, shards, tmp_path):
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
+
+    # As written (full-size model, GPU strategy): composes, validates, and its strategy object builds.
+    full = launch.to_train_config(compose_train_config([f"experiment={experiment}"]))
+    expected = {"auto": str, "ddp": DDPStrategy, "fsdp": FSDPStrategy, "deepspeed": DeepSpeedStrategy}[full.strategy.name]
+    assert isinstance(launch.build_strategy(full.strategy, full), expected)
+    assert full.task_name == experiment
+    # With tiny CPU overrides: module, data module (pre-flight on real shards) and Trainer instantiate.
+    cfg = launch.to_train_config(compose_train_config(
+        [f"experiment={experiment}", *TINY_CPU_OVERRIDES, f"data.train_shards={shards}", f"output_dir={tmp_path}"]
+    ))
+    module = launch.build_module(cfg)
+    assert isinstance(module.model, SanaWM) and module.model.config.depth == 4
+    dm = launch.build_datamodule(cfg, module)
+    dm.preflight()
+    trainer = launch.build_trainer(cfg)
+    assert trainer.max_steps == cfg.trainer.max_steps
+    assert module.lora_cfg.enabled == (experiment.startswith("lora"))
+    if module.lora_cfg.enabled:
+        assert all(".lora_" in n for n, p in module.named_parameters() if p.requires_grad)
+
+
+def test_pretraining_stages_progress_in_clip_length_and_chain_their_weights():
+    cfgs = [launch.to_train_config(compose_train_config([f"experiment=pretrain_720p_stage{i}"])) for i in (1, 2, 3, 4)]
+    frames = [int(str(c.data.train_shards).split("_")[-1].split("f/")[0]) for c in cfgs]
+    assert frames == sorted(frames) and frames[0] < frames[-1]
+    for prev, cur in zip(cfgs, cfgs[1:], strict=False):
+        assert cur.model.init_checkpoint == f"{prev.output_dir}/export/dit.safetensors"
+    assert all(c.model.preset == "sana_wm_1600m_720p" and c.objective.flow_shift == 9.95 for c in cfgs)
+
+
+def test_a_misspelt_key_fails_naming_the_key():
+    with pytest.raises(Exception, match=r"optim\.lrr"):
+        compose_train_config(["optim.lrr=1e-4"])
+    with pytest.raises(ConfigKeyError, match=r"Key 'lrr' not in 'OptimConfig'[\s\S]*full_key: optim\.lrr"):
+        OmegaConf.merge(OmegaConf.structured(TrainConfig), {"optim": {"lrr": 1e-4}})
+    with pytest.raises(Exception, match=r"trainer\.max_step"):
+        compose_train_config(["trainer.max_step=3"])
+
+
+def test_a_wrong_type_fails_naming_the_key():
+    with pytest.raises(Exception, match=r"trainer\.max_steps"):
+        compose_train_config(["trainer.max_steps=many"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("strategy.name=fsdp2", "strategy.name"),
+        ("objective.image_condition_prob=1.5", "objective.image_condition_prob"),
+        ("optim.scheduler=linear", "optim.scheduler"),
+        ("model.preset=huge", "model.preset"),
+        ("data.kind=video", "data.kind='video'"),
+        ("data.resampled=true", "data.samples_per_epoch"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        launch.to_train_config(compose_train_config([override, "data.train_shards=x"]))
+
+
+def test_model_config_covers_every_architecture_field():
+    from dataclasses import fields
+
+    from sana_wm.models import SanaWMConfig
+
+    arch = {f.name for f in fields(ModelConfig)} - set(ModelConfig.NON_ARCH_FIELDS)
+    assert arch == {f.name for f in fields(SanaWMConfig)}
+    assert ModelConfig(preset="tiny", depth=2).overrides() == {"depth": 2}
+
+
+def _cfg(tmp_path, *extra):
+    return launch.to_train_config(compose_train_config(
+        [*TINY_CPU_OVERRIDES, f"output_dir={tmp_path / 'run'}", "trainer.max_steps=1", *extra]
+    ))
+
+
+def test_missing_or_empty_data_paths_fail_before_anything_runs(tmp_path):
+    with pytest.raises(DataConfigError, match=r"data\.train_shards='/no/such/dir': no such file"):
+        launch.train(_cfg(tmp_path, "data.train_shards=/no/such/dir"))
+    with pytest.raises(DataConfigError, match=r"data\.train_shards is empty"):
+        launch.train(_cfg(tmp_path, "data.train_shards=[]"))
+    with pytest.raises(DataConfigError, match=r"2 of 2 shard\(s\) do not exist"):
+        launch.train(_cfg(tmp_path, f"data.train_shards=[{tmp_path}/a.tar,{tmp_path}/b.tar]"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataConfigError, match="no shards found"):
+        launch.train(_cfg(tmp_path, f"data.train_shards={tmp_path / 'empty'}"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_cached_tensors_that_do_not_fit_the_model_are_named(tmp_path):
+    write_tiny_latent_shards(tmp_path / "c8", num_samples=1, latent_shape=(8, 3, 4, 7))
+    with pytest.raises(DataConfigError, match=r"latent has 8 channels .* model\.in_channels=16"):
+        launch.train(_cfg(tmp_path, f"data.train_shards={tmp_path / 'c8'}"))
+    write_tiny_latent_shards(tmp_path / "l20", num_samples=1, text_shape=(20, 32))
+    with pytest.raises(DataConfigError, match=r"20 tokens .* model\.caption_length=32"):
+        launch.train(_cfg(tmp_path, f"data.train_shards={tmp_path / 'l20'}"))
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_fails_before_training(tmp_path, shards):
+    other = save_checkpoint(SanaWM.from_preset("tiny", depth=2), tmp_path / "depth2.safetensors")
+    with pytest.raises(CheckpointError, match=r"depth2\.safetensors .*missing .*blocks\.2\."):
+        launch.train(_cfg(tmp_path, f"data.train_shards={shards}", f"model.init_checkpoint={other}"))
+    # A resume checkpoint of another architecture: named keys, before fit.
+    small = launch.build_module(_cfg(tmp_path, f"data.train_shards={shards}", "model.depth=2"))
+    ckpt = tmp_path / "small.ckpt"
+    torch.save({"state_dict": small.state_dict()}, ckpt)
+    with pytest.raises(CheckpointError, match=r"small\.ckpt does not fit the model: .* missing .*model\.blocks\.2"):
+        launch.train(_cfg(tmp_path, f"data.train_shards={shards}", f"checkpoint.resume={ckpt}"))
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        launch.train(_cfg(tmp_path, f"data.train_shards={shards}", f"checkpoint.resume={tmp_path}/nope.ckpt"))
+
+
+def test_a_lora_adapter_for_a_different_base_fails_before_training(tmp_path, shards):
+    torch.manual_seed(0)
+    base_a = save_checkpoint(SanaWM.from_preset("tiny"), tmp_path / "a.safetensors")
+    torch.manual_seed(1)
+    other = SanaWM.from_preset("tiny")
+    add_lora(other, rank=2)
+    adapter = save_lora(other, tmp_path / "adapter.safetensors", base_sha256="0" * 64)
+    with pytest.raises(LoraError, match="was trained on base 0000"):
+        launch.train(_cfg(tmp_path, f"data.train_shards={shards}", "lora.enabled=true", f"model.init_checkpoint={base_a}",
+                          f"lora.adapter={adapter}", "lora.rank=2"))
+
+
+def test_train_py_reports_bad_input_in_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run(
+        [sys.executable, "train.py", "experiment=demo_cpu", "data.train_shards=/no/such/shards",
+         f"output_dir={tmp_path}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "error: data.train_shards='/no/such/shards': no such file or directory" in r.stderr
+    assert "Traceback" not in r.stderr

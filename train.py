@@ -1,0 +1,46 @@
+"""Train or fine-tune SANA-WM: `python train.py [experiment=<name>] [key=value ...]`.
+
+Thin entry point: Hydra composes `configs/train.yaml` (typed by `sana_wm/config.py`), and
+`sana_wm.training.launch.train` does the rest — the same file runs on one CPU, under torchrun, or under SLURM
+(see docs/training.md for launch recipes).
+
+Examples:
+    python train.py experiment=demo_cpu paths.data_root=demo_out/data
+    torchrun --nproc_per_node 8 train.py experiment=pretrain_720p_stage1 paths.data_root=/data/sana_wm
+    python train.py experiment=lora_custom_footage paths.model_root=models/SANA-WM_bidirectional
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from sana_wm.config import ConfigError, register_configs
+
+register_configs()  # the schema must be in the ConfigStore before Hydra composes
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from sana_wm.checkpoint import CheckpointError
+    from sana_wm.training.data import DataConfigError
+    from sana_wm.training.launch import train
+    from sana_wm.training.lora import LoraError
+
+    try:
+        metrics = train(cfg)
+    except (ConfigError, DataConfigError, CheckpointError, LoraError, FileNotFoundError) as err:
+        # Bad input: one clear line, no traceback, before any compute.
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for key in ("export", "checkpoint_dir", "output_dir"):
+        if key in metrics:
+            print(f"{key}: {metrics[key]}")
+    loss = metrics.get("train/loss")
+    return float(loss) if loss is not None else None  # Hydra sweepers optimise the returned value
+
+
+if __name__ == "__main__":
+    main()
