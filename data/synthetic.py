@@ -681,7 +681,6 @@ def plan_clip(
         height, width: frame size (even; multiples of 32 avoid any resize in the loader).
         fps: frame rate of the clip.
         trajectory: 'mixed', 'dsl' or 'smooth'.
-        supersample: anti-aliasing factor of :func:`render`.
     """
     if (num_frames - 1) % 8 or num_frames < 1:
         raise ValueError(f"`num_frames` must be of the form 8k+1; got {num_frames}.")
