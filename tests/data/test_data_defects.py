@@ -207,3 +207,9 @@ def test_nonfinite_scan_catches_every_float_kind(dtype, bad):
     with pytest.raises(SampleError, match="1 non-finite"):
         _check_finite(x, "latent.npy")
     _check_finite(torch.full((8,), 3e38), "huge")  # a float32 sum overflows, yet every value is finite
+    _check_finite(torch.full((8,), 3e38).to(torch.bfloat16), "huge")  # same for bfloat16
+    _check_finite(torch.full((8,), 6e4).to(torch.float16), "huge")  # and float16 (tested on its bits)
+    x[2, 1, 3, 4] = 0.0
+    x.view(-1)[-1] = bad  # the very last element is scanned too
+    with pytest.raises(SampleError, match="1 non-finite"):
+        _check_finite(x, "latent.npy")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 import torch
 
@@ -30,6 +33,55 @@ def test_bool_roundtrip_and_unsupported_dtype():
     assert torch.equal(npy_bytes_to_tensor(*tensor_to_npy_bytes(m, "m")), m)
     with pytest.raises(ValueError, match="int64"):
         tensor_to_npy_bytes(torch.arange(3), "idx")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.bool])
+def test_zero_copy_npy_is_a_view_of_the_bytes_and_equals_np_load(dtype):
+    import warnings
+
+    x = (torch.randn(3, 5, 7) > 0) if dtype == torch.bool else torch.randn(3, 5, 7).to(dtype)
+    data, name = tensor_to_npy_bytes(x, "x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "array is not writable" warning is expected and silenced
+        y = npy_bytes_to_tensor(data, name, zero_copy=True)
+    assert y.dtype == dtype and y.is_contiguous() and torch.equal(x, y)
+    assert torch.equal(y, npy_bytes_to_tensor(data, name))
+    base = np.frombuffer(data, np.uint8)
+    assert base.ctypes.data <= y.data_ptr() < base.ctypes.data + len(data)  # no copy was made
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.asfortranarray(np.arange(24, dtype=np.float32).reshape(2, 3, 4)),  # fortran_order: True
+        np.arange(6, dtype=">f4").reshape(2, 3),  # big-endian
+        np.zeros((0, 3), np.float32),  # empty
+        np.float32(2.5),  # 0-d
+    ],
+    ids=["fortran", "big-endian", "empty", "scalar"],
+)
+def test_zero_copy_npy_handles_layouts_it_must_copy(arr):
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    y = npy_bytes_to_tensor(buf.getvalue(), zero_copy=True)
+    assert y.shape == arr.shape and y.is_contiguous()
+    assert np.array_equal(y.numpy(), arr)
+
+
+def test_zero_copy_npy_reads_version_2_headers_and_rejects_bad_bytes():
+    arr = np.arange(12, dtype=np.float16).reshape(3, 4)
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, version=(2, 0))
+    assert np.array_equal(npy_bytes_to_tensor(buf.getvalue(), zero_copy=True).numpy(), arr)
+    data, _ = tensor_to_npy_bytes(torch.zeros(4, 4), "z")
+    with pytest.raises(ValueError):  # truncated: fewer data bytes than the header promises
+        npy_bytes_to_tensor(data[:-4], zero_copy=True)
+    with pytest.raises(ValueError, match="not a .npy"):
+        npy_bytes_to_tensor(b"PK\x03\x04 not an array", zero_copy=True)
+    obj = io.BytesIO()
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="object"):
+        npy_bytes_to_tensor(obj.getvalue(), zero_copy=True)
 
 
 @pytest.mark.parametrize("bad", ["a.b", "", "sp ace", "x/y"])

@@ -29,18 +29,27 @@ def _dataset(urls, rank=0, world_size=1, seed=7, **kw):
     return make_video_dataset(urls, num_frames=9, height=32, width=64, target_fps=16.0, video_format="uint8", rank=rank, world_size=world_size, seed=seed, **kw)
 
 
-def _keys_by_rank_worker(urls, world_size=2, num_workers=2, epoch=0, seed=7):
+def _keys_by_rank_worker(urls, monkeypatch, how, world_size=2, num_workers=2, epoch=0, seed=7):
+    """Keys seen per (rank, worker). ``how='env'`` gives the rank the way torchrun does (RANK /
+    WORLD_SIZE, inherited by the DataLoader workers), so wds.split_by_node / split_by_worker do the
+    split; ``how='explicit'`` passes rank/world_size to the dataset (the DataModule's path)."""
     seen = {}
     for rank in range(world_size):
-        ds = _dataset(urls, rank=rank, world_size=world_size, seed=seed)
+        if how == "env":
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", str(world_size))
+            ds = _dataset(urls, rank=None, world_size=None, seed=seed)
+        else:
+            ds = _dataset(urls, rank=rank, world_size=world_size, seed=seed)
         loader = EpochDataLoader(ds, batch_size=2, num_workers=num_workers, start_epoch=epoch)
         for batch in loader:
             seen.setdefault((rank, batch.worker), []).extend(batch.keys)
     return seen
 
 
-def test_two_ranks_two_workers_see_disjoint_complete_samples(shards):
-    seen = _keys_by_rank_worker(shards)
+@pytest.mark.parametrize("how", ["env", "explicit"])
+def test_two_ranks_two_workers_see_disjoint_complete_samples(shards, monkeypatch, how):
+    seen = _keys_by_rank_worker(shards, monkeypatch, how)
     assert sorted(seen) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # every (rank, worker) got data
     all_keys = [k for keys in seen.values() for k in keys]
     assert len(all_keys) == len(set(all_keys)) == NUM_SHARDS * PER_SHARD  # disjoint and complete
@@ -48,6 +57,36 @@ def test_two_ranks_two_workers_see_disjoint_complete_samples(shards):
     owner = {k.split("-")[0]: rw for rw, keys in seen.items() for k in keys}
     for rw, keys in seen.items():
         assert all(owner[k.split("-")[0]] == rw for k in keys)
+
+
+def test_default_split_is_webdatasets_and_matches_the_explicit_one(shards, monkeypatch):
+    """Without rank/world_size the shard list goes through wds.split_by_node / split_by_worker (spied
+    on here), and the result equals the explicit-rank slicing, so both paths give the same stream."""
+    import webdataset as wds
+
+    from data.webdataset import get_dist_info
+
+    calls = []
+
+    def spy(fn, name):
+        def wrapped(src, *args, **kwargs):
+            calls.append(name)
+            return fn(src, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(wds, "split_by_node", spy(wds.split_by_node, "node"))
+    monkeypatch.setattr(wds, "split_by_worker", spy(wds.split_by_worker, "worker"))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("WORKER", "1")  # webdataset's stand-in for a DataLoader worker id
+    monkeypatch.setenv("NUM_WORKERS", "2")
+    assert get_dist_info() == get_dist_info(rank=1, world_size=2)  # seeds see what the splitters see
+    default = [s.key for s in _dataset(shards, rank=None, world_size=None)]
+    assert calls == ["node", "worker"]
+    explicit = [s.key for s in _dataset(shards, rank=1, world_size=2)]
+    assert calls == ["node", "worker"]  # the explicit path does not go through them
+    assert default == explicit and len(default) == NUM_SHARDS * PER_SHARD // 4
 
 
 def test_order_is_deterministic_per_epoch_and_changes_across_epochs(shards):
@@ -89,6 +128,8 @@ def test_resampled_stream_has_fixed_epoch_length_and_differs_by_rank(shards):
 
 
 def test_dist_info_from_environment(monkeypatch):
+    monkeypatch.delenv("WORKER", raising=False)
+    monkeypatch.delenv("NUM_WORKERS", raising=False)
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
     info = get_dist_info()
@@ -131,3 +172,48 @@ def test_strict_error_from_a_worker_process_names_the_sample(tmp_path):
         list(EpochDataLoader(ds, batch_size=1, num_workers=1))
     assert info.value.reason == "frame_count_mismatch"
     assert "bad.tar" in str(info.value) and "'broken'" in str(info.value) and "c2w.npy" in str(info.value)
+
+
+_GLOO_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[4])
+from data.webdataset import EpochDataLoader, make_video_dataset
+rank, world, init = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+ds = make_video_dataset(json.loads(sys.argv[5]), num_frames=9, height=32, width=64, video_format="uint8", seed=7)
+seen = {}
+for batch in EpochDataLoader(ds, batch_size=2, num_workers=2):
+    seen.setdefault(str(batch.worker), []).extend(batch.keys)
+dist.barrier()
+print(json.dumps(seen))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_process_gloo_group_splits_through_webdataset(shards, tmp_path):
+    """A real process group (no RANK in the environment): webdataset's splitters read the rank from
+    torch.distributed inside each forked DataLoader worker; 2 ranks × 2 workers see disjoint shards."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "WORKER", "NUM_WORKERS")}
+    init = f"file://{tmp_path / 'pg'}"
+    args = [json.dumps([str(u) for u in shards])]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _GLOO_SCRIPT, str(r), "2", init, root, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for r in range(2)
+    ]
+    seen = {}
+    for rank, p in enumerate(procs):
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-2000:]
+        for worker, keys in json.loads(out.strip().splitlines()[-1]).items():
+            seen[(rank, int(worker))] = keys
+    assert sorted(seen) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    all_keys = [k for keys in seen.values() for k in keys]
+    assert len(all_keys) == len(set(all_keys)) == NUM_SHARDS * PER_SHARD
