@@ -60,7 +60,8 @@ class ModelConfig:
     ``reference_numerics`` override the preset's `SanaWMConfig` field of the same name when not null.
     init_checkpoint: official/diffusers-layout safetensors (or a `.pt`) loaded strictly before training; null =
     NVIDIA's training initialisation. activation_checkpointing: recompute each block in backward (non-reentrant).
-    compile: `torch.compile` each block.
+    ac_policy: "full" (recompute whole blocks) or "selective" (keep GEMM/attention/scan outputs, recompute the
+    element-wise work: less recompute, more memory). compile: `torch.compile` each block.
     """
 
     preset: str = "tiny"
@@ -81,10 +82,11 @@ class ModelConfig:
     reference_numerics: bool | None = None
     init_checkpoint: str | None = None
     activation_checkpointing: bool = False
+    ac_policy: str = "full"
     compile: bool = False
 
     #: fields that are not SanaWMConfig overrides
-    NON_ARCH_FIELDS = ("preset", "init_checkpoint", "activation_checkpointing", "compile")
+    NON_ARCH_FIELDS = ("preset", "init_checkpoint", "activation_checkpointing", "ac_policy", "compile")
 
     def overrides(self) -> dict[str, Any]:
         """The non-null architecture overrides, as keyword arguments of `SanaWM.from_preset`."""
@@ -423,6 +425,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     from sana_wm.models import PRESETS
 
     _choice("model.preset", cfg.model.preset, tuple(sorted(PRESETS)))
+    _choice("model.ac_policy", cfg.model.ac_policy, ("full", "selective"))
     o = cfg.objective
     _range("objective.flow_shift", o.flow_shift, 0.0, float("inf"), lo_open=True)
     _choice("objective.timestep_sampling", o.timestep_sampling, ("logit_normal", "uniform"))
@@ -468,6 +471,25 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("data.resampled=true draws shards forever; set data.samples_per_epoch (per rank) too")
     s = cfg.strategy
     _choice("strategy.name", s.name, ("auto", "ddp", "fsdp", "deepspeed"))
+    if cfg.ema.enabled and (s.name == "fsdp" or (s.name == "deepspeed" and s.stage == 3)):
+        # Under weight sharding each rank's parameters are shards (FSDP) or empty placeholders (ZeRO-3), so the EMA
+        # would average shards that the checkpoint (written by rank 0) cannot hold whole. Refuse rather than save a
+        # partial or empty average.
+        where = "strategy=fsdp" if s.name == "fsdp" else "strategy=deepspeed_zero3"
+        raise ConfigError(
+            f"ema.enabled=true is not supported with {where} (sharded weights); use strategy=ddp or "
+            "deepspeed_zero2, or set ema.enabled=false"
+        )
+    if cfg.model.activation_checkpointing and cfg.model.ac_policy != "full":
+        if s.name == "fsdp":
+            # Lightning's FSDPStrategy applies checkpointing itself, by module policy, and only whole blocks.
+            raise ConfigError(f"model.ac_policy={cfg.model.ac_policy!r} is not supported with strategy=fsdp; use 'full'")
+        if s.name == "deepspeed" and s.stage == 3:
+            # ZeRO-3 swaps F.linear for its own autograd Function; selective recompute then replays cached GEMM
+            # outputs against a different op sequence and the gradients come out wrong (measured: 2x off on CPU).
+            raise ConfigError(
+                f"model.ac_policy={cfg.model.ac_policy!r} is not supported with strategy=deepspeed_zero3; use 'full'"
+            )
     if s.name == "deepspeed":
         _choice("strategy.stage", s.stage, (1, 2, 3))
     _choice("strategy.fsdp_sharding", s.fsdp_sharding, ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"))

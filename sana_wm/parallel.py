@@ -1,7 +1,8 @@
 """The one place where parallelism and memory tricks are applied to a SANA-WM model, from outside the model code.
 
-`parallelize(model, ...)` applies, in order: per-block activation checkpointing (non-reentrant), per-block
-`torch.compile`, and FSDP2 sharding (`fully_shard` per block, then the root) over a device mesh. Lightning's
+`parallelize(model, ...)` applies, in order: per-block activation checkpointing (non-reentrant; "full" recomputes
+the whole block, "selective" keeps the outputs of the GEMMs, attention kernels and GDN scans and recomputes only the
+cheap element-wise work), per-block `torch.compile`, and FSDP2 sharding (`fully_shard` per block, then the root) over a device mesh. Lightning's
 `ModelParallelStrategy` calls it from `LightningModule.configure_model`; DDP / FSDP1 / DeepSpeed strategies wrap the
 model themselves and only use the checkpointing part.
 
@@ -26,14 +27,73 @@ def _blocks(model: nn.Module) -> nn.ModuleList:
     return blocks
 
 
-def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
-    """Recompute each block in the backward pass (non-reentrant). State-dict keys are unchanged."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+AC_POLICIES = ("full", "selective")
 
+
+def _saved_ops() -> set:
+    """Ops whose outputs selective checkpointing keeps: the FLOP-heavy ones (GEMMs, attention, GDN state scans).
+
+    Recomputing them is what makes full checkpointing cost a second forward; the element-wise work between them
+    (norms, RoPE/UCPE, gates, SiLU, convs as shifted adds) is cheap to redo and is where most activation bytes are.
+    """
+    import sana_wm.ops.gdn.scan  # noqa: F401 - registers torch.ops.sana_wm.state_scan
+
+    aten = torch.ops.aten
+    ops = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
+           torch.ops.sana_wm.state_scan.default}
+    for name in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
+                 "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu"):
+        if hasattr(aten, name):
+            ops.add(getattr(aten, name).default)
+    return ops
+
+
+def _selective_context():
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    saved = _saved_ops()
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def _checkpoint_wrapper_class():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    class BlockCheckpointWrapper(CheckpointWrapper):
+        """torch's CheckpointWrapper whose attribute forwarding is safe while it is being constructed.
+
+        DeepSpeed ZeRO-3 (`deepspeed.zero.Init`, active while Lightning runs `configure_model`) patches every module's
+        `__init__` to call `hasattr(module, "_ds_child_entered")` before the real `__init__` runs. The stock wrapper
+        forwards unknown attributes to `self._checkpoint_wrapped_module`, which does not exist yet, so the lookup
+        recursed until RecursionError. Here that one name raises AttributeError like on any module.
+        """
+
+        def __getattr__(self, name: str):
+            if name == "_checkpoint_wrapped_module":
+                return nn.Module.__getattr__(self, name)
+            return super().__getattr__(name)
+
+    return BlockCheckpointWrapper
+
+
+def apply_activation_checkpointing(model: nn.Module, policy: str = "full") -> nn.Module:
+    """Recompute each block in the backward pass (non-reentrant). State-dict keys are unchanged.
+
+    policy: "full" (keep only the block inputs) or "selective" (also keep GEMM / attention / scan outputs).
+    """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl
+
+    if policy not in AC_POLICIES:
+        raise ValueError(f"activation checkpointing policy must be one of {AC_POLICIES}, got {policy!r}")
+    kwargs = {"context_fn": _selective_context} if policy == "selective" else {}
+    wrapper_cls = _checkpoint_wrapper_class()
     blocks = _blocks(model)
     for i, block in enumerate(blocks):
         if not getattr(block, "_sana_checkpointed", False):
-            wrapped = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+            wrapped = wrapper_cls(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT, **kwargs)
             wrapped._sana_checkpointed = True
             blocks[i] = wrapped
     return model
@@ -62,6 +122,7 @@ def parallelize(
     model: nn.Module,
     *,
     activation_checkpointing: bool = False,
+    ac_policy: str = "full",
     compile: bool = False,
     fsdp_mesh=None,
     context_parallel: int = 1,
@@ -73,10 +134,11 @@ def parallelize(
             f"context_parallel={context_parallel}: context parallelism is not implemented yet; use 1"
         )
     if activation_checkpointing:
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, ac_policy)
     if compile:
         apply_compile(model)
     if fsdp_mesh is not None:
         apply_fsdp(model, fsdp_mesh, param_dtype=param_dtype)
-    log.info("parallelize: checkpointing=%s compile=%s fsdp=%s", activation_checkpointing, compile, fsdp_mesh)
+    log.info("parallelize: checkpointing=%s (%s) compile=%s fsdp=%s", activation_checkpointing, ac_policy, compile,
+             fsdp_mesh)
     return model

@@ -132,12 +132,13 @@ def test_bad_inputs_raise_named_errors(kwargs, message):
         model(**args)
 
 
-def test_gradients_match_with_activation_checkpointing():
+@pytest.mark.parametrize("policy", ["full", "selective"])
+def test_gradients_match_with_activation_checkpointing(policy):
     torch.manual_seed(0)
     ref = SanaWM.from_preset("tiny")
     ckpt = SanaWM.from_preset("tiny")
     ckpt.load_state_dict(ref.state_dict())
-    parallelize(ckpt, activation_checkpointing=True)
+    parallelize(ckpt, activation_checkpointing=True, ac_policy=policy)
     assert list(ckpt.state_dict()) == list(ref.state_dict())  # wrapping keeps checkpoint names
     x, t, y = _inputs()
     cc, pl = _cam(2, 3), torch.randn(2, 48, 3, 4, 6)
@@ -149,6 +150,19 @@ def test_gradients_match_with_activation_checkpointing():
             continue
         assert a.grad is not None, n
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_selective_checkpointing_saves_the_heavy_ops_and_rejects_unknown_policies():
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    from sana_wm.parallel import _saved_ops, apply_activation_checkpointing
+
+    saved = _saved_ops()
+    assert torch.ops.aten.mm.default in saved and torch.ops.sana_wm.state_scan.default in saved
+    assert torch.ops.aten.mul.Tensor not in saved  # element-wise work is recomputed
+    assert CheckpointPolicy.MUST_SAVE  # the policy API this relies on exists in the pinned torch
+    with pytest.raises(ValueError, match="'sometimes'"):
+        apply_activation_checkpointing(SanaWM.from_preset("tiny"), "sometimes")
 
 
 def test_bf16_autocast_runs_scans_in_fp32_and_stays_close():

@@ -105,6 +105,29 @@ def test_bad_values_fail_naming_the_key(override, key):
         launch.to_train_config(compose_train_config([override, "data.train_shards=x"]))
 
 
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["strategy=fsdp", "ema.enabled=true"], "ema.enabled=true is not supported with strategy=fsdp"),
+        (["strategy=deepspeed_zero3", "ema.enabled=true"], "strategy=deepspeed_zero3"),
+        (["strategy=fsdp", "model.activation_checkpointing=true", "model.ac_policy=selective"], "model.ac_policy"),
+        (["strategy=deepspeed_zero3", "model.activation_checkpointing=true", "model.ac_policy=selective"],
+         "model.ac_policy='selective' is not supported with strategy=deepspeed_zero3"),
+        (["model.ac_policy=sometimes"], "model.ac_policy"),
+    ],
+)
+def test_unsupported_combinations_fail_before_any_compute(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        launch.to_train_config(compose_train_config([*overrides, "data.train_shards=x"]))
+
+
+def test_ema_with_replicated_or_zero2_weights_is_accepted():
+    for strategy in ("ddp", "deepspeed_zero2"):
+        cfg = launch.to_train_config(compose_train_config([f"strategy={strategy}", "ema.enabled=true",
+                                                           "data.train_shards=x"]))
+        assert cfg.ema.enabled
+
+
 def test_model_config_covers_every_architecture_field():
     from dataclasses import fields
 
