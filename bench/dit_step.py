@@ -6,6 +6,10 @@ Cases (PERFORMANCE.md §4 B1/B2, issue 6):
   train21  forward+backward with per-block activation checkpointing, 21 latent frames, B=1
   trainmax longest clip whose training step fits (ours only; probes 41/61/81/121 latent frames)
   profile  breakdown of our fwd21 into linear / GDN / softmax / other (torch.profiler device time)
+  kernels  with --compile: the top CUDA kernels of the compiled fwd21 and train21 (where the time goes)
+  composite with --compile: fwd21 again with the fused GDN forward kernels off (what they buy in the whole model)
+train21 runs eager with full checkpointing, then (with --compile) compiled with each --ac policy: "full" recomputes
+whole blocks, "selective" keeps GEMM / attention / scan outputs (sana_wm.parallel).
 Timing: CUDA events, median of --reps after --warmup runs; peak memory = torch.cuda.max_memory_allocated.
 MFU = model FLOPs (sana_wm.flops) / (time × 989.4 TFLOP/s); also reported against the GEMM ceiling measured here.
 Prints a table and writes JSON (--out). Never asserts speed.
@@ -27,6 +31,7 @@ from sana_wm import SanaWM
 from sana_wm.camera import action_to_c2w, prepare_camera
 from sana_wm.checkpoint import to_diffusers_layout
 from sana_wm.flops import H100_BF16_PEAK, model_flops
+from sana_wm.ops.gdn.torch_scan import set_fused_forward
 from sana_wm.parallel import apply_activation_checkpointing
 
 H, W, TEXT = 22, 40, 300
@@ -138,6 +143,26 @@ def profile_breakdown(ours, inp) -> dict[str, float]:
     return out
 
 
+def top_kernels(fn, top: int) -> list[dict]:
+    """The `top` CUDA kernels of one call of `fn` by total device time (the `kernels` case), printed and returned."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    ev = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in ev) / 1e3
+    ev.sort(key=lambda e: -e.self_device_time_total)
+    rows = [dict(kernel=e.key[:110], ms=round(e.self_device_time_total / 1e3, 2), calls=e.count,
+                 share=round(e.self_device_time_total / 1e3 / total, 4)) for e in ev[:top]]
+    print(f"device total {total:.1f} ms; top kernels:", flush=True)
+    for r in rows:
+        print(f"  {r['ms']:9.2f} ms {100 * r['share']:5.1f}% x{r['calls']:<5d} {r['kernel']}", flush=True)
+    return [dict(total_ms=round(total, 1))] + rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default="fwd21,fwd121,train21,trainmax,profile")
@@ -145,6 +170,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-port", action="store_true", help="skip the diffusers baseline")
     ap.add_argument("--compile", action="store_true", help="also time ours with per-block torch.compile")
+    ap.add_argument("--ac", default="full,selective", help="checkpointing policies for the compiled train21")
+    ap.add_argument("--top", type=int, default=30, help="kernels listed by the `kernels` case")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     cases = args.cases.split(",")
@@ -209,42 +236,68 @@ def main(argv=None) -> int:
                     record(case, "ours+compile", B, T, ms, gib, False)
                     if port is not None and f"{case}_port_ms" in results:
                         results[f"{case}_speedup_compiled"] = results[f"{case}_port_ms"] / ms
+                    if "kernels" in cases and case == "fwd21":
+                        results["kernels_fwd21"] = top_kernels(ours_fn(ours, inp), args.top)
+                    if case == "fwd21" and "composite" in cases:  # what the fused GDN forward kernels bought
+                        set_fused_forward(False)
+                        ms, gib = cuda_time(ours_fn(ours, inp), args.warmup + 1, args.reps)
+                        record(case, "ours+compile, composite GDN", B, T, ms, gib, False)
+                        set_fused_forward(True)
         ours.blocks = torch.nn.ModuleList(plain_blocks)
     if "profile" in cases:
         results["profile_fwd21_ms"] = profile_breakdown(ours, make_inputs(2, 21))
         print("profile fwd21 (device ms):", json.dumps(results["profile_fwd21_ms"]), flush=True)
+    policies = args.ac.split(",")
+
+    def set_blocks(policy: str | None, compiled: bool) -> None:
+        """Fresh per-block wrappers on the same parameters: checkpointing `policy`, then per-block compile."""
+        ours.blocks = torch.nn.ModuleList(plain_blocks)
+        if policy is not None:
+            apply_activation_checkpointing(ours, policy)
+        if compiled:
+            ours.blocks = torch.nn.ModuleList(torch.compile(b) for b in ours.blocks)
+
     if "train21" in cases or "trainmax" in cases:
         ours.train()
-        apply_activation_checkpointing(ours)
         if port is not None:
             port.train()
             port.enable_gradient_checkpointing()
     if "train21" in cases:
         inp = make_inputs(1, 21)
+        set_blocks("full", False)
         ms, gib = cuda_time(train_step(ours, inp, False), args.warmup, args.reps)
-        record("train21", "ours", 1, 21, ms, gib, True)
+        record("train21", "ours (full AC)", 1, 21, ms, gib, True)
         if port is not None:
             ms_p, gib_p = cuda_time(train_step(port, inp, True), args.warmup, args.reps)
             record("train21", "port", 1, 21, ms_p, gib_p, True)
             results["train21_speedup"] = ms_p / ms
             results["train21_port_ms"] = ms_p
-    if "train21" in cases and args.compile:
-        ours.blocks = torch.nn.ModuleList(torch.compile(b) for b in ours.blocks)  # compile the checkpointed blocks
-        inp = make_inputs(1, 21)
-        ms, gib = cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps)
-        record("train21", "ours+compile", 1, 21, ms, gib, True)
-        if "train21_port_ms" in results:
-            results["train21_speedup_compiled"] = results["train21_port_ms"] / ms
+        for policy in policies if args.compile else ():
+            set_blocks(policy, True)
+            torch.cuda.empty_cache()
+            try:
+                ms, gib = cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps)
+            except torch.OutOfMemoryError:
+                print(f"train21: compiled, {policy} AC does not fit", flush=True)
+                ours.zero_grad(set_to_none=True)
+                continue
+            record("train21", f"ours+compile ({policy} AC)", 1, 21, ms, gib, True)
+            if "train21_port_ms" in results:
+                results[f"train21_speedup_compiled_{policy}"] = results["train21_port_ms"] / ms
+        if "kernels" in cases and args.compile:
+            results["kernels_train21"] = top_kernels(train_step(ours, inp, False), args.top)
+        ours.zero_grad(set_to_none=True)
     if port is not None:
         del port
         port = None
         torch.cuda.empty_cache()
     if "trainmax" in cases:
+        set_blocks("full", args.compile)
         for T in (41, 61, 81, 121):
             try:
                 inp = make_inputs(1, T)
                 ms, gib = cuda_time(train_step(ours, inp, False), 1, 2)
-                record("trainmax", "ours", 1, T, ms, gib, True)
+                record("trainmax", "ours" + ("+compile" if args.compile else ""), 1, T, ms, gib, True)
                 results["train_longest_T"] = T
             except torch.OutOfMemoryError:
                 print(f"trainmax: T={T} does not fit", flush=True)
@@ -252,6 +305,10 @@ def main(argv=None) -> int:
             finally:
                 ours.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
+    if port is not None:
+        del port
+        port = None
+        torch.cuda.empty_cache()
     dump()
     print("\n| case | impl | B | latent T (frames) | ms | peak GiB | MFU |\n|---|---|---|---|---|---|---|")
     for r in rows:

@@ -1,8 +1,10 @@
 """GDN kernel benchmark (PERFORMANCE.md B3): our frame-wise bidirectional GDN op vs cuDNN softmax SDPA at the same N.
 
 For T latent frames of S = 880 tokens, H = 20 heads, D = 112, B = 1: times the main-branch op (`bidirectional_gdn`,
-num + den) and the camera op (`bidirectional_delta`), forward and forward+backward, with the fused Triton state scan
-and with the PyTorch-loop scan (baseline, same process), next to `F.scaled_dot_product_attention` (cuDNN, bf16).
+num + den) and the camera op (`bidirectional_delta`): the forward through the fused Triton kernels (transitions +
+state scan + read-out from token layout, `*_fused`), and forward / forward+backward through the composite path with
+the Triton state scan and with the PyTorch-loop scan (baselines, same process), next to
+`F.scaled_dot_product_attention` (cuDNN, bf16).
 Prints a table; `--out` writes JSON. Never asserts speed.
 """
 
@@ -18,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sana_wm.ops.gdn import bidirectional_delta, bidirectional_gdn
 from sana_wm.ops.gdn.scan import set_scan_backend
+from sana_wm.ops.gdn.torch_scan import set_fused_forward
 
 
 def timeit(fn, warmup=2, reps=5) -> float:
@@ -38,6 +41,10 @@ def main(argv=None) -> int:
         v, beta = mk(1, T, S, H, D), mk(1, T, S, H)
         g = (0.9 + 0.1 * torch.rand(1, T, H, device="cuda")).requires_grad_()
         row = dict(T=T, N=T * S)
+        with torch.no_grad():
+            row["gdn_fwd_fused"] = timeit(lambda: bidirectional_gdn(q, k, qr, kr, v, beta, g, out_dtype=q.dtype))
+            row["cam_fwd_fused"] = timeit(lambda: bidirectional_delta(q, kr, v, beta, g, out_dtype=q.dtype))
+        set_fused_forward(False)
         for backend in ("triton", "torch"):
             set_scan_backend(backend)
             with torch.no_grad():
@@ -45,6 +52,7 @@ def main(argv=None) -> int:
                 row[f"cam_fwd_{backend}"] = timeit(lambda: bidirectional_delta(q, kr, v, beta, g))
             row[f"gdn_fb_{backend}"] = timeit(lambda: bidirectional_gdn(q, k, qr, kr, v, beta, g).sum().backward())
         set_scan_backend("auto")
+        set_fused_forward(True)
         qs, ks, vs = (x.detach().transpose(1, 2).reshape(1, T * S, H, D).transpose(1, 2) for x in (q, k, v))
         with torch.no_grad(), sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             row["sdpa_cudnn_fwd"] = timeit(lambda: F.scaled_dot_product_attention(qs, ks, vs))
