@@ -16,6 +16,10 @@ before the next, so each peak-memory figure is that stage's own (weights residen
   refiner       LTX-2 refiner transformer, video half only (13 B of 18.9 B; the audio half is never run and is
                 dropped here), AR blocks of 3, K/V window 11
   vae_decode    LTX-2 VAE (diffusers default config, 1.22 B), frame-wise tiles 96/64
+  pipeline      (only when asked: --stages pipeline) every module above in one SanaWMPipeline, run end to end
+                (prompt → stage 1 → refiner → decode) twice: all modules resident, then with --offload_vae,
+                --offload_refiner and the text-encoder offload, so the offload flags' memory saving and time cost
+                are measured on the real path (peak memory per pipeline stage, and where each module sat)
 
 Real-time factor = stage seconds / video seconds (frames / fps). Output: a table on stdout, optionally JSON.
 """
@@ -43,7 +47,7 @@ from sana_wm.encoders import GemmaTextEncoder, LatentCodec  # noqa: E402
 from sana_wm.pipeline import SanaWMPipeline  # noqa: E402
 from sana_wm.refiner import LTX2Refiner, is_audio_only, move_module  # noqa: E402
 
-STAGES = ("stage1", "text", "refiner_text", "refiner", "vae_decode")
+STAGES = ("stage1", "text", "refiner_text", "refiner", "vae_decode", "pipeline")
 
 
 @dataclass
@@ -290,6 +294,55 @@ def bench_vae(sizes, codec, frames, fps, device) -> Row:
     return Row("vae_decode", frames, "-", c.seconds, c.peak, c.seconds / (frames / fps), note)
 
 
+def bench_pipeline(sizes, frames, steps, timed, fps, device, dtype, offload: bool) -> list[Row]:
+    """One end-to-end `SanaWMPipeline.generate` with every full-size module, offload flags all on or all off."""
+    from sana_wm.encoders.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    codec = build_vae(sizes, device, dtype)
+    dit = build_dit(sizes, device, dtype)
+    if sizes.quick:
+        from sana_wm.encoders.testing import tiny_gemma2
+
+        gemma2 = tiny_gemma2(sizes.caption_channels, vocab_size=len(tok)).to(device, dtype)
+    else:
+        from transformers import Gemma2Config
+        from transformers.models.gemma2.modeling_gemma2 import Gemma2Model
+
+        with building(device, dtype):
+            gemma2 = Gemma2Model(Gemma2Config(attn_implementation="eager"))
+    text = GemmaTextEncoder(gemma2, tok, max_sequence_length=sizes.text_len)
+    conn, te, rtok, length = _refiner_text_modules(sizes, device, dtype)
+    refiner = LTX2Refiner(_refiner_transformer(sizes, device, dtype), conn, te, rtok, text_max_sequence_length=length,
+                          device=device)
+    pipe = SanaWMPipeline(dit, codec, text, refiner, height=sizes.height, width=sizes.width, device=device,
+                          offload_vae=offload, offload_refiner=offload, offload_text_encoder=offload)
+    free()
+    image = torch.rand(3, sizes.height, sizes.width, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    K = [sizes.width * 0.6, sizes.width * 0.6, sizes.width / 2, sizes.height / 2]
+    n_run = min(timed, steps) if timed else steps
+    grid = inference_sigmas(steps, 9.8)[: n_run + 1]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    res = pipe.generate(image, "A first-person walk through a quiet forest path.", action_to_c2w(f"w-{frames}"), K,
+                        num_frames=frames, fps=fps, sigmas=grid, progress=False)
+    wall = time.perf_counter() - t0
+    where = ", ".join(f"{k}:{v}" for k, v in sorted(pipe.placement.where.items()))
+    tag = "offload on" if offload else "all resident"
+    rows = []
+    for stage, sec in res.timings.items():
+        peak = res.peak_memory.get(stage)
+        rows.append(Row(f"pipe:{stage}", frames, f"{n_run}/{steps}" if stage == "stage1" else "-", sec,
+                        None if peak is None else peak / 2**30, 0.0, tag))
+    overall = res.peak_memory.get("overall")
+    rows.append(Row("pipe:total", frames, f"{n_run}/{steps}", wall, None if overall is None else overall / 2**30,
+                    0.0, f"{tag}; end placement {where}; {len(pipe.placement.log)} moves"))
+    del pipe, refiner, text, dit, codec, conn, te, gemma2, res
+    free()
+    return rows
+
+
 def build_dit_stub(sizes):
     """The pipeline constructor wants a DiT for its channel check; a one-block tiny one is enough for decoding."""
     from sana_wm.models import SanaWM
@@ -298,12 +351,12 @@ def build_dit_stub(sizes):
 
 
 def format_table(rows: list[Row], device_name: str) -> str:
-    head = f"{'stage':<13}{'frames':>7}{'steps':>8}{'seconds':>10}{'peak GiB':>10}{'RTF':>8}  note"
+    head = f"{'stage':<17}{'frames':>7}{'steps':>8}{'seconds':>10}{'peak GiB':>10}{'RTF':>8}  note"
     lines = [f"# device: {device_name}", head, "-" * len(head)]
     for r in rows:
         peak = f"{r.peak_gib:.1f}" if r.peak_gib is not None else "-"
         rtf = f"{r.rtf:.2f}" if r.rtf else "-"
-        lines.append(f"{r.stage:<13}{r.frames or '-':>7}{r.steps:>8}{r.seconds:>10.2f}{peak:>10}{rtf:>8}  {r.note}")
+        lines.append(f"{r.stage:<17}{r.frames or '-':>7}{r.steps:>8}{r.seconds:>10.2f}{peak:>10}{rtf:>8}  {r.note}")
     return "\n".join(lines)
 
 
@@ -317,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=16.0)
     p.add_argument("--other_frames", type=int, default=None, help="frames for refiner / VAE decode (161)")
     p.add_argument("--refiner_block_size", type=int, default=3, help="0 = single shot")
-    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=[s for s in STAGES if s != "pipeline"])
     p.add_argument("--device", default=None)
     p.add_argument("--no_warmup", action="store_true")
     p.add_argument("--json", default=None, help="also write the rows here")
@@ -349,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     if "refiner" in args.stages:
         rows.append(bench_refiner(sizes, other, args.fps, device, dtype, args.refiner_block_size or None,
                                   32 if sizes.quick else 3840))
+    if "pipeline" in args.stages:
+        for offload in (False, True):
+            rows += bench_pipeline(sizes, other, steps, args.timed_steps or (2 if sizes.quick else 4), args.fps,
+                                   device, dtype, offload)
     by = {(r.stage, r.frames) for r in rows}
     if {("stage1", other), ("vae_decode", other), ("refiner", other)} <= by:
         total = sum(r.seconds for r in rows if r.frames in (other, 0))

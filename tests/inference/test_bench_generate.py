@@ -46,3 +46,18 @@ def test_full_size_builders_construct_on_meta(monkeypatch):
     conn, te, _, length = mod._refiner_text_modules(mod.FULL, meta, bf16)
     assert length == 1024 and 11e9 < sum(p.numel() for p in te.parameters()) < 12.5e9
     assert conn.config.caption_channels * conn.config.text_proj_in_factor == 3840 * 49
+
+
+def test_quick_pipeline_stage_runs_with_and_without_offload(tmp_path, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_generate", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_generate", mod)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--quick", "--stages", "pipeline", "--json", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    totals = [r for r in rows if r["stage"] == "pipe:total"]
+    assert [r["note"].split(";")[0] for r in totals] == ["all resident", "offload on"]
+    for tag in ("all resident", "offload on"):
+        stages = {r["stage"] for r in rows if r["note"].startswith(tag)}
+        assert {"pipe:stage1", "pipe:stage2", "pipe:vae_decode"} <= stages, stages
+    assert "moves" in totals[1]["note"]

@@ -36,7 +36,8 @@ def parts():
 def make(parts, refine=True, **kw):
     dit, codec, te, rparts = parts
     refiner = LTX2Refiner(*rparts, text_max_sequence_length=64) if refine else None
-    return SanaWMPipeline(dit, codec, te, refiner, height=H, width=W, device="cpu", **kw)
+    kw.setdefault("device", "cpu")
+    return SanaWMPipeline(dit, codec, te, refiner, height=H, width=W, **kw)
 
 
 @pytest.fixture(scope="module")
