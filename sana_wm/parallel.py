@@ -2,9 +2,9 @@
 
 `parallelize(model, ...)` applies, in order: per-block activation checkpointing (non-reentrant; "full" recomputes
 the whole block, "selective" keeps the outputs of the GEMMs, attention kernels and GDN scans and recomputes only the
-cheap element-wise work), per-block `torch.compile`, and FSDP2 sharding (`fully_shard` per block, then the root) over a device mesh. Lightning's
-`ModelParallelStrategy` calls it from `LightningModule.configure_model`; DDP / FSDP1 / DeepSpeed strategies wrap the
-model themselves and only use the checkpointing part.
+cheap element-wise work), per-block `torch.compile`, and FSDP2 sharding (`fully_shard` per block, then the root)
+over a device mesh. Lightning's `ModelParallelStrategy` calls it from `LightningModule.configure_model`; DDP / FSDP1 /
+DeepSpeed strategies wrap the model themselves and only use the checkpointing part.
 
 Not implemented yet: context parallelism over the latent-time axis (REFERENCE §7.3: distributed prefix scan of the
 GDN states, halo exchange of the short convs). `parallelize` raises if asked for it rather than silently ignoring it.
@@ -16,6 +16,7 @@ import logging
 
 import torch
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, CheckpointWrapper
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +60,19 @@ def _selective_context():
     return create_selective_checkpoint_contexts(policy)
 
 
-def _checkpoint_wrapper_class():
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+class BlockCheckpointWrapper(CheckpointWrapper):
+    """torch's CheckpointWrapper whose attribute forwarding is safe while it is being constructed.
 
-    class BlockCheckpointWrapper(CheckpointWrapper):
-        """torch's CheckpointWrapper whose attribute forwarding is safe while it is being constructed.
+    DeepSpeed ZeRO-3 (`deepspeed.zero.Init`, active while Lightning runs `configure_model`) patches every module's
+    `__init__` to call `hasattr(module, "_ds_child_entered")` before the real `__init__` runs. The stock wrapper
+    forwards unknown attributes to `self._checkpoint_wrapped_module`, which does not exist yet, so the lookup
+    recursed until RecursionError. Here that one name raises AttributeError like on any module.
+    """
 
-        DeepSpeed ZeRO-3 (`deepspeed.zero.Init`, active while Lightning runs `configure_model`) patches every module's
-        `__init__` to call `hasattr(module, "_ds_child_entered")` before the real `__init__` runs. The stock wrapper
-        forwards unknown attributes to `self._checkpoint_wrapped_module`, which does not exist yet, so the lookup
-        recursed until RecursionError. Here that one name raises AttributeError like on any module.
-        """
-
-        def __getattr__(self, name: str):
-            if name == "_checkpoint_wrapped_module":
-                return nn.Module.__getattr__(self, name)
-            return super().__getattr__(name)
-
-    return BlockCheckpointWrapper
+    def __getattr__(self, name: str):
+        if name == "_checkpoint_wrapped_module":
+            return nn.Module.__getattr__(self, name)
+        return super().__getattr__(name)
 
 
 def apply_activation_checkpointing(model: nn.Module, policy: str = "full") -> nn.Module:
@@ -84,16 +80,13 @@ def apply_activation_checkpointing(model: nn.Module, policy: str = "full") -> nn
 
     policy: "full" (keep only the block inputs) or "selective" (also keep GEMM / attention / scan outputs).
     """
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl
-
     if policy not in AC_POLICIES:
         raise ValueError(f"activation checkpointing policy must be one of {AC_POLICIES}, got {policy!r}")
     kwargs = {"context_fn": _selective_context} if policy == "selective" else {}
-    wrapper_cls = _checkpoint_wrapper_class()
     blocks = _blocks(model)
     for i, block in enumerate(blocks):
         if not getattr(block, "_sana_checkpointed", False):
-            wrapped = wrapper_cls(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT, **kwargs)
+            wrapped = BlockCheckpointWrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT, **kwargs)
             wrapped._sana_checkpointed = True
             blocks[i] = wrapped
     return model

@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from .scan import _scan, state_scan
+from .scan import state_scan
 
 try:  # the fused forward kernels need Triton (CUDA machines); CPU machines and CI use the composite path
     from . import triton_fused
@@ -93,10 +93,9 @@ def _read(q: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
 
 
 def _fused_states(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """`_bidirectional_states` without autograd on [B·H, T, ·, D] transitions (fused path); g [B, T, H]."""
-    gh = g.float().permute(0, 2, 1).reshape(A.shape[0], A.shape[1]).contiguous()
-    U_next = torch.cat([U[:, 1:], torch.zeros_like(U[:, :1])], dim=1)
-    return _scan(A, U, gh, reverse=False) + _scan(A, U_next, gh, reverse=True)
+    """`_bidirectional_states` for the fused kernels' [B·H, T, ·, D] layout (g [B, T, H]); same layout out."""
+    B, H = g.shape[0], g.shape[2]
+    return _bidirectional_states(A.unflatten(0, (B, H)), U.unflatten(0, (B, H)), g).flatten(0, 1)
 
 
 @torch.library.custom_op("sana_wm::gdn_fused_forward", mutates_args=())
