@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -27,6 +28,21 @@ __all__ = ["ThroughputMonitor", "AdapterCheckpoint", "ExportOnTrainEnd", "RankAg
            "parameter_checksum"]
 
 log = logging.getLogger(__name__)
+
+
+def gathered_parameters(trainer, params):
+    """Context in which the parameters `params` are whole on every rank: DeepSpeed ZeRO-3 partitions them (each rank
+    holds a size-0 placeholder plus its shard), so reading weights for an export or an adapter file needs a gather
+    first. Every rank must enter it (it is a collective). Other strategies: a no-op."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    strategy = trainer.strategy
+    if not (isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
 
 
 class ThroughputMonitor(L.Callback):
@@ -109,10 +125,12 @@ class AdapterCheckpoint(L.Callback):
     def _save(self, trainer, pl_module, name: str) -> Path | None:
         from .lora import save_lora
 
-        if not trainer.is_global_zero:
-            return None
-        path = save_lora(pl_module.model, self.dirpath / name, pl_module.base_sha256 or "",
-                         {"global_step": str(trainer.global_step)})
+        adapters = [p for n, p in pl_module.model.named_parameters() if ".lora_" in n]
+        with gathered_parameters(trainer, adapters):  # every rank takes part under ZeRO-3
+            if not trainer.is_global_zero:
+                return None
+            path = save_lora(pl_module.model, self.dirpath / name, pl_module.base_sha256 or "",
+                             {"global_step": str(trainer.global_step)})
         log.info("saved LoRA adapter %s", path)
         return path
 
@@ -145,7 +163,11 @@ class ExportOnTrainEnd(L.Callback):
 
         if pl_module.lora_cfg.enabled:
             return
-        state = trainer.strategy.lightning_module_state_dict()  # gathers shards under FSDP/DeepSpeed-3
+        # Lightning gathers FSDP shards here; DeepSpeed ZeRO-3 leaves size-0 placeholders, so gather those first.
+        with gathered_parameters(trainer, pl_module.parameters()):
+            state = trainer.strategy.lightning_module_state_dict()
+            if trainer.is_global_zero:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         if not trainer.is_global_zero:
             return
         # "model." is the module attribute; "_orig_mod." appears inside compiled blocks.

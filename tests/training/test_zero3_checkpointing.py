@@ -3,7 +3,8 @@
 A real `deepspeed.zero.Init` (CPU, gloo, one process) in a subprocess: wrapping the blocks must not recurse (torch's
 stock CheckpointWrapper did: DeepSpeed probes attributes before the wrapper's `__init__` has run), and the wrapped
 model must compute exactly what the unwrapped one does, gradients included. (Inside and after `zero.Init`,
-DeepSpeed's own `F.linear` replacement is in force for both models, as in real ZeRO-3 training.)
+DeepSpeed's own `F.linear` replacement is in force for both models, as in real ZeRO-3 training.) The same process
+then checks `gathered_parameters`, which the export and adapter callbacks use to read ZeRO-3-partitioned weights.
 """
 
 from __future__ import annotations
@@ -45,6 +46,21 @@ for (n, a), (_, b) in zip(ref.named_parameters(), model.named_parameters()):
         err = ((b.grad - a.grad).norm() / a.grad.norm().clamp_min(1e-30)).item()
         assert err < 1e-5, (n, err)
 print("ZERO3-CHECKPOINTING-OK")
+
+# Export / adapter files read the weights inside `gathered_parameters`: whole under ZeRO-3, size-0 placeholders outside.
+import types
+from lightning.pytorch.strategies import DeepSpeedStrategy
+from sana_wm.training.callbacks import gathered_parameters
+with deepspeed.zero.Init(config_dict_or_path={"train_batch_size": 1, "zero_optimization": {"stage": 3}}):
+    part = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.SiLU(), torch.nn.Linear(16, 4))
+full = {"0.weight": (16, 8), "0.bias": (16,), "2.weight": (4, 16), "2.bias": (4,)}
+assert part[0].weight.numel() == 0  # partitioned
+for stage, whole in ((3, True), (2, False)):  # stage 2 leaves the parameters alone
+    with gathered_parameters(types.SimpleNamespace(strategy=DeepSpeedStrategy(stage=stage)), part.parameters()):
+        shapes = {k: tuple(v.shape) for k, v in part.state_dict().items()}
+    assert (shapes == full) == whole, (stage, shapes)
+assert part[0].weight.numel() == 0  # released again after the context
+print("ZERO3-GATHER-OK")
 """
 
 
@@ -63,3 +79,4 @@ def test_checkpoint_wrapping_inside_deepspeed_zero_init():
     r = subprocess.run([sys.executable, "-c", SCRIPT, "full"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0 and "ZERO3-CHECKPOINTING-OK" in r.stdout, (r.stdout + r.stderr)[-4000:]
+    assert "ZERO3-GATHER-OK" in r.stdout, (r.stdout + r.stderr)[-4000:]
