@@ -32,16 +32,17 @@ AC_POLICIES = ("full", "selective")
 
 
 def _saved_ops() -> set:
-    """Ops whose outputs selective checkpointing keeps: the FLOP-heavy ones (GEMMs, attention, GDN state scans).
+    """Ops whose outputs selective checkpointing keeps: the FLOP-heavy ones (GEMMs, attention, the GDN's fused
+    transitions, state scans and read-outs).
 
     Recomputing them is what makes full checkpointing cost a second forward; the element-wise work between them
     (norms, RoPE/UCPE, gates, SiLU, convs as shifted adds) is cheap to redo and is where most activation bytes are.
     """
-    import sana_wm.ops.gdn.scan  # noqa: F401 - registers torch.ops.sana_wm.state_scan
+    import sana_wm.ops.gdn.torch_scan  # noqa: F401 - registers the torch.ops.sana_wm GDN ops
 
-    aten = torch.ops.aten
-    ops = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
-           torch.ops.sana_wm.state_scan.default}
+    aten, ours = torch.ops.aten, torch.ops.sana_wm
+    ops = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, ours.state_scan.default,
+           ours.bidirectional_scan.default, ours.gdn_transitions.default, ours.gdn_readout.default}
     for name in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
                  "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu"):
         if hasattr(aten, name):

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 
 try:  # Triton is optional: CPU machines and CI run the PyTorch loop.
-    from .triton_scan import triton_state_scan
+    from .triton_scan import bidirectional_scan_pair, triton_state_scan
 except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
-    triton_state_scan = None
+    triton_state_scan = bidirectional_scan_pair = None
 
 _BACKEND = {"name": "auto"}
 
@@ -133,3 +133,77 @@ def state_scan(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor, reverse: bool 
     if g.shape != A.shape[:-2]:
         raise ValueError(f"state_scan: g {list(g.shape)} must be [..., T] = {list(A.shape[:-2])}")
     return StateScan.apply(A, U, g, reverse)
+
+
+# -- both directions at once ------------------------------------------------------------------------------------------
+# The bidirectional GDN needs, per problem, the inclusive forward scan F of U and the exclusive reverse scan R
+# (R_t = g_{t+1} R_{t+1}(I − A_{t+1}) + U_{t+1}). `bidirectional_scan` returns both as one [2, ...] tensor from one
+# Triton launch on CUDA (two PyTorch loops elsewhere), and its backward runs both adjoint scans (with Aᵀ) in one
+# launch too: each scan is T latency-bound steps, so side by side they cost about one.
+
+
+def _pair(A, U, g, backward: bool) -> torch.Tensor:
+    """Forward: (F, R) of U [..., T, Dv, D]. Backward: U = (dF, dR) → their adjoint scans (G_F, G_R)."""
+    if (bidirectional_scan_pair is not None and A.is_cuda and A.dtype == torch.float32
+            and _BACKEND["name"] in ("auto", "triton")):
+        *batch, T, D, _ = A.shape
+        Uf = U.reshape(2, -1, T, *U.shape[-2:]) if backward else U.reshape(-1, T, *U.shape[-2:])
+        out = bidirectional_scan_pair(A.reshape(-1, T, D, D), Uf, g.reshape(-1, T), backward=backward)
+        return out.reshape(2, *batch, T, *U.shape[-2:])
+    if backward:
+        return torch.stack([_torch_scan(A, U[0], g, True, True), _torch_scan(A, U[1], g, False, True)])
+    return torch.stack([_torch_scan(A, U, g, False, False), _torch_scan(A, _shift(U, -1), g, True, False)])
+
+
+@torch.library.custom_op("sana_wm::bidirectional_scan", mutates_args=())
+def _bidir_op(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return _pair(A, U, g, backward=False)
+
+
+@_bidir_op.register_fake
+def _(A, U, g):
+    return U.new_empty((2, *U.shape))
+
+
+@torch.library.custom_op("sana_wm::bidirectional_scan_adjoint", mutates_args=())
+def _bidir_adjoint_op(A: torch.Tensor, dFR: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return _pair(A, dFR, g, backward=True)
+
+
+@_bidir_adjoint_op.register_fake
+def _(A, dFR, g):
+    return torch.empty_like(dFR)
+
+
+def _bidir_setup(ctx, inputs, output):
+    A, _, g = inputs
+    ctx.save_for_backward(A, g, output)
+
+
+def _bidir_backward(ctx, dFR):
+    A, g, FR = ctx.saved_tensors
+    G = _bidir_adjoint_op(A, dFR.to(FR.dtype).contiguous(), g)
+    F_prev = _shift(FR[0], 1)  # F_{t−1} meets A_t, g_t (zero at t = 0)
+    R = FR[1]  # R_t meets A_t, g_t through G_R at t − 1 (R_{t−1} = g_t R_t (I − A_t) + U_t)
+    GR_prev = _shift(G[1], 1)
+    dU = G[0] + GR_prev  # U_t enters F_t directly and R_{t−1}
+    X = torch.cat([F_prev, R], dim=-2)  # both terms of dA_t = −g_t (F_{t−1}ᵀ G_F,t + R_tᵀ G_R,t−1) in one product
+    Y = torch.cat([G[0], GR_prev], dim=-2)
+    dA = -g[..., None, None] * (X.transpose(-1, -2) @ Y)
+    dg = (Y * (X - X @ A)).sum((-1, -2))
+    return dA, dU, dg
+
+
+_bidir_op.register_autograd(_bidir_backward, setup_context=_bidir_setup)
+
+
+def bidirectional_scan(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """[2, ..., T, Dv, D]: the inclusive-forward and exclusive-reverse scans of U (float32 at least; differentiable in
+    A, U and g). A [..., T, D, D], U [..., T, Dv, D], g [..., T]."""
+    if A.shape[-1] != A.shape[-2] or A.shape[:-2] != U.shape[:-2] or U.shape[-1] != A.shape[-1]:
+        raise ValueError(f"bidirectional_scan: A {list(A.shape)} must be [..., T, D, D], U {list(U.shape)} "
+                         "[..., T, Dv, D]")
+    if g.shape != A.shape[:-2]:
+        raise ValueError(f"bidirectional_scan: g {list(g.shape)} must be [..., T] = {list(A.shape[:-2])}")
+    dt = torch.promote_types(A.dtype, torch.float32)
+    return _bidir_op(*(x.to(dt).contiguous() for x in (A, U, g)))

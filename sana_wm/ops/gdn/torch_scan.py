@@ -8,9 +8,14 @@ directly in original time: S^b_t = S^b_{t+1} W_{t+1} + U_{t+1}, S^b_{T-1} = 0 (R
 
 All maths runs in float32 whatever the input dtype (the released model's `fp32_attention`); outputs are float32.
 The T-step recurrence is `scan.state_scan` (exact custom backward; fused Triton kernel on CUDA); the batched GEMMs
-around it use autograd. On CUDA, when no gradient is needed, the transitions and the read-out run as fused Triton
-kernels straight from token layout (`triton_fused.py`, registered as opaque custom ops for torch.compile).
-See `naive.py` for the reference.
+around it use autograd. On CUDA the transitions and the read-out run as fused Triton kernels straight from token
+layout (`triton_fused.py`), registered as custom ops so torch.compile keeps whole graphs:
+  * no gradient to build (inference, validation): the whole op is one custom op, with both scan directions of the
+    numerator and normaliser in one launch (`triton_scan.bidirectional_states`);
+  * training: `gdn_transitions` and `gdn_readout` with their float32 backward written out below, `state_scan` in
+    between.
+`SANA_WM_FUSED_GDN=0` (or `set_fused_forward(False)`) keeps every call on the composite path. See `naive.py` for
+the reference.
 
 Layout: q, k, q_rot, k_rot, v [B, T, S, H, D]; beta [B, T, S, H]; g [B, T, H].
 """
@@ -21,29 +26,34 @@ import os
 
 import torch
 
-from .scan import state_scan
+from .scan import bidirectional_scan
 
 try:  # the fused forward kernels need Triton (CUDA machines); CPU machines and CI use the composite path
-    from . import triton_fused
+    from . import triton_fused, triton_scan
 except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
-    triton_fused = None
+    triton_fused = triton_scan = None
 
 # SANA_WM_FUSED_GDN=0 turns the fused forward off process-wide (a safety switch, and for A/B timing).
 _FUSED = {"enabled": os.environ.get("SANA_WM_FUSED_GDN", "1") != "0"}
 
 
-def set_fused_forward(enabled: bool) -> None:
-    """Turn the fused Triton forward (used for CUDA inputs when no gradient is needed) on or off (benchmarks)."""
+def set_fused_forward(enabled: bool) -> bool:
+    """Turn the fused Triton kernels (CUDA inputs; inference and training) on or off (benchmarks, A/B checks).
+    Returns the previous setting, so a caller can restore it."""
+    previous = _FUSED["enabled"]
     _FUSED["enabled"] = bool(enabled)
+    return previous
 
 
-def _use_fused(*xs: torch.Tensor) -> bool:
-    """Fused kernels: Triton present, CUDA inputs, head dim ≤ 128, and no gradient to build (they are forward-only)."""
+def _fused_mode(*xs: torch.Tensor) -> str | None:
+    """Which fused path the inputs take: "forward" (no gradient to build: the whole op in fused kernels), "train"
+    (fused transitions and read-out with a PyTorch backward), or None (composite path: CPU, float64, no Triton,
+    head dim > 128, or switched off)."""
     if triton_fused is None or not _FUSED["enabled"] or not xs[0].is_cuda or xs[0].shape[-1] > 128:
-        return False
+        return None
     if any(x.dtype not in (torch.bfloat16, torch.float16, torch.float32) for x in xs):
-        return False  # float64 (reference checks) keeps float64 maths on the composite path
-    return not (torch.is_grad_enabled() and any(x.requires_grad for x in xs))
+        return None  # float64 (reference checks) keeps float64 maths on the composite path
+    return "train" if torch.is_grad_enabled() and any(x.requires_grad for x in xs) else "forward"
 
 
 def _check(name: str, x: torch.Tensor, shape: tuple[int | None, ...]) -> None:
@@ -79,12 +89,12 @@ def _transitions(k: torch.Tensor, v: torch.Tensor | None, beta: torch.Tensor):
 
 
 def _bidirectional_states(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Sum of inclusive-forward and exclusive-backward states per frame: [B, H, T, Dv, D]."""
-    gh = _f32(g).permute(0, 2, 1)  # [B, H, T]
-    fwd = state_scan(A, U, gh)
-    # Exclusive backward: S^b_t = g_{t+1} S^b_{t+1}(I − A_{t+1}) + U_{t+1}, i.e. the reverse scan of U shifted by one.
-    U_next = torch.cat([U[:, :, 1:], torch.zeros_like(U[:, :, :1])], dim=2)
-    return fwd + state_scan(A, U_next, gh, reverse=True)
+    """Sum of inclusive-forward and exclusive-backward states per frame: [B, H, T, Dv, D].
+
+    Exclusive backward: S^b_t = g_{t+1} S^b_{t+1}(I − A_{t+1}) + U_{t+1}; both scans come from one
+    `bidirectional_scan` (one Triton launch on CUDA, its backward one more)."""
+    FR = bidirectional_scan(A, U, _f32(g).permute(0, 2, 1))  # [2, B, H, T, Dv, D]
+    return FR[0] + FR[1]
 
 
 def _read(q: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
@@ -92,10 +102,10 @@ def _read(q: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     return _f32(q).permute(0, 3, 1, 2, 4) @ states.transpose(-1, -2)
 
 
-def _fused_states(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """`_bidirectional_states` for the fused kernels' [B·H, T, ·, D] layout (g [B, T, H]); same layout out."""
-    B, H = g.shape[0], g.shape[2]
-    return _bidirectional_states(A.unflatten(0, (B, H)), U.unflatten(0, (B, H)), g).flatten(0, 1)
+def _fused_states(problems, g: torch.Tensor):
+    """`_bidirectional_states` of one or two (A, U, split) problems in the fused kernels' [B·H, T, ·, D] layout
+    (g [B, T, H]): one scan launch for all directions and problems; split states come back as bf16 (hi, mid, lo)."""
+    return triton_scan.bidirectional_states(problems, g.permute(0, 2, 1))
 
 
 @torch.library.custom_op("sana_wm::gdn_fused_forward", mutates_args=())
@@ -106,7 +116,8 @@ def _gdn_fused_forward(
     # An opaque custom op so torch.compile keeps whole blocks in one graph around the Triton launches.
     A_rot, U, _ = triton_fused.transitions(k_rot, v, beta)
     A, _, z = triton_fused.transitions(k, None, beta, want_z=True)
-    return triton_fused.readout(q_rot, _fused_states(A_rot, U, g), q, _fused_states(A, z, g), eps, out_dtype)
+    num, den = _fused_states([(A_rot, U, triton_fused.wants_split(q_rot, q)), (A, z, False)], g)
+    return triton_fused.readout(q_rot, num, q, den, eps, out_dtype)
 
 
 @_gdn_fused_forward.register_fake
@@ -119,12 +130,122 @@ def _delta_fused_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: torch.Tensor, out_dtype: torch.dtype
 ) -> torch.Tensor:
     A, U, _ = triton_fused.transitions(k, v, beta)
-    return triton_fused.readout(q, _fused_states(A, U, g), out_dtype=out_dtype)
+    (states,) = _fused_states([(A, U, triton_fused.wants_split(q))], g)
+    return triton_fused.readout(q, states, out_dtype=out_dtype)
 
 
 @_delta_fused_forward.register_fake
 def _(q, k, v, beta, g, out_dtype):
     return q.new_empty((*q.shape[:-1], v.shape[-1]), dtype=out_dtype)
+
+
+# -- training: fused forward kernels with a float32 PyTorch backward ------------------------------------------------
+# When a gradient is needed, the transitions and the read-out still run forward in the fused kernels (no re-layout,
+# tensor-core exact products); their backward is the composite path's float32 maths written out, and the state
+# recurrence in between stays `state_scan` (its own exact backward). Registered ops, so torch.compile keeps full
+# graphs and selective checkpointing can keep their outputs (`sana_wm.parallel`).
+
+
+def _heads_f32(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, S, H, D] → float32 [B, H, T, S, D]."""
+    return _f32(x).permute(0, 3, 1, 2, 4)
+
+
+@torch.library.custom_op("sana_wm::gdn_transitions", mutates_args=())
+def _transitions_op(k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, use_v: bool) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """(A [B·H, T, D, D], U [B·H, T, Dv, D]) with the values `v` when `use_v`, else (A, z [B·H, T, 1, D])."""
+    if use_v:
+        A, U, _ = triton_fused.transitions(k, v, beta)
+        return A, U
+    A, _, z = triton_fused.transitions(k, None, beta, want_z=True)
+    return A, z
+
+
+@_transitions_op.register_fake
+def _(k, v, beta, use_v):
+    B, T, S, H, D = k.shape
+    dv = v.shape[-1] if use_v else 1
+    return k.new_empty((B * H, T, D, D), dtype=torch.float32), k.new_empty((B * H, T, dv, D), dtype=torch.float32)
+
+
+def _transitions_setup(ctx, inputs, output):
+    k, v, beta, use_v = inputs
+    ctx.save_for_backward(k, v, beta)
+    ctx.use_v = use_v
+
+
+def _transitions_backward(ctx, dA, dU):
+    # A = Khᵀ Kb, U = Vhᵀ Kb (or z = Σ_s Kb) per (b, h, t), Kb = β·Kh: the products' adjoints, in float32.
+    k, v, beta = ctx.saved_tensors
+    B, T, S, H, D = k.shape
+    kh = _heads_f32(k)
+    bh = _f32(beta).permute(0, 3, 1, 2).unsqueeze(-1)  # [B, H, T, S, 1]
+    kb = kh * bh
+    dA = dA.unflatten(0, (B, H))
+    dkb = kh @ dA  # ∂/∂Kb of Khᵀ Kb
+    dkh = kb @ dA.transpose(-1, -2)  # ∂/∂Kh of Khᵀ Kb
+    dv = None
+    if ctx.use_v:
+        dU = dU.unflatten(0, (B, H))
+        vh = _heads_f32(v)
+        dkb = dkb + vh @ dU
+        dv = (kb @ dU.transpose(-1, -2)).permute(0, 2, 3, 1, 4).to(v.dtype)
+    else:
+        dkb = dkb + dU.unflatten(0, (B, H))  # z = Σ_s Kb: the same row for every token
+    dk = (dkh + dkb * bh).permute(0, 2, 3, 1, 4).to(k.dtype)
+    dbeta = (dkb * kh).sum(-1).permute(0, 2, 3, 1).to(beta.dtype)
+    return dk, dv, dbeta, None
+
+
+_transitions_op.register_autograd(_transitions_backward, setup_context=_transitions_setup)
+
+
+@torch.library.custom_op("sana_wm::gdn_readout", mutates_args=())
+def _readout_op(q: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """o[b,t,s,h] = states[b·h, t] q[b,t,s,h]: [B, T, S, H, Dv] float32."""
+    return triton_fused.readout(q, states)
+
+
+@_readout_op.register_fake
+def _(q, states):
+    return q.new_empty((*q.shape[:-1], states.shape[-2]), dtype=torch.float32)
+
+
+def _readout_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _readout_backward(ctx, do):
+    q, states = ctx.saved_tensors
+    B, T, S, H, D = q.shape
+    st = states.unflatten(0, (B, H))  # [B, H, T, Dv, D]
+    doh = _heads_f32(do)  # [B, H, T, S, Dv]
+    dq = (doh @ st).permute(0, 2, 3, 1, 4).to(q.dtype)
+    dst = (doh.transpose(-1, -2) @ _heads_f32(q)).flatten(0, 1)  # Σ_s do qᵀ
+    return dq, dst
+
+
+_readout_op.register_autograd(_readout_backward, setup_context=_readout_setup)
+
+
+def _train_fused_states(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """`_bidirectional_states` (differentiable) on the fused kernels' [B·H, T, ·, D] layout; same layout out."""
+    B, H = g.shape[0], g.shape[2]
+    return _bidirectional_states(A.unflatten(0, (B, H)), U.unflatten(0, (B, H)), g).flatten(0, 1)
+
+
+def _gdn_train_fused(q, k, q_rot, k_rot, v, beta, g, eps):
+    A_rot, U = _transitions_op(k_rot, v, beta, True)
+    A, z = _transitions_op(k, k, beta, False)  # the value slot is unused for the normaliser
+    num = _readout_op(q_rot, _train_fused_states(A_rot, U, g))
+    den = _readout_op(q, _train_fused_states(A, z, g))
+    return num / (den + eps)
+
+
+def _delta_train_fused(q, k, v, beta, g):
+    A, U = _transitions_op(k, v, beta, True)
+    return _readout_op(q, _train_fused_states(A, U, g))
 
 
 def bidirectional_gdn(q, k, q_rot, k_rot, v, beta, g, eps: float = 1e-8, out_dtype: torch.dtype | None = None):
@@ -143,8 +264,12 @@ def bidirectional_gdn(q, k, q_rot, k_rot, v, beta, g, eps: float = 1e-8, out_dty
     _validate(q_rot, k_rot, v, beta, g)
     _check("q", q, tuple(q_rot.shape))
     _check("k", k, tuple(k_rot.shape))
-    if _use_fused(q, k, q_rot, k_rot, v, beta, g):
+    mode = _fused_mode(q, k, q_rot, k_rot, v, beta, g)
+    if mode == "forward":
         return _gdn_fused_forward(q, k, q_rot, k_rot, v, beta, g, float(eps), out_dtype or torch.float32)
+    if mode == "train":
+        out = _gdn_train_fused(q, k, q_rot, k_rot, v, beta, g, eps)
+        return out if out_dtype is None else out.to(out_dtype)
     A_rot, U = _transitions(k_rot, v, beta)
     num = _read(q_rot, _bidirectional_states(A_rot, U, g))  # [B, H, T, S, Dv]
     A, b = _transitions(k, None, beta)
@@ -157,8 +282,12 @@ def bidirectional_delta(q, k, v, beta, g, out_dtype: torch.dtype | None = None) 
     """Camera-branch single-path bidirectional delta rule (numerator only). Returns [B, T, S, H, Dv] in `out_dtype`
     (default float32; float64 for float64 inputs)."""
     _validate(q, k, v, beta, g)
-    if _use_fused(q, k, v, beta, g):
+    mode = _fused_mode(q, k, v, beta, g)
+    if mode == "forward":
         return _delta_fused_forward(q, k, v, beta, g, out_dtype or torch.float32)
+    if mode == "train":
+        out = _delta_train_fused(q, k, v, beta, g)
+        return out if out_dtype is None else out.to(out_dtype)
     A, U = _transitions(k, v, beta)
     out = _read(q, _bidirectional_states(A, U, g)).permute(0, 2, 3, 1, 4)
     return out if out_dtype is None else out.to(out_dtype)

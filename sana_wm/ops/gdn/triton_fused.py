@@ -20,9 +20,9 @@ which is not IEEE-rounded; both are three orders of magnitude below the bf16 rou
 result. Inputs that are not all bf16 (float32 runs, float16) take full-precision float32 dots ("ieee") and match
 the composite path's accuracy. The state recurrence between the two kernels is the fused scan of `triton_scan.py`.
 
-These kernels compute the forward only; `torch_scan` uses them when no gradient is needed (inference, validation)
-and keeps its differentiable composite path for training. The reference is `naive.py` (float64); the tests
-(tests/ops/test_gdn_gpu.py) compare against it.
+These kernels compute forward products; `torch_scan` uses them for inference (the whole op, one custom op) and for
+training (as the `gdn_transitions` / `gdn_readout` custom ops, whose backward is float32 PyTorch maths). The
+reference is `naive.py` (float64); the tests (tests/ops/test_gdn_gpu.py) compare against it.
 """
 
 from __future__ import annotations
@@ -178,6 +178,11 @@ def _split_ok(*xs: torch.Tensor | None) -> bool:
     return all(x is None or x.dtype == torch.bfloat16 for x in xs)
 
 
+def wants_split(q: torch.Tensor, q_den: torch.Tensor | None = None) -> bool:
+    """Whether `readout` runs the bf16 exact-product path for these queries (and so takes split states)."""
+    return _split_ok(q, q_den)
+
+
 def transitions(k: torch.Tensor, v: torch.Tensor | None, beta: torch.Tensor, want_z: bool = False):
     """k [B,T,S,H,D], v [B,T,S,H,Dv] or None, β [B,T,S,H] → A [B·H,T,D,D], U [B·H,T,Dv,D] | None, z [B·H,T,1,D] | None
     (float32)."""
@@ -190,32 +195,43 @@ def transitions(k: torch.Tensor, v: torch.Tensor | None, beta: torch.Tensor, wan
     U = torch.empty(B * H, T, DV, D, device=dev, dtype=torch.float32) if v is not None else A
     Z = torch.empty(B * H, T, 1, D, device=dev, dtype=torch.float32) if want_z else A
     BLOCK_D = max(16, triton.next_power_of_2(D))
-    BLOCK_N = min(64, BLOCK_D)
+    # Tile configs from an H200 sweep at the model's shapes (D = 112, S = 880; bench/RESULTS.md, 2026-12-01):
+    # with values 64 tokens × 128 columns, 8 warps, 3 stages; the normaliser (no values) 64 × 64, 4 warps, 3 stages.
+    BLOCK_N, warps = (min(128, BLOCK_D), 8) if v is not None else (min(64, BLOCK_D), 4)
     grid = (B * H, T, triton.cdiv(D, BLOCK_N))
     _transitions_kernel[grid](
         k, v_, beta, A, U, Z, T, H, S, D, DV,
         *_token_strides(k), *_token_strides(v_), *beta.stride(),
         HAS_V=v is not None, HAS_Z=want_z, SPLIT=_split_ok(k, v, beta), EMULATE=_EMULATE["on"],
-        BLOCK_S=32, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, BLOCK_DV=max(16, triton.next_power_of_2(DV)),
-        num_warps=8, num_stages=2,
+        BLOCK_S=64, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, BLOCK_DV=max(16, triton.next_power_of_2(DV)),
+        num_warps=warps, num_stages=3,
     )
     return A, (U if v is not None else None), (Z if want_z else None)
 
 
 def readout(q: torch.Tensor, states: torch.Tensor, q_den: torch.Tensor | None = None,
             z_states: torch.Tensor | None = None, eps: float = 1e-8, out_dtype: torch.dtype = torch.float32):
-    """o[b,t,s,h] = states[bh,t] q[b,t,s,h] (÷ (q_den·z_states[bh,t] + ε) when given) → [B,T,S,H,Dv] out_dtype."""
+    """o[b,t,s,h] = states[bh,t] q[b,t,s,h] (÷ (q_den·z_states[bh,t] + ε) when given) → [B,T,S,H,Dv] out_dtype.
+
+    `states` is float32 [B·H, T, Dv, D], or already split (hi, mid, lo) in bf16 (`split_bf16x3`) when
+    `wants_split(q, q_den)`.
+    """
     q = _last_contiguous(q)
     B, T, S, H, D = q.shape
-    DV = states.shape[-2]
-    states = states.contiguous()
-    out = torch.empty(B, T, S, H, DV, device=q.device, dtype=out_dtype)
     has_den = q_den is not None
     qd = _last_contiguous(q_den) if has_den else q
-    zd = z_states.contiguous() if has_den else states
-    split = _split_ok(q, qd)
-    parts = split_bf16x3(states) if split else (states, states, states)
-    BLOCK_S = 64
+    split = wants_split(q, q_den)
+    if isinstance(states, tuple):
+        if not split:
+            raise ValueError("readout: split states need bf16 queries")
+        parts = tuple(p.contiguous() for p in states)
+    else:
+        states = states.contiguous()
+        parts = split_bf16x3(states) if split else (states, states, states)
+    DV = parts[0].shape[-2]
+    out = torch.empty(B, T, S, H, DV, device=q.device, dtype=out_dtype)
+    zd = z_states.contiguous() if has_den else parts[0]
+    BLOCK_S = 128  # H200 sweep: 128 tokens, 8 warps, 2 stages beat 64 by 17-27 %
     grid = (B * H, T, triton.cdiv(S, BLOCK_S))
     _readout_kernel[grid](
         q, *parts, qd, zd, out, T, H, S, D, DV, float(eps),

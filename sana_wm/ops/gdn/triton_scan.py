@@ -6,9 +6,12 @@ frame's A_t (D×D, padded to BLOCK_D) in column slices and its U_t rows once:
     forward:  S_t = g_t (S_{t−1} − S_{t−1} A_t) + U_t
     reverse:  S_t = g_{t+1} (S_{t+1} − S_{t+1} A_{t+1}) + U_t      (S_T = 0)
 
-`TRANSPOSE_A` reads Aᵀ instead (the backward pass). The product uses full fp32 ("ieee") so the kernel agrees with the
-PyTorch loop to rounding; the GEMMs that build A and U, and read the outputs, stay in cuBLAS. The PyTorch loop in
-`scan._torch_scan` is the reference this kernel is tested against (tests/ops/test_gdn_gpu.py).
+`TRANSPOSE_A` reads Aᵀ instead (the backward pass). `bidirectional_states` (inference) runs the inclusive-forward
+and exclusive-reverse scans of up to two problems in one launch (`_bidir_scan_kernel`): each scan is T dependent
+steps with little parallelism, so side by side they cost about one. The product uses full fp32 ("ieee") so the
+kernels agree with the PyTorch loop to rounding; A and U come from `triton_fused.transitions` (or cuBLAS on the
+composite path). The PyTorch loop in `scan._torch_scan` is the reference these kernels are tested against
+(tests/ops/test_gdn_gpu.py).
 """
 
 from __future__ import annotations
@@ -73,7 +76,96 @@ def _state_scan_kernel(
         tl.debug_barrier()  # the next step reads this step's state written by other threads of the program
 
 
+@triton.jit(do_not_specialize=["DV1", "DV2"])
+def _bidir_scan_kernel(
+    A1, U1, O1, A2, U2, O2, G_ptr, T, D, DV1, DV2, NV1,
+    BACKWARD: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # Both directions of up to two problems (the main branch's numerator and normaliser) in one launch: the scans are
+    # latency-bound (T dependent steps each), so running them side by side instead of one after another is what
+    # counts. Program axis 1 picks the problem and its block of state rows, axis 2 the output slot:
+    #   slot 0: inclusive forward  F_t = g_t F_{t−1}(I − A_t) + U_t
+    #   slot 1: exclusive reverse  R_t = g_{t+1} R_{t+1}(I − A_{t+1}) + U_{t+1},  R_{T−1} = 0
+    # Each writes its own states into O[slot] (where its running state lives, as in `_state_scan_kernel`).
+    # BACKWARD: the adjoint scans of those two, with Aᵀ, from per-slot inputs U[slot] (the gradients of F and R):
+    #   slot 0: reverse inclusive  G_t = dF_t + g_{t+1} G_{t+1}(I − A_{t+1})ᵀ
+    #   slot 1: forward inclusive  G_t = dR_t + g_t G_{t−1}(I − A_t)ᵀ
+    bh = tl.program_id(0).to(tl.int64)
+    BH = tl.num_programs(0)
+    pv = tl.program_id(1)
+    slot = tl.program_id(2)
+    if BACKWARD:
+        rev = 1 - slot
+        shift = 0  # inclusive: U_t enters G_t
+        u_slot = slot  # each slot scans its own input
+    else:
+        rev = slot
+        shift = slot  # the reverse scan is exclusive: U_{t+1} enters R_t
+        u_slot = 0  # both slots scan the same U
+    if pv < NV1:
+        a_ptr, u_ptr, o_ptr, DV, vb = A1, U1, O1, DV1, pv
+    else:
+        a_ptr, u_ptr, o_ptr, DV, vb = A2, U2, O2, DV2, pv - NV1
+    rv = vb * BLOCK_V + tl.arange(0, BLOCK_V)
+    rd = tl.arange(0, BLOCK_D)
+    rn = tl.arange(0, BLOCK_N)
+    mv = rv < DV
+    md = rd < D
+    a_base = a_ptr + bh * T * D * D
+    u_base = u_ptr + (u_slot * BH + bh) * T * DV * D
+    o_base = o_ptr + (slot * BH + bh) * T * DV * D
+    g_base = G_ptr + bh * T
+    full_offs = rv[:, None] * D + rd[None, :]
+    full_mask = mv[:, None] & md[None, :]
+    for i in range(0, T):
+        t = i + rev * (T - 1 - 2 * i)
+        s = t + rev  # frame whose transition (A_s, g_s) carries the previous state into state t
+        ut = t + shift  # frame whose input U enters state t
+        prev = t - 1 + 2 * rev
+        first = i == 0
+        prev_c = tl.maximum(tl.minimum(prev, T - 1), 0)
+        s_c = tl.minimum(s, T - 1)
+        ut_c = tl.minimum(ut, T - 1)
+        gval = tl.where(s < T, tl.load(g_base + s_c), 0.0)
+        state = tl.load(o_base + prev_c * DV * D + full_offs, mask=full_mask & (not first), other=0.0)
+        for n0 in range(0, BLOCK_D, BLOCK_N):
+            cols = n0 + rn
+            mc = cols < D
+            if BACKWARD:
+                a_offs = cols[None, :] * D + rd[:, None]  # Aᵀ
+            else:
+                a_offs = rd[:, None] * D + cols[None, :]
+            a = tl.load(a_base + s_c * D * D + a_offs, mask=md[:, None] & mc[None, :], other=0.0)
+            prod = tl.dot(state, a, input_precision=PRECISION)  # [BLOCK_V, BLOCK_N]
+            offs = rv[:, None] * D + cols[None, :]
+            m = mv[:, None] & mc[None, :]
+            old = tl.load(o_base + prev_c * DV * D + offs, mask=m & (not first), other=0.0)
+            u = tl.load(u_base + ut_c * DV * D + offs, mask=m & (ut < T), other=0.0)
+            tl.store(o_base + t * DV * D + offs, gval * (old - prod) + u, mask=m)
+        tl.debug_barrier()  # the next step reads this step's state written by other threads of the program
+
+
+@triton.jit
+def _sum_split_kernel(O, HI, MID, LO, N, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+    # states = F + R (the two directions of `_bidir_scan_kernel`), and for bf16 read-outs its exact 3-way bf16 split
+    # (hi + mid + lo carries 24 significant bits, like `triton_fused.split_bf16x3`).
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    x = tl.load(O + offs, mask=m) + tl.load(O + N + offs, mask=m)
+    if SPLIT:
+        hi = x.to(tl.bfloat16)
+        r = x - hi.to(tl.float32)
+        mid = r.to(tl.bfloat16)
+        tl.store(HI + offs, hi, mask=m)
+        tl.store(MID + offs, mid, mask=m)
+        tl.store(LO + offs, (r - mid.to(tl.float32)).to(tl.bfloat16), mask=m)
+    else:
+        tl.store(HI + offs, x, mask=m)
+
+
 PRECISION = "ieee"  # full fp32 products: the scan must agree with the fp32 reference over 121 frames
+BLOCK_N = 64  # columns of A_t per dot; 64 beat 32 by 18-29 % at the model's shapes (H200 sweep, bench/RESULTS.md)
 
 
 def triton_state_scan(
@@ -92,7 +184,64 @@ def triton_state_scan(
     grid = (BH, triton.cdiv(DV, BLOCK_V))
     _state_scan_kernel[grid](
         A_, U_, g_, out, T, DV, D,
-        REVERSE=reverse, TRANSPOSE_A=transpose_a, BLOCK_V=BLOCK_V, BLOCK_D=BLOCK_D, BLOCK_N=32,
+        REVERSE=reverse, TRANSPOSE_A=transpose_a, BLOCK_V=BLOCK_V, BLOCK_D=BLOCK_D, BLOCK_N=min(BLOCK_N, BLOCK_D),
         PRECISION=PRECISION, num_warps=4,
     )
     return out.reshape(U.shape)
+
+
+def bidirectional_states(problems: list[tuple[torch.Tensor, torch.Tensor, bool]], g: torch.Tensor):
+    """Inclusive-forward + exclusive-backward states of one or two problems in one scan launch (forward only).
+
+    problems: [(A [BH, T, D, D], U [BH, T, Dv, D], split)] (float32, CUDA), at most two, sharing g [BH, T] and D.
+    Returns, per problem, the states [BH, T, Dv, D] as float32, or as the (hi, mid, lo) bf16 split when `split`.
+    """
+    if not 1 <= len(problems) <= 2:
+        raise ValueError(f"bidirectional_states takes one or two problems, got {len(problems)}")
+    BH, T, D, _ = problems[0][0].shape
+    BLOCK_D = max(16, triton.next_power_of_2(D))
+    BLOCK_V = 16
+    g = g.reshape(BH, T).contiguous().float()
+    args, nv = [], []
+    for A, U, _ in problems:
+        U = U.contiguous()
+        args += [A.contiguous(), U, torch.empty((2, *U.shape), device=U.device, dtype=torch.float32)]
+        nv.append(triton.cdiv(U.shape[-2], BLOCK_V))
+    if len(problems) == 1:  # the second slot is never visited (no programs)
+        args += args[:3]
+        nv.append(0)
+    DV1, DV2 = args[1].shape[-2], args[4].shape[-2]
+    _bidir_scan_kernel[(BH, nv[0] + nv[1], 2)](
+        *args, g, T, D, DV1, DV2, nv[0],
+        BACKWARD=False, BLOCK_V=BLOCK_V, BLOCK_D=BLOCK_D, BLOCK_N=min(BLOCK_N, BLOCK_D), PRECISION=PRECISION,
+        num_warps=4,
+    )
+    out = []
+    for (_, U, split), O in zip(problems, (args[2], args[5]), strict=False):
+        n = U.numel()
+        parts = [torch.empty_like(U, dtype=torch.bfloat16) for _ in range(3)] if split else [torch.empty_like(U)] * 3
+        BLOCK = 1024
+        _sum_split_kernel[(triton.cdiv(n, BLOCK),)](O, *parts, n, SPLIT=split, BLOCK=BLOCK)
+        out.append(tuple(parts) if split else parts[0])
+    return out
+
+
+def bidirectional_scan_pair(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor, backward: bool = False) -> torch.Tensor:
+    """One launch, both directions: A [BH, T, D, D], g [BH, T] (float32, CUDA).
+
+    Forward (U [BH, T, Dv, D]): returns [2, BH, T, Dv, D] = (inclusive-forward F, exclusive-reverse R) of U.
+    Backward (U [2, BH, T, Dv, D] = (dF, dR)): returns their adjoint scans with Aᵀ (see `_bidir_scan_kernel`).
+    """
+    BH, T, D, _ = A.shape
+    A, U, g = A.contiguous(), U.contiguous(), g.contiguous()
+    DV = U.shape[-2]
+    out = torch.empty((2, BH, T, DV, D), device=U.device, dtype=torch.float32)
+    BLOCK_D = max(16, triton.next_power_of_2(D))
+    BLOCK_V = 16
+    nv = triton.cdiv(DV, BLOCK_V)
+    _bidir_scan_kernel[(BH, nv, 2)](
+        A, U, out, A, U, out, g, T, D, DV, DV, nv,
+        BACKWARD=backward, BLOCK_V=BLOCK_V, BLOCK_D=BLOCK_D, BLOCK_N=min(BLOCK_N, BLOCK_D), PRECISION=PRECISION,
+        num_warps=4,
+    )
+    return out
