@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sana_wm.camera import ray_frames
+from sana_wm.ops.glu_conv import silu_depthwise_glu
 
 from .attention import AttentionContext, CrossAttention, HybridSelfAttention, RMSNorm
 from .rope import camera_rope_pairs, rope_table
@@ -176,9 +177,6 @@ class GLUMBConvTemp(nn.Module):
     dense C→C conv over (t−1, t, t+1) with zero padding. The temporal conv is three GEMMs on the token layout.
     """
 
-    # cuDNN/ATen index conv inputs with int32: keep each depthwise call under 2³⁰ elements (minute-long clips).
-    MAX_CONV_ELEMENTS = 2**30
-
     def __init__(self, dim: int, hidden: int, t_kernel_size: int = 3):
         super().__init__()
         self.inverted_conv = ConvHolder("conv", PointwiseConv(dim, 2 * hidden, ndim=2))
@@ -186,22 +184,12 @@ class GLUMBConvTemp(nn.Module):
         self.point_conv = ConvHolder("conv", PointwiseConv(hidden, dim, ndim=2, bias=False))
         self.t_conv = nn.Conv2d(dim, dim, (t_kernel_size, 1), padding=(t_kernel_size // 2, 0), bias=False)
 
-    def _depthwise(self, h: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """h [B, T, S, 2h] → same, 3×3 depthwise per frame. channels_last view: no copy of the token layout."""
-        B, T, S, Ch = h.shape
-        img = h.reshape(B * T, H, W, Ch).permute(0, 3, 1, 2)  # [BT, 2h, H, W] channels_last strides
-        step = max(1, self.MAX_CONV_ELEMENTS // (S * Ch))
-        conv = self.depth_conv.conv
-        outs = [conv(img[i : i + step]) for i in range(0, B * T, step)]
-        return torch.cat(outs).permute(0, 2, 3, 1).reshape(B, T, S, Ch)
-
     def forward(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """x [B, N, C] → [B, N, C]."""
         T, H, W = grid
-        h = F.silu(self.inverted_conv.conv(x)).unflatten(1, (T, H * W))  # [B, T, S, 2h]
-        h = self._depthwise(h, H, W)
-        value, gate = h.chunk(2, dim=-1)
-        y = self.point_conv.conv(value * F.silu(gate))  # [B, T, S, C]
+        h = self.inverted_conv.conv(x).unflatten(1, (T, H * W))  # [B, T, S, 2h]
+        dw = self.depth_conv.conv
+        y = self.point_conv.conv(silu_depthwise_glu(h, dw.weight, dw.bias, (H, W)))  # [B, T, S, C]
         return (y + self._temporal(y)).flatten(1, 2)
 
     def _temporal(self, y: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,43 @@
+"""The FFN's SiLU → depthwise 3×3 → GLU middle (`GLUMBConvTemp`), as one stateless op.
+
+`silu_depthwise_glu` runs SiLU, the depthwise conv on a channels-last view of the token layout (cuDNN/ATen; no copy)
+and the GLU, which autograd and Inductor handle (Inductor fuses the SiLU and the GLU into its element-wise kernels
+around the conv). `naive.py` is the reference.
+
+A one-pass Triton forward (SiLU, the 9 taps and the GLU per tile) was tried on 2026-12-01 and measured slower than
+this path in the compiled model (+≈460 ms per 961-frame forward on an H200, bench/RESULTS.md), so it was removed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .naive import naive_silu_depthwise_glu
+
+__all__ = ["silu_depthwise_glu", "naive_silu_depthwise_glu"]
+
+# cuDNN/ATen index conv inputs with int32: keep each depthwise call under 2³⁰ elements (minute-long clips).
+MAX_CONV_ELEMENTS = 2**30
+
+
+def silu_depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       hw: tuple[int, int]) -> torch.Tensor:
+    """h [B, T, S = H·W, 2C] (the FFN's inverted-conv output, before SiLU) → value ⊙ SiLU(gate) [B, T, S, C], where
+    (value, gate) = DWConv3×3(SiLU(h)) per frame with zero padding; weight [2C, 1, 3, 3], bias [2C] or None.
+
+    Examples:
+        >>> h = torch.randn(1, 2, 12, 8)
+        >>> silu_depthwise_glu(h, torch.randn(8, 1, 3, 3), torch.zeros(8), (3, 4)).shape
+        torch.Size([1, 2, 12, 4])
+    """
+    B, T, S, C2 = h.shape
+    H, W = hw
+    if H * W != S or C2 % 2 or tuple(weight.shape) != (C2, 1, 3, 3):
+        raise ValueError(f"silu_depthwise_glu: h {list(h.shape)} needs S = H·W = {H}·{W} and an even channel count; "
+                         f"weight {list(weight.shape)} must be [{C2}, 1, 3, 3]")
+    img = F.silu(h).reshape(B * T, H, W, C2).permute(0, 3, 1, 2)  # [BT, 2C, H, W] channels_last strides, no copy
+    step = max(1, MAX_CONV_ELEMENTS // (S * C2))
+    outs = [F.conv2d(img[i : i + step], weight, bias, padding=1, groups=C2) for i in range(0, B * T, step)]
+    value, gate = torch.cat(outs).permute(0, 2, 3, 1).reshape(B, T, S, C2).chunk(2, dim=-1)
+    return value * F.silu(gate)
