@@ -7,7 +7,8 @@ Cases (PERFORMANCE.md §4 B1/B2, issue 6):
   trainmax longest clip whose training step fits (ours only; probes 41/61/81/121 latent frames)
   profile  breakdown of our fwd21 into linear / GDN / softmax / other (torch.profiler device time)
   kernels  with --compile: the top CUDA kernels of the compiled fwd21 and train21 (where the time goes)
-  composite with --compile: fwd21 again with the fused GDN forward kernels off (what they buy in the whole model)
+  composite with --compile: fwd21/fwd121/train21 again with the fused GDN kernels off (what they buy in the whole
+           model, same process)
 train21 runs eager with full checkpointing, then (with --compile) compiled with each --ac policy: "full" recomputes
 whole blocks, "selective" keeps GEMM / attention / scan outputs (sana_wm.parallel).
 Timing: CUDA events, median of --reps after --warmup runs; peak memory = torch.cuda.max_memory_allocated.
@@ -170,6 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-port", action="store_true", help="skip the diffusers baseline")
     ap.add_argument("--compile", action="store_true", help="also time ours with per-block torch.compile")
+    ap.add_argument("--no-eager", action="store_true", help="skip timing our eager (uncompiled) model")
     ap.add_argument("--ac", default="full,selective", help="checkpointing policies for the compiled train21")
     ap.add_argument("--top", type=int, default=30, help="kernels listed by the `kernels` case")
     ap.add_argument("--out", default=None)
@@ -211,18 +213,21 @@ def main(argv=None) -> int:
             continue
         inp = make_inputs(B, T)
         with torch.no_grad():
-            ms, gib = cuda_time(ours_fn(ours, inp), args.warmup, args.reps)
-            record(case, "ours", B, T, ms, gib, False)
+            ms = None
+            if not args.no_eager:
+                ms, gib = cuda_time(ours_fn(ours, inp), args.warmup, args.reps)
+                record(case, "ours", B, T, ms, gib, False)
             a = ours_fn(ours, inp)().float()
             if port is not None:
                 ms_p, gib_p = cuda_time(port_fn(port, inp), args.warmup, args.reps)
                 record(case, "port", B, T, ms_p, gib_p, False)
                 b = port_fn(port, inp)().float()
                 results[f"{case}_rel_err_vs_port"] = ((a - b).norm() / b.norm()).item()
-                results[f"{case}_speedup"] = ms_p / ms
                 results[f"{case}_port_ms"] = ms_p
-                print(f"{case}: ours vs port rel err {results[f'{case}_rel_err_vs_port']:.2e}, "
-                      f"speed-up {ms_p / ms:.2f}x", flush=True)
+                print(f"{case}: ours vs port rel err {results[f'{case}_rel_err_vs_port']:.2e}", flush=True)
+                if ms is not None:
+                    results[f"{case}_speedup"] = ms_p / ms
+                    print(f"{case}: eager speed-up {ms_p / ms:.2f}x", flush=True)
         del inp
         torch.cuda.empty_cache()
     plain_blocks = list(ours.blocks)
@@ -236,10 +241,10 @@ def main(argv=None) -> int:
                     record(case, "ours+compile", B, T, ms, gib, False)
                     if port is not None and f"{case}_port_ms" in results:
                         results[f"{case}_speedup_compiled"] = results[f"{case}_port_ms"] / ms
+                        print(f"{case}: compiled speed-up {results[f'{case}_speedup_compiled']:.3f}x", flush=True)
                     if "kernels" in cases and case == "fwd21":
                         results["kernels_fwd21"] = top_kernels(ours_fn(ours, inp), args.top)
-                    if "composite" in cases:  # what the fused GDN forward kernels bought
-                        set_fused_forward(False)
+                    if "composite" in cases and set_fused_forward(False):  # what the fused GDN kernels bought
                         ms, gib = cuda_time(ours_fn(ours, inp), args.warmup + 1, args.reps)
                         record(case, "ours+compile, composite GDN", B, T, ms, gib, False)
                         set_fused_forward(True)
@@ -264,14 +269,17 @@ def main(argv=None) -> int:
             port.enable_gradient_checkpointing()
     if "train21" in cases:
         inp = make_inputs(1, 21)
-        set_blocks("full", False)
-        ms, gib = cuda_time(train_step(ours, inp, False), args.warmup, args.reps)
-        record("train21", "ours (full AC)", 1, 21, ms, gib, True)
+        ms = None
+        if not args.no_eager:
+            set_blocks("full", False)
+            ms, gib = cuda_time(train_step(ours, inp, False), args.warmup, args.reps)
+            record("train21", "ours (full AC)", 1, 21, ms, gib, True)
         if port is not None:
             ms_p, gib_p = cuda_time(train_step(port, inp, True), args.warmup, args.reps)
             record("train21", "port", 1, 21, ms_p, gib_p, True)
-            results["train21_speedup"] = ms_p / ms
             results["train21_port_ms"] = ms_p
+            if ms is not None:
+                results["train21_speedup"] = ms_p / ms
         for policy in policies if args.compile else ():
             set_blocks(policy, True)
             torch.cuda.empty_cache()
@@ -284,6 +292,11 @@ def main(argv=None) -> int:
             record("train21", f"ours+compile ({policy} AC)", 1, 21, ms, gib, True)
             if "train21_port_ms" in results:
                 results[f"train21_speedup_compiled_{policy}"] = results["train21_port_ms"] / ms
+                print(f"train21: compiled ({policy} AC) speed-up {results['train21_port_ms'] / ms:.3f}x", flush=True)
+            if "composite" in cases and set_fused_forward(False):  # transitions / read-out as float32 GEMMs
+                ms, gib = cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps)
+                record("train21", f"ours+compile ({policy} AC), composite GDN", 1, 21, ms, gib, True)
+                set_fused_forward(True)
         if "kernels" in cases and args.compile:
             results["kernels_train21"] = top_kernels(train_step(ours, inp, False), args.top)
         ours.zero_grad(set_to_none=True)

@@ -4,7 +4,8 @@ For T latent frames of S = 880 tokens, H = 20 heads, D = 112, B = 1: times the m
 num + den) and the camera op (`bidirectional_delta`): the forward through the fused Triton kernels (transitions +
 state scan + read-out from token layout, `*_fused`), and forward / forward+backward through the composite path with
 the Triton state scan and with the PyTorch-loop scan (baselines, same process), next to
-`F.scaled_dot_product_attention` (cuDNN, bf16).
+`F.scaled_dot_product_attention` (cuDNN, bf16). `gdn_fb_fused` is forward+backward of the training path (fused
+transitions and read-out under autograd, Triton state scans).
 Prints a table; `--out` writes JSON. Never asserts speed.
 """
 
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
         with torch.no_grad():
             row["gdn_fwd_fused"] = timeit(lambda: bidirectional_gdn(q, k, qr, kr, v, beta, g, out_dtype=q.dtype))
             row["cam_fwd_fused"] = timeit(lambda: bidirectional_delta(q, kr, v, beta, g, out_dtype=q.dtype))
+        # training: fused transitions / read-out with their PyTorch backward, the state scans in between
+        row["gdn_fb_fused"] = timeit(lambda: bidirectional_gdn(q, k, qr, kr, v, beta, g).sum().backward())
         set_fused_forward(False)
         for backend in ("triton", "torch"):
             set_scan_backend(backend)
