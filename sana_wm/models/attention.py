@@ -32,7 +32,12 @@ from .rope import RopeTable, apply_rope
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm over the last axis, statistics in float32 (as diffusers/Sana), output in the input dtype."""
+    """RMSNorm over the last axis, statistics in float32 (as diffusers/Sana), output in the input dtype.
+
+    Plain PyTorch on purpose rather than fla's fused RMSNorm kernel: under per-block torch.compile Inductor fuses
+    this norm with the ReLU, key scaling and RoPE around it into one kernel, which an opaque library kernel would
+    split apart again.
+    """
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -50,7 +55,9 @@ class BidirectionalShortConv(nn.Module):
     shared centre tap — a symmetric (2K−1)-tap filter with tied weights (REFERENCE §1.5.2 step 2).
 
     Weight layout (C, 1, K) as fla's ShortConvolution (the checkpoint's `conv_k`); weight[..., K−1] is the centre tap.
-    Implemented as shifted adds over the frame axis, which needs no layout change of the [B, T, S, C] tokens.
+    Implemented as shifted adds over the frame axis, which needs no layout change of the [B, T, S, C] tokens. fla's
+    ShortConvolution kernel is not used: it convolves causally along one token sequence [B, L, C], while this filter
+    runs both ways along frames with S tokens per step, so it would need two passes over re-laid-out copies.
     """
 
     def __init__(self, channels: int, kernel_size: int = 4):
