@@ -159,6 +159,7 @@ def test_selective_checkpointing_saves_the_heavy_ops_and_rejects_unknown_policie
 
     saved = _saved_ops()
     assert torch.ops.aten.mm.default in saved and torch.ops.sana_wm.state_scan.default in saved
+    assert torch.ops.sana_wm.bidirectional_scan.default in saved and torch.ops.sana_wm.gdn_readout.default in saved
     assert torch.ops.aten.mul.Tensor not in saved  # element-wise work is recomputed
     assert CheckpointPolicy.MUST_SAVE  # the policy API this relies on exists in the pinned torch
     with pytest.raises(ValueError, match="'sometimes'"):

@@ -7,13 +7,13 @@ outputs come from one more batched GEMM against the per-frame states. The backwa
 directly in original time: S^b_t = S^b_{t+1} W_{t+1} + U_{t+1}, S^b_{T-1} = 0 (REFERENCE §1.5.2 step 9).
 
 All maths runs in float32 whatever the input dtype (the released model's `fp32_attention`); outputs are float32.
-The T-step recurrence is `scan.state_scan` (exact custom backward; fused Triton kernel on CUDA); the batched GEMMs
-around it use autograd. On CUDA the transitions and the read-out run as fused Triton kernels straight from token
+The T-step recurrences are `scan.bidirectional_scan` (both directions in one op, exact custom backward; one Triton
+launch each way on CUDA); the batched GEMMs around them use autograd. On CUDA the transitions and the read-out run as fused Triton kernels straight from token
 layout (`triton_fused.py`), registered as custom ops so torch.compile keeps whole graphs:
   * no gradient to build (inference, validation): the whole op is one custom op, with both scan directions of the
     numerator and normaliser in one launch (`triton_scan.bidirectional_states`);
-  * training: `gdn_transitions` and `gdn_readout` with their float32 backward written out below, `state_scan` in
-    between.
+  * training: `gdn_transitions` and `gdn_readout` with their float32 backward written out below,
+    `bidirectional_scan` in between.
 `SANA_WM_FUSED_GDN=0` (or `set_fused_forward(False)`) keeps every call on the composite path. See `naive.py` for
 the reference.
 
@@ -142,8 +142,8 @@ def _(q, k, v, beta, g, out_dtype):
 # -- training: fused forward kernels with a float32 PyTorch backward ------------------------------------------------
 # When a gradient is needed, the transitions and the read-out still run forward in the fused kernels (no re-layout,
 # tensor-core exact products); their backward is the composite path's float32 maths written out, and the state
-# recurrence in between stays `state_scan` (its own exact backward). Registered ops, so torch.compile keeps full
-# graphs and selective checkpointing can keep their outputs (`sana_wm.parallel`).
+# recurrence in between stays `bidirectional_scan` (its own exact backward). Registered ops, so torch.compile keeps
+# full graphs and selective checkpointing can keep their outputs (`sana_wm.parallel`).
 
 
 def _heads_f32(x: torch.Tensor) -> torch.Tensor:
