@@ -8,8 +8,9 @@ directly in original time: S^b_t = S^b_{t+1} W_{t+1} + U_{t+1}, S^b_{T-1} = 0 (R
 
 All maths runs in float32 whatever the input dtype (the released model's `fp32_attention`); outputs are float32.
 The T-step recurrences are `scan.bidirectional_scan` (both directions in one op, exact custom backward; one Triton
-launch each way on CUDA); the batched GEMMs around them use autograd. On CUDA the transitions and the read-out run as fused Triton kernels straight from token
-layout (`triton_fused.py`), registered as custom ops so torch.compile keeps whole graphs:
+launch each way on CUDA); the batched GEMMs around them use autograd. On CUDA the transitions and the read-out run
+as fused Triton kernels straight from token layout (`triton_fused.py`), registered as custom ops so torch.compile
+keeps whole graphs:
   * no gradient to build (inference, validation): the whole op is one custom op, with both scan directions of the
     numerator and normaliser in one launch (`triton_scan.bidirectional_states`);
   * training: `gdn_transitions` and `gdn_readout` with their float32 backward written out below,
@@ -76,9 +77,14 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def _heads_f32(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, S, H, D] → float32 [B, H, T, S, D]."""
+    return _f32(x).permute(0, 3, 1, 2, 4)
+
+
 def _transitions(k: torch.Tensor, v: torch.Tensor | None, beta: torch.Tensor):
     """Per-frame A_t = Σ_s β k kᵀ [B,H,T,D,D] and U_t = Σ_s β v kᵀ [B,H,T,Dv,D] (U = Σ_s β kᵀ when v is None)."""
-    kh = _f32(k).permute(0, 3, 1, 2, 4)  # [B, H, T, S, D]
+    kh = _heads_f32(k)  # [B, H, T, S, D]
     kb = kh * _f32(beta).permute(0, 3, 1, 2).unsqueeze(-1)  # β-weighted keys
     A = kh.transpose(-1, -2) @ kb  # [B, H, T, D, D]
     if v is None:  # denominator stream: value ≡ 1, so U_t = (Σ_s β_s k_s)ᵀ as a 1×D row
@@ -99,7 +105,7 @@ def _bidirectional_states(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> 
 
 def _read(q: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     """o_{t,s} = states_t q_{t,s}: [B,T,S,H,D] × [B,H,T,Dv,D] → [B, H, T, S, Dv]."""
-    return _f32(q).permute(0, 3, 1, 2, 4) @ states.transpose(-1, -2)
+    return _heads_f32(q) @ states.transpose(-1, -2)
 
 
 def _fused_states(problems, g: torch.Tensor):
@@ -144,11 +150,6 @@ def _(q, k, v, beta, g, out_dtype):
 # tensor-core exact products); their backward is the composite path's float32 maths written out, and the state
 # recurrence in between stays `bidirectional_scan` (its own exact backward). Registered ops, so torch.compile keeps
 # full graphs and selective checkpointing can keep their outputs (`sana_wm.parallel`).
-
-
-def _heads_f32(x: torch.Tensor) -> torch.Tensor:
-    """[B, T, S, H, D] → float32 [B, H, T, S, D]."""
-    return _f32(x).permute(0, 3, 1, 2, 4)
 
 
 @torch.library.custom_op("sana_wm::gdn_transitions", mutates_args=())
