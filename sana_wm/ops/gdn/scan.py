@@ -52,14 +52,16 @@ def _torch_scan(A, U, g, reverse: bool, transpose_a: bool) -> torch.Tensor:
     return out
 
 
-def _scan(A, U, g, reverse: bool, transpose_a: bool = False) -> torch.Tensor:
+def _use_triton(A: torch.Tensor) -> bool:
+    """Whether the scans of A run in the Triton kernels (the backend setting, CUDA, float32)."""
     backend = _BACKEND["name"]
-    use_triton = (
-        triton_state_scan is not None and A.is_cuda and A.dtype == torch.float32 and backend in ("auto", "triton")
-    )
     if backend == "triton" and not A.is_cuda:
         raise RuntimeError("scan backend 'triton' needs CUDA tensors")
-    if use_triton:
+    return triton_state_scan is not None and A.is_cuda and A.dtype == torch.float32 and backend in ("auto", "triton")
+
+
+def _scan(A, U, g, reverse: bool, transpose_a: bool = False) -> torch.Tensor:
+    if _use_triton(A):
         return triton_state_scan(A, U, g, reverse=reverse, transpose_a=transpose_a)
     return _torch_scan(A, U, g, reverse, transpose_a)
 
@@ -144,8 +146,7 @@ def state_scan(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor, reverse: bool 
 
 def _pair(A, U, g, backward: bool) -> torch.Tensor:
     """Forward: (F, R) of U [..., T, Dv, D]. Backward: U = (dF, dR) → their adjoint scans (G_F, G_R)."""
-    if (bidirectional_scan_pair is not None and A.is_cuda and A.dtype == torch.float32
-            and _BACKEND["name"] in ("auto", "triton")):
+    if _use_triton(A):
         *batch, T, D, _ = A.shape
         Uf = U.reshape(2, -1, T, *U.shape[-2:]) if backward else U.reshape(-1, T, *U.shape[-2:])
         out = bidirectional_scan_pair(A.reshape(-1, T, D, D), Uf, g.reshape(-1, T), backward=backward)
