@@ -6,7 +6,7 @@ Cases (PERFORMANCE.md §4 B1/B2, issue 6):
   train21  forward+backward with per-block activation checkpointing, 21 latent frames, B=1
   trainmax longest clip whose training step fits (ours only; probes 41/61/81/121 latent frames)
   profile  breakdown of our fwd21 into linear / GDN / softmax / other (torch.profiler device time)
-  kernels  with --compile: the top CUDA kernels of the compiled fwd21 and train21 (where the time goes)
+  kernels  with --compile: the top CUDA kernels of the compiled fwd21, fwd121 and train21 (where the time goes)
   composite with --compile: fwd21/fwd121/train21 again with the fused GDN kernels off (what they buy in the whole
            model, same process)
 train21 runs eager with full checkpointing, then (with --compile) compiled with each --ac policy: "full" recomputes
@@ -242,8 +242,8 @@ def main(argv=None) -> int:
                     if port is not None and f"{case}_port_ms" in results:
                         results[f"{case}_speedup_compiled"] = results[f"{case}_port_ms"] / ms
                         print(f"{case}: compiled speed-up {results[f'{case}_speedup_compiled']:.3f}x", flush=True)
-                    if "kernels" in cases and case == "fwd21":
-                        results["kernels_fwd21"] = top_kernels(ours_fn(ours, inp), args.top)
+                    if "kernels" in cases:
+                        results[f"kernels_{case}"] = top_kernels(ours_fn(ours, inp), args.top)
                     if "composite" in cases and set_fused_forward(False):  # what the fused GDN kernels bought
                         ms, gib = cuda_time(ours_fn(ours, inp), args.warmup + 1, args.reps)
                         record(case, "ours+compile, composite GDN", B, T, ms, gib, False)
