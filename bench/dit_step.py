@@ -32,7 +32,7 @@ from sana_wm import SanaWM
 from sana_wm.camera import action_to_c2w, prepare_camera
 from sana_wm.checkpoint import to_diffusers_layout
 from sana_wm.flops import H100_BF16_PEAK, model_flops
-from sana_wm.ops.gdn.torch_scan import set_fused_forward
+from sana_wm.ops.gdn.torch_scan import set_fused_backward, set_fused_forward
 from sana_wm.parallel import apply_activation_checkpointing
 
 H, W, TEXT = 22, 40, 300
@@ -293,6 +293,10 @@ def main(argv=None) -> int:
             if "train21_port_ms" in results:
                 results[f"train21_speedup_compiled_{policy}"] = results["train21_port_ms"] / ms
                 print(f"train21: compiled ({policy} AC) speed-up {results['train21_port_ms'] / ms:.3f}x", flush=True)
+            if "composite" in cases and set_fused_backward(False):  # fused forward, float32 PyTorch backward
+                ms, gib = cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps)
+                record("train21", f"ours+compile ({policy} AC), PyTorch GDN backward", 1, 21, ms, gib, True)
+                set_fused_backward(True)
             if "composite" in cases and set_fused_forward(False):  # transitions / read-out as float32 GEMMs
                 ms, gib = cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps)
                 record("train21", f"ours+compile ({policy} AC), composite GDN", 1, 21, ms, gib, True)

@@ -42,7 +42,8 @@ def _saved_ops() -> set:
 
     aten, ours = torch.ops.aten, torch.ops.sana_wm
     ops = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, ours.state_scan.default,
-           ours.bidirectional_scan.default, ours.gdn_transitions.default, ours.gdn_readout.default}
+           ours.bidirectional_scan.default, ours.bidirectional_scan_two.default, ours.gdn_transitions.default,
+           ours.gdn_readout.default}
     for name in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
                  "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu"):
         if hasattr(aten, name):

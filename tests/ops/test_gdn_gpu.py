@@ -208,12 +208,81 @@ def test_one_launch_scan_pair_and_its_adjoint_match_the_torch_loops(BH, T, D, Dv
     dFR = torch.randn(2, BH, T, Dv, D, device="cuda", generator=gen)
     g = 0.5 + 0.5 * torch.rand(BH, T, device="cuda", generator=gen)
     rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()  # noqa: E731
-    for backward, x in ((False, U), (True, dFR)):
+    A2 = A.flip(1).contiguous()  # a second problem with Dv = 1 sharing g (the normaliser's shape)
+    U2, dFR2 = torch.randn(BH, T, 1, D, device="cuda", generator=gen), torch.randn(2, BH, T, 1, D, device="cuda",
+                                                                                   generator=gen)
+    for backward, x, x2 in ((False, U, U2), (True, dFR, dFR2)):
         ref = _pair(A.double(), x.double(), g.double(), backward)  # float64 on CUDA takes the PyTorch loops
-        assert rel(bidirectional_scan_pair(A, x, g, backward=backward), ref) < 1e-5, backward
+        assert rel(bidirectional_scan_pair([(A, x)], g, backward=backward)[0], ref) < 1e-5, backward
+        ref2 = _pair(A2.double(), x2.double(), g.double(), backward)
+        both = bidirectional_scan_pair([(A, x), (A2, x2)], g, backward=backward)  # one launch
+        assert rel(both[0], ref) < 1e-5 and rel(both[1], ref2) < 1e-5, backward
     ins = [t.clone().requires_grad_() for t in (A, U, g)]
     grads = torch.autograd.grad((bidirectional_scan(*ins) * dFR).sum(), ins)
     ref_in = [t.detach().double().cpu().requires_grad_() for t in (A, U, g)]
     ref_grads = torch.autograd.grad((bidirectional_scan(*ref_in) * dFR.double().cpu()).sum(), ref_in)
     for name, a, b in zip("A U g".split(), grads, ref_grads, strict=True):
         assert rel(a.cpu(), b) < 1e-5, name
+
+
+@pytest.mark.parametrize("B, T, S, H, D, Dv", [(1, 21, 880, 2, 112, 112), (1, 3, 37, 2, 40, 33), (2, 4, 97, 1, 13, 1)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_backward_kernels_match_float64(B, T, S, H, D, Dv, dtype):
+    """`transitions_backward` and `readout_backward` (split-bf16 tensor-core products for bf16 inputs, "ieee" float32
+    dots otherwise) against float64 autograd through the composite maths. Gradients of bf16 inputs come back in bf16,
+    so they must be as close as the float64 result rounded to bf16; the float32 state gradient to float32 accuracy."""
+    from sana_wm.ops.gdn import torch_scan
+    from sana_wm.ops.gdn.triton_fused import readout_backward, transitions_backward
+
+    gen = torch.Generator(device="cuda").manual_seed(S + D)
+    rnd = lambda *s, scale=1.0: torch.randn(*s, device="cuda", generator=gen) * scale  # noqa: E731
+    k, v, beta = rnd(B, T, S, H, D, scale=D**-0.5).to(dtype), rnd(B, T, S, H, Dv).to(dtype), rnd(B, T, S, H).to(dtype)
+    q, states, do = rnd(B, T, S, H, D).to(dtype), rnd(B * H, T, Dv, D), rnd(B, T, S, H, Dv)
+    dA, dU = rnd(B * H, T, D, D), rnd(B * H, T, Dv, D)
+
+    def err(got, ref):
+        ref_err = ((ref.to(dtype).double() - ref).norm() / ref.norm()).item()  # rounding the exact result once
+        return ((got.double() - ref).norm() / ref.norm()).item(), ref_err
+
+    for use_v in (True, False):
+        ins = [x.double().requires_grad_() for x in ((k, v, beta) if use_v else (k, beta))]
+        A, U = torch_scan._transitions(ins[0], ins[1] if use_v else None, ins[-1])
+        dU_ = dU if use_v else dU[:, :, :1]
+        loss = (A * dA.double().unflatten(0, (B, H))).sum() + (U * dU_.double().unflatten(0, (B, H))).sum()
+        ref = torch.autograd.grad(loss, ins)
+        dk, dv, dbeta = transitions_backward(k, v if use_v else None, beta, dA, dU_)
+        for name, got, r in zip("k v beta".split() if use_v else ("k", "beta"),
+                                (dk, dv, dbeta) if use_v else (dk, dbeta), ref, strict=True):
+            assert got.dtype == dtype and got.shape == r.shape, name
+            e, e_round = err(got, r)
+            assert e < (1.5 * e_round if dtype == torch.bfloat16 else 1e-5), (use_v, name, e, e_round)
+    qq, ss = q.double().requires_grad_(), states.double().requires_grad_()
+    o = (torch_scan._heads_f32(qq) @ ss.unflatten(0, (B, H)).transpose(-1, -2)).permute(0, 2, 3, 1, 4)
+    ref_q, ref_s = torch.autograd.grad((o * do.double()).sum(), [qq, ss])
+    dq, dst = readout_backward(q, states, do)
+    e, e_round = err(dq, ref_q)
+    assert dq.dtype == dtype and e < (1.5 * e_round if dtype == torch.bfloat16 else 1e-5), (e, e_round)
+    assert dst.dtype == torch.float32 and err(dst, ref_s)[0] < 1e-5
+
+
+def test_training_backward_kernels_agree_with_the_pytorch_backward():
+    """Both training backward implementations (`set_fused_backward`) give the same gradients of both branches."""
+    from sana_wm.ops.gdn import bidirectional_delta, bidirectional_gdn
+    from sana_wm.ops.gdn.torch_scan import set_fused_backward
+
+    x = _gdn_inputs((1, 5, 300, 2, 112), torch.bfloat16, seed=5)
+    for fn, xs in ((bidirectional_gdn, x), (bidirectional_delta, [x[i] for i in (0, 3, 4, 5, 6)])):
+        got = {}
+        for fused in (True, False):
+            prev = set_fused_backward(fused)
+            try:
+                xg = [t.clone().requires_grad_() for t in xs]
+                out = fn(*xg, out_dtype=torch.bfloat16)
+                got[fused] = torch.autograd.grad(out.float().square().sum(), xg)
+            finally:
+                set_fused_backward(prev)
+        names = "q k q_rot k_rot v beta g".split() if fn is bidirectional_gdn else "q k v beta g".split()
+        for name, a, b in zip(names, got[True], got[False], strict=True):
+            rel = ((a.double() - b.double()).norm() / b.double().norm()).item()
+            # bf16 gradients: last-bit differences; dβ is a small difference of large terms, so it moves more
+            assert rel < (5e-2 if name == "beta" else 1e-2), (fn.__name__, name, rel)

@@ -115,3 +115,21 @@ def test_bidirectional_scan_gradcheck(T):
     R_ref = StateScan.apply(A, torch.cat([U[:, 1:], torch.zeros_like(U[:, :1])], dim=1), d, True)
     torch.testing.assert_close(FR[0], F_ref)
     torch.testing.assert_close(FR[1], R_ref)
+
+
+@pytest.mark.parametrize("T", [1, 4])
+def test_bidirectional_scan_two_is_two_single_scans_and_gradchecks(T):
+    """Two problems sharing the decay (different Dv) in one op: each output equals its own `bidirectional_scan`, and the
+    joint backward (one adjoint launch on CUDA) passes a float64 gradcheck, the shared decay's gradient summed."""
+    from sana_wm.ops.gdn.scan import bidirectional_scan, bidirectional_scan_two
+
+    g = torch.Generator().manual_seed(T + 3)
+    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).requires_grad_()  # noqa: E731
+    A1, U1, A2, U2 = mk(2, T, 4, 4, scale=0.3), mk(2, T, 3, 4), mk(2, T, 4, 4, scale=0.3), mk(2, T, 1, 4)
+    d = (0.5 + 0.5 * torch.rand(2, T, generator=g, dtype=torch.float64)).requires_grad_()
+    torch.autograd.gradcheck(bidirectional_scan_two, (A1, U1, A2, U2, d), eps=1e-6, atol=1e-6)
+    FR1, FR2 = bidirectional_scan_two(A1, U1, A2, U2, d)
+    torch.testing.assert_close(FR1, bidirectional_scan(A1, U1, d))
+    torch.testing.assert_close(FR2, bidirectional_scan(A2, U2, d))
+    with pytest.raises(ValueError, match=rf"bidirectional_scan_two \(second\): g \[2, {T}\] must be .* = \[2, 5\]"):
+        bidirectional_scan_two(A1, U1, A2[:, :1].expand(2, 5, 4, 4), U2[:, :1].expand(2, 5, 1, 4), d)

@@ -130,10 +130,7 @@ class StateScan:
 
 def state_scan(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """All states of the forward (or reverse) recurrence, float32, differentiable in A, U and g."""
-    if A.shape[-1] != A.shape[-2] or A.shape[:-2] != U.shape[:-2] or U.shape[-1] != A.shape[-1]:
-        raise ValueError(f"state_scan: A {list(A.shape)} must be [..., T, D, D] and U {list(U.shape)} [..., T, Dv, D]")
-    if g.shape != A.shape[:-2]:
-        raise ValueError(f"state_scan: g {list(g.shape)} must be [..., T] = {list(A.shape[:-2])}")
+    _check_problem("state_scan", A, U, g)
     return StateScan.apply(A, U, g, reverse)
 
 
@@ -144,16 +141,38 @@ def state_scan(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor, reverse: bool 
 # launch too: each scan is T latency-bound steps, so side by side they cost about one.
 
 
-def _pair(A, U, g, backward: bool) -> torch.Tensor:
-    """Forward: (F, R) of U [..., T, Dv, D]. Backward: U = (dF, dR) → their adjoint scans (G_F, G_R)."""
-    if _use_triton(A):
-        *batch, T, D, _ = A.shape
-        Uf = U.reshape(2, -1, T, *U.shape[-2:]) if backward else U.reshape(-1, T, *U.shape[-2:])
-        out = bidirectional_scan_pair(A.reshape(-1, T, D, D), Uf, g.reshape(-1, T), backward=backward)
-        return out.reshape(2, *batch, T, *U.shape[-2:])
+def _pairs(problems, g, backward: bool) -> list[torch.Tensor]:
+    """Forward: (F, R) of each problem's U [..., T, Dv, D]. Backward: U = (dF, dR) → their adjoint scans (G_F, G_R).
+    One or two problems (A, U) sharing g: on CUDA all of them run in one launch."""
+    if _use_triton(problems[0][0]):
+        *batch, T, D, _ = problems[0][0].shape
+        flat = [(A.reshape(-1, T, D, D), U.reshape(2, -1, T, *U.shape[-2:]) if backward else
+                 U.reshape(-1, T, *U.shape[-2:])) for A, U in problems]
+        outs = bidirectional_scan_pair(flat, g.reshape(-1, T), backward=backward)
+        return [o.reshape(2, *batch, T, *U.shape[-2:]) for o, (_, U) in zip(outs, problems, strict=True)]
     if backward:
-        return torch.stack([_torch_scan(A, U[0], g, True, True), _torch_scan(A, U[1], g, False, True)])
-    return torch.stack([_torch_scan(A, U, g, False, False), _torch_scan(A, _shift(U, -1), g, True, False)])
+        return [torch.stack([_torch_scan(A, U[0], g, True, True), _torch_scan(A, U[1], g, False, True)])
+                for A, U in problems]
+    return [torch.stack([_torch_scan(A, U, g, False, False), _torch_scan(A, _shift(U, -1), g, True, False)])
+            for A, U in problems]
+
+
+def _pair(A, U, g, backward: bool) -> torch.Tensor:
+    """`_pairs` of one problem."""
+    return _pairs([(A, U)], g, backward)[0]
+
+
+def _pair_grads(A, g, FR, G):
+    """(dA, dU, dg) of one problem from its forward scans FR = (F, R) and their adjoint scans G = (G_F, G_R)."""
+    F_prev = _shift(FR[0], 1)  # F_{t−1} meets A_t, g_t (zero at t = 0)
+    R = FR[1]  # R_t meets A_t, g_t through G_R at t − 1 (R_{t−1} = g_t R_t (I − A_t) + U_t)
+    GR_prev = _shift(G[1], 1)
+    dU = G[0] + GR_prev  # U_t enters F_t directly and R_{t−1}
+    X = torch.cat([F_prev, R], dim=-2)  # both terms of dA_t = −g_t (F_{t−1}ᵀ G_F,t + R_tᵀ G_R,t−1) in one product
+    Y = torch.cat([G[0], GR_prev], dim=-2)
+    dA = -g[..., None, None] * (X.transpose(-1, -2) @ Y)
+    dg = (Y * (X - X @ A)).sum((-1, -2))
+    return dA, dU, dg
 
 
 @torch.library.custom_op("sana_wm::bidirectional_scan", mutates_args=())
@@ -183,28 +202,72 @@ def _bidir_setup(ctx, inputs, output):
 
 def _bidir_backward(ctx, dFR):
     A, g, FR = ctx.saved_tensors
-    G = _bidir_adjoint_op(A, dFR.to(FR.dtype).contiguous(), g)
-    F_prev = _shift(FR[0], 1)  # F_{t−1} meets A_t, g_t (zero at t = 0)
-    R = FR[1]  # R_t meets A_t, g_t through G_R at t − 1 (R_{t−1} = g_t R_t (I − A_t) + U_t)
-    GR_prev = _shift(G[1], 1)
-    dU = G[0] + GR_prev  # U_t enters F_t directly and R_{t−1}
-    X = torch.cat([F_prev, R], dim=-2)  # both terms of dA_t = −g_t (F_{t−1}ᵀ G_F,t + R_tᵀ G_R,t−1) in one product
-    Y = torch.cat([G[0], GR_prev], dim=-2)
-    dA = -g[..., None, None] * (X.transpose(-1, -2) @ Y)
-    dg = (Y * (X - X @ A)).sum((-1, -2))
-    return dA, dU, dg
+    return _pair_grads(A, g, FR, _bidir_adjoint_op(A, dFR.to(FR.dtype).contiguous(), g))
 
 
 _bidir_op.register_autograd(_bidir_backward, setup_context=_bidir_setup)
 
 
+# Two problems sharing the decay (the numerator and the normaliser of the main branch): one launch each way.
+@torch.library.custom_op("sana_wm::bidirectional_scan_two", mutates_args=())
+def _bidir2_op(A1: torch.Tensor, U1: torch.Tensor, A2: torch.Tensor, U2: torch.Tensor,
+               g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    FR1, FR2 = _pairs([(A1, U1), (A2, U2)], g, backward=False)
+    return FR1, FR2
+
+
+@_bidir2_op.register_fake
+def _(A1, U1, A2, U2, g):
+    return U1.new_empty((2, *U1.shape)), U2.new_empty((2, *U2.shape))
+
+
+@torch.library.custom_op("sana_wm::bidirectional_scan_two_adjoint", mutates_args=())
+def _bidir2_adjoint_op(A1: torch.Tensor, dFR1: torch.Tensor, A2: torch.Tensor, dFR2: torch.Tensor,
+                       g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    G1, G2 = _pairs([(A1, dFR1), (A2, dFR2)], g, backward=True)
+    return G1, G2
+
+
+@_bidir2_adjoint_op.register_fake
+def _(A1, dFR1, A2, dFR2, g):
+    return torch.empty_like(dFR1), torch.empty_like(dFR2)
+
+
+def _bidir2_setup(ctx, inputs, output):
+    A1, _, A2, _, g = inputs
+    ctx.save_for_backward(A1, A2, g, *output)
+
+
+def _bidir2_backward(ctx, dFR1, dFR2):
+    A1, A2, g, FR1, FR2 = ctx.saved_tensors
+    G1, G2 = _bidir2_adjoint_op(A1, dFR1.to(FR1.dtype).contiguous(), A2, dFR2.to(FR2.dtype).contiguous(), g)
+    dA1, dU1, dg1 = _pair_grads(A1, g, FR1, G1)
+    dA2, dU2, dg2 = _pair_grads(A2, g, FR2, G2)
+    return dA1, dU1, dA2, dU2, dg1 + dg2
+
+
+_bidir2_op.register_autograd(_bidir2_backward, setup_context=_bidir2_setup)
+
+
+def _check_problem(name: str, A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> None:
+    if A.shape[-1] != A.shape[-2] or A.shape[:-2] != U.shape[:-2] or U.shape[-1] != A.shape[-1]:
+        raise ValueError(f"{name}: A {list(A.shape)} must be [..., T, D, D], U {list(U.shape)} [..., T, Dv, D]")
+    if g.shape != A.shape[:-2]:
+        raise ValueError(f"{name}: g {list(g.shape)} must be [..., T] = {list(A.shape[:-2])}")
+
+
 def bidirectional_scan(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """[2, ..., T, Dv, D]: the inclusive-forward and exclusive-reverse scans of U (float32 at least; differentiable in
     A, U and g). A [..., T, D, D], U [..., T, Dv, D], g [..., T]."""
-    if A.shape[-1] != A.shape[-2] or A.shape[:-2] != U.shape[:-2] or U.shape[-1] != A.shape[-1]:
-        raise ValueError(f"bidirectional_scan: A {list(A.shape)} must be [..., T, D, D], U {list(U.shape)} "
-                         "[..., T, Dv, D]")
-    if g.shape != A.shape[:-2]:
-        raise ValueError(f"bidirectional_scan: g {list(g.shape)} must be [..., T] = {list(A.shape[:-2])}")
+    _check_problem("bidirectional_scan", A, U, g)
     dt = torch.promote_types(A.dtype, torch.float32)
     return _bidir_op(*(x.to(dt).contiguous() for x in (A, U, g)))
+
+
+def bidirectional_scan_two(A1: torch.Tensor, U1: torch.Tensor, A2: torch.Tensor, U2: torch.Tensor,
+                           g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`bidirectional_scan` of two problems that share g (their Dv may differ), in one launch each way on CUDA."""
+    _check_problem("bidirectional_scan_two (first)", A1, U1, g)
+    _check_problem("bidirectional_scan_two (second)", A2, U2, g)
+    dt = torch.promote_types(A1.dtype, torch.float32)
+    return _bidir2_op(*(x.to(dt).contiguous() for x in (A1, U1, A2, U2, g)))

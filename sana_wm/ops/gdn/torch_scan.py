@@ -13,8 +13,9 @@ as fused Triton kernels straight from token layout (`triton_fused.py`), register
 keeps whole graphs:
   * no gradient to build (inference, validation): the whole op is one custom op, with both scan directions of the
     numerator and normaliser in one launch (`triton_scan.bidirectional_states`);
-  * training: `gdn_transitions` and `gdn_readout` with their float32 backward written out below,
-    `bidirectional_scan` in between.
+  * training: the `gdn_transitions` and `gdn_readout` ops, whose backward also runs in fused kernels (float32
+    PyTorch maths as the reference, `set_fused_backward`), with `bidirectional_scan_two` (numerator and normaliser
+    in one launch) or `bidirectional_scan` in between.
 `SANA_WM_FUSED_GDN=0` (or `set_fused_forward(False)`) keeps every call on the composite path. See `naive.py` for
 the reference.
 
@@ -27,15 +28,17 @@ import os
 
 import torch
 
-from .scan import bidirectional_scan
+from .scan import bidirectional_scan, bidirectional_scan_two
 
 try:  # the fused forward kernels need Triton (CUDA machines); CPU machines and CI use the composite path
     from . import triton_fused, triton_scan
 except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
     triton_fused = triton_scan = None
 
-# SANA_WM_FUSED_GDN=0 turns the fused forward off process-wide (a safety switch, and for A/B timing).
-_FUSED = {"enabled": os.environ.get("SANA_WM_FUSED_GDN", "1") != "0"}
+# SANA_WM_FUSED_GDN=0 turns the fused kernels off process-wide (a safety switch, and for A/B timing);
+# SANA_WM_FUSED_GDN_BWD=0 keeps the fused training forward but runs its backward as float32 PyTorch GEMMs.
+_FUSED = {"enabled": os.environ.get("SANA_WM_FUSED_GDN", "1") != "0",
+          "backward": os.environ.get("SANA_WM_FUSED_GDN_BWD", "1") != "0"}
 
 
 def set_fused_forward(enabled: bool) -> bool:
@@ -43,6 +46,15 @@ def set_fused_forward(enabled: bool) -> bool:
     Returns the previous setting, so a caller can restore it."""
     previous = _FUSED["enabled"]
     _FUSED["enabled"] = bool(enabled)
+    return previous
+
+
+def set_fused_backward(enabled: bool) -> bool:
+    """Training path: run the backward of the fused transitions / read-out in the Triton kernels (True) or as float32
+    PyTorch GEMMs (False; the reference, and for A/B timing). Returns the previous setting. Read when the forward is
+    traced, so torch.compile re-specialises on it."""
+    previous = _FUSED["backward"]
+    _FUSED["backward"] = bool(enabled)
     return previous
 
 
@@ -145,16 +157,18 @@ def _(q, k, v, beta, g, out_dtype):
     return q.new_empty((*q.shape[:-1], v.shape[-1]), dtype=out_dtype)
 
 
-# -- training: fused forward kernels with a float32 PyTorch backward ------------------------------------------------
+# -- training: fused kernels forward and backward ----------------------------------------------------------------------
 # When a gradient is needed, the transitions and the read-out still run forward in the fused kernels (no re-layout,
-# tensor-core exact products); their backward is the composite path's float32 maths written out, and the state
-# recurrence in between stays `bidirectional_scan` (its own exact backward). Registered ops, so torch.compile keeps
-# full graphs and selective checkpointing can keep their outputs (`sana_wm.parallel`).
+# tensor-core exact products), and their backward runs in the fused backward kernels (`triton_fused.
+# transitions_backward` / `readout_backward`: split-bf16 tensor-core products to float32 accuracy, token layout in and
+# out). With `fused_bwd` False the backward is the composite path's float32 maths written out in PyTorch (the
+# reference). The state recurrence in between stays `bidirectional_scan` (its own exact backward). Registered ops,
+# so torch.compile keeps full graphs and selective checkpointing can keep their outputs (`sana_wm.parallel`).
 
 
 @torch.library.custom_op("sana_wm::gdn_transitions", mutates_args=())
-def _transitions_op(k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, use_v: bool) -> tuple[torch.Tensor,
-                                                                                                   torch.Tensor]:
+def _transitions_op(k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, use_v: bool,
+                    fused_bwd: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(A [B·H, T, D, D], U [B·H, T, Dv, D]) with the values `v` when `use_v`, else (A, z [B·H, T, 1, D])."""
     if use_v:
         A, U, _ = triton_fused.transitions(k, v, beta)
@@ -164,21 +178,24 @@ def _transitions_op(k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, use_v:
 
 
 @_transitions_op.register_fake
-def _(k, v, beta, use_v):
+def _(k, v, beta, use_v, fused_bwd):
     B, T, S, H, D = k.shape
     dv = v.shape[-1] if use_v else 1
     return k.new_empty((B * H, T, D, D), dtype=torch.float32), k.new_empty((B * H, T, dv, D), dtype=torch.float32)
 
 
 def _transitions_setup(ctx, inputs, output):
-    k, v, beta, use_v = inputs
+    k, v, beta, use_v, fused_bwd = inputs
     ctx.save_for_backward(k, v, beta)
-    ctx.use_v = use_v
+    ctx.use_v, ctx.fused_bwd = use_v, fused_bwd
 
 
 def _transitions_backward(ctx, dA, dU):
     # A = Khᵀ Kb, U = Vhᵀ Kb (or z = Σ_s Kb) per (b, h, t), Kb = β·Kh: the products' adjoints, in float32.
     k, v, beta = ctx.saved_tensors
+    if ctx.fused_bwd:
+        dk, dv, dbeta = triton_fused.transitions_backward(k, v if ctx.use_v else None, beta, dA, dU)
+        return dk, dv, dbeta, None, None
     B, T, S, H, D = k.shape
     kh = _heads_f32(k)
     bh = _f32(beta).permute(0, 3, 1, 2).unsqueeze(-1)  # [B, H, T, S, 1]
@@ -196,57 +213,65 @@ def _transitions_backward(ctx, dA, dU):
         dkb = dkb + dU.unflatten(0, (B, H))  # z = Σ_s Kb: the same row for every token
     dk = (dkh + dkb * bh).permute(0, 2, 3, 1, 4).to(k.dtype)
     dbeta = (dkb * kh).sum(-1).permute(0, 2, 3, 1).to(beta.dtype)
-    return dk, dv, dbeta, None
+    return dk, dv, dbeta, None, None
 
 
 _transitions_op.register_autograd(_transitions_backward, setup_context=_transitions_setup)
 
 
 @torch.library.custom_op("sana_wm::gdn_readout", mutates_args=())
-def _readout_op(q: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+def _readout_op(q: torch.Tensor, states: torch.Tensor, fused_bwd: bool) -> torch.Tensor:
     """o[b,t,s,h] = states[b·h, t] q[b,t,s,h]: [B, T, S, H, Dv] float32."""
     return triton_fused.readout(q, states)
 
 
 @_readout_op.register_fake
-def _(q, states):
+def _(q, states, fused_bwd):
     return q.new_empty((*q.shape[:-1], states.shape[-2]), dtype=torch.float32)
 
 
 def _readout_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    q, states, fused_bwd = inputs
+    ctx.save_for_backward(q, states)
+    ctx.fused_bwd = fused_bwd
 
 
 def _readout_backward(ctx, do):
     q, states = ctx.saved_tensors
+    if ctx.fused_bwd:
+        return (*triton_fused.readout_backward(q, states, do), None)
     B, T, S, H, D = q.shape
     st = states.unflatten(0, (B, H))  # [B, H, T, Dv, D]
     doh = _heads_f32(do)  # [B, H, T, S, Dv]
     dq = (doh @ st).permute(0, 2, 3, 1, 4).to(q.dtype)
     dst = (doh.transpose(-1, -2) @ _heads_f32(q)).flatten(0, 1)  # Σ_s do qᵀ
-    return dq, dst
+    return dq, dst, None
 
 
 _readout_op.register_autograd(_readout_backward, setup_context=_readout_setup)
 
 
-def _train_fused_states(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """`_bidirectional_states` (differentiable) on the fused kernels' [B·H, T, ·, D] layout; same layout out."""
-    B, H = g.shape[0], g.shape[2]
-    return _bidirectional_states(A.unflatten(0, (B, H)), U.unflatten(0, (B, H)), g).flatten(0, 1)
+def _bh_decay(g: torch.Tensor) -> torch.Tensor:
+    """g [B, T, H] → float32 [B·H, T], the fused kernels' layout."""
+    return _f32(g).permute(0, 2, 1).flatten(0, 1)
 
 
 def _gdn_train_fused(q, k, q_rot, k_rot, v, beta, g, eps):
-    A_rot, U = _transitions_op(k_rot, v, beta, True)
-    A, z = _transitions_op(k, k, beta, False)  # the value slot is unused for the normaliser
-    num = _readout_op(q_rot, _train_fused_states(A_rot, U, g))
-    den = _readout_op(q, _train_fused_states(A, z, g))
+    fb = _FUSED["backward"]
+    A_rot, U = _transitions_op(k_rot, v, beta, True, fb)
+    A, z = _transitions_op(k, k, beta, False, fb)  # the value slot is unused for the normaliser
+    # Numerator and normaliser share the decay: both directions of both in one scan launch (and one for the adjoint).
+    FR_num, FR_den = bidirectional_scan_two(A_rot, U, A, z, _bh_decay(g))  # [2, B·H, T, ·, D] each
+    num = _readout_op(q_rot, FR_num[0] + FR_num[1], fb)
+    den = _readout_op(q, FR_den[0] + FR_den[1], fb)
     return num / (den + eps)
 
 
 def _delta_train_fused(q, k, v, beta, g):
-    A, U = _transitions_op(k, v, beta, True)
-    return _readout_op(q, _train_fused_states(A, U, g))
+    fb = _FUSED["backward"]
+    A, U = _transitions_op(k, v, beta, True, fb)
+    FR = bidirectional_scan(A, U, _bh_decay(g))
+    return _readout_op(q, FR[0] + FR[1], fb)
 
 
 def bidirectional_gdn(q, k, q_rot, k_rot, v, beta, g, eps: float = 1e-8, out_dtype: torch.dtype | None = None):

@@ -56,6 +56,59 @@ def _mma(a, b, acc, SPLIT: tl.constexpr, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def _split3(x):
+    """float32 x = hi + mid + lo in bf16 to within float32 rounding (3 × 8 significant bits)."""
+    hi = x.to(tl.bfloat16)
+    r = x - hi.to(tl.float32)
+    mid = r.to(tl.bfloat16)
+    lo = (r - mid.to(tl.float32)).to(tl.bfloat16)
+    return hi, mid, lo
+
+
+@triton.jit
+def _dot16(a, b, acc, EMULATE: tl.constexpr):
+    """acc += a @ b for bf16 a and b: exact products, float32 accumulation (float32 maths in the interpreter)."""
+    if EMULATE:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _mma_x(a, b, acc, SPLIT: tl.constexpr, EMULATE: tl.constexpr):
+    """acc += a @ b with a exact in bf16 and b any float32, to float32 accuracy: b split three ways (SPLIT), or one
+    float32 "ieee" dot (float32 inputs)."""
+    if SPLIT:
+        a16 = a.to(tl.bfloat16)
+        hi, mid, lo = _split3(b)
+        acc = _dot16(a16, lo, acc, EMULATE)  # smallest terms first
+        acc = _dot16(a16, mid, acc, EMULATE)
+        acc = _dot16(a16, hi, acc, EMULATE)
+    else:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _mma_xx(a, b, acc, SPLIT: tl.constexpr, EMULATE: tl.constexpr):
+    """acc += a @ b with both float32, to float32 accuracy: both split three ways and the six cross products down to
+    2^-16 of hi·hi summed (the three dropped ones are below float32 rounding); one "ieee" dot without SPLIT."""
+    if SPLIT:
+        ah, am, al = _split3(a)
+        bh, bm, bl = _split3(b)
+        acc = _dot16(ah, bl, acc, EMULATE)
+        acc = _dot16(al, bh, acc, EMULATE)
+        acc = _dot16(am, bm, acc, EMULATE)
+        acc = _dot16(ah, bm, acc, EMULATE)
+        acc = _dot16(am, bh, acc, EMULATE)
+        acc = _dot16(ah, bh, acc, EMULATE)
+    else:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
 def _transitions_kernel(
     K, V, BETA, A, U, Z,
     T, H, S, D, DV,
@@ -155,6 +208,98 @@ def _readout_kernel(
     tl.store(o_ptr, out.to(O.dtype.element_ty), mask=ms[:, None] & mv[None, :])
 
 
+# -- backward (training) -----------------------------------------------------------------------------------------------
+# With Kb = diag(β) K per frame: A = Kᵀ Kb, U = Vᵀ Kb, z = Kbᵀ 1 and o = q Sᵀ. Row by row (token s, row vectors):
+#   dk_s = β_s k_s (dA + dAᵀ) + β_s (v_s dU  or  dz),   dv_s = β_s k_s dUᵀ,
+#   dβ_s = k_s dA k_sᵀ + (v_s dU k_sᵀ  or  dz·k_s),      dq_s = do_s S,   dS = Σ_s do_sᵀ q_s.
+# Every product has one bf16-exact factor (k, v, q) except dq = do·S, whose both factors are float32 sums.
+
+
+@triton.jit
+def _transitions_bwd_kernel(
+    K, V, BETA, DA, DU, DK, DVO, DBETA,
+    T, H, S, D, DV,
+    skb, skt, sks, skh,
+    svb, svt, svs, svh,
+    sbb, sbt, sbs, sbh,
+    HAS_V: tl.constexpr, SPLIT: tl.constexpr, EMULATE: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    t = tl.program_id(1)
+    ps = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    rs = ps * BLOCK_S + tl.arange(0, BLOCK_S)
+    rd = tl.arange(0, BLOCK_D)
+    rv = tl.arange(0, BLOCK_DV)
+    ms, md, mv = rs < S, rd < D, rv < DV
+    frame = bh.to(tl.int64) * T + t
+    row = ((b.to(tl.int64) * T + t) * S + rs.to(tl.int64)) * H + h  # token rows of the contiguous outputs
+    k = tl.load(K + b.to(tl.int64) * skb + t.to(tl.int64) * skt + h * skh + rs[:, None].to(tl.int64) * sks
+                + rd[None, :], mask=ms[:, None] & md[None, :], other=0.0)  # [BLOCK_S, BLOCK_D]
+    beta = tl.load(BETA + b.to(tl.int64) * sbb + t.to(tl.int64) * sbt + h * sbh + rs.to(tl.int64) * sbs, mask=ms,
+                   other=0.0).to(tl.float32)
+    mdd = md[:, None] & md[None, :]
+    da = DA + frame * D * D
+    m_sym = (tl.load(da + rd[:, None] * D + rd[None, :], mask=mdd, other=0.0)
+             + tl.load(da + rd[None, :] * D + rd[:, None], mask=mdd, other=0.0))  # dA + dAᵀ
+    y = _mma_x(k, m_sym, tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32), SPLIT, EMULATE)  # k (dA + dAᵀ)
+    kf = k.to(tl.float32)
+    quad = 0.5 * tl.sum(kf * y, axis=1)  # k dA kᵀ
+    if HAS_V:
+        v = tl.load(V + b.to(tl.int64) * svb + t.to(tl.int64) * svt + h * svh + rs[:, None].to(tl.int64) * svs
+                    + rv[None, :], mask=ms[:, None] & mv[None, :], other=0.0)  # [BLOCK_S, BLOCK_DV]
+        du = tl.load(DU + frame * DV * D + rv[:, None] * D + rd[None, :], mask=mv[:, None] & md[None, :], other=0.0)
+        y = _mma_x(v, du, y, SPLIT, EMULATE)  # + v dU
+        w = _mma_x(k, tl.trans(du), tl.zeros((BLOCK_S, BLOCK_DV), dtype=tl.float32), SPLIT, EMULATE)  # k dUᵀ
+        tl.store(DVO + row[:, None] * DV + rv[None, :], (beta[:, None] * w).to(DVO.dtype.element_ty),
+                 mask=ms[:, None] & mv[None, :])
+    else:
+        y += tl.load(DU + frame * D + rd, mask=md, other=0.0)[None, :]  # + dz
+    tl.store(DK + row[:, None] * D + rd[None, :], (beta[:, None] * y).to(DK.dtype.element_ty),
+             mask=ms[:, None] & md[None, :])
+    tl.store(DBETA + row, (tl.sum(kf * y, axis=1) - quad).to(DBETA.dtype.element_ty), mask=ms)
+
+
+@triton.jit
+def _readout_bwd_kernel(
+    Q, ST, DO, DQ, DST,
+    T, H, S, D, DV,
+    sqb, sqt, sqs, sqh,
+    sob, sot, sos, soh,
+    SPLIT: tl.constexpr, EMULATE: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    # One program per (batch·head, frame, block of BLOCK_N columns of D): dq[:, cols] = do S[:, cols] for every token
+    # tile, and dS[:, cols] = Σ_s do_sᵀ q_s[cols] accumulated over the frame's tokens.
+    bh = tl.program_id(0)
+    t = tl.program_id(1)
+    pn = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    rn = pn * BLOCK_N + tl.arange(0, BLOCK_N)
+    rv = tl.arange(0, BLOCK_DV)
+    mn, mv = rn < D, rv < DV
+    frame = bh.to(tl.int64) * T + t
+    st = tl.load(ST + frame * DV * D + rv[:, None] * D + rn[None, :], mask=mv[:, None] & mn[None, :], other=0.0)
+    q_base = Q + b.to(tl.int64) * sqb + t.to(tl.int64) * sqt + h * sqh
+    do_base = DO + b.to(tl.int64) * sob + t.to(tl.int64) * sot + h * soh
+    acc = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)  # dSᵀ[cols]
+    for s0 in range(0, S, BLOCK_S):
+        rs = s0 + tl.arange(0, BLOCK_S)
+        ms = rs < S
+        do = tl.load(do_base + rs[:, None].to(tl.int64) * sos + rv[None, :], mask=ms[:, None] & mv[None, :],
+                     other=0.0).to(tl.float32)  # [BLOCK_S, BLOCK_DV]
+        q = tl.load(q_base + rs[:, None].to(tl.int64) * sqs + rn[None, :], mask=ms[:, None] & mn[None, :],
+                    other=0.0)  # [BLOCK_S, BLOCK_N]
+        dq = _mma_xx(do, st, tl.zeros((BLOCK_S, BLOCK_N), dtype=tl.float32), SPLIT, EMULATE)
+        row = ((b.to(tl.int64) * T + t) * S + rs.to(tl.int64)) * H + h
+        tl.store(DQ + row[:, None] * D + rn[None, :], dq.to(DQ.dtype.element_ty), mask=ms[:, None] & mn[None, :])
+        acc = _mma_x(tl.trans(q), do, acc, SPLIT, EMULATE)  # += q[cols]ᵀ do
+    tl.store(DST + frame * DV * D + rv[None, :] * D + rn[:, None], acc, mask=mn[:, None] & mv[None, :])
+
+
 def split_bf16x3(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (float32) = hi + mid + lo (bf16 each) to within float32 rounding: 3 × 8 significant bits."""
     hi = x.to(torch.bfloat16)
@@ -241,3 +386,46 @@ def readout(q: torch.Tensor, states: torch.Tensor, q_den: torch.Tensor | None = 
         num_warps=8, num_stages=2,
     )
     return out
+
+
+def transitions_backward(k: torch.Tensor, v: torch.Tensor | None, beta: torch.Tensor, dA: torch.Tensor,
+                         dU: torch.Tensor):
+    """Gradients of `transitions`: given dA [B·H,T,D,D] and dU [B·H,T,Dv,D] (or dz [B·H,T,1,D] when v is None), float32,
+    returns dk [B,T,S,H,D], dv [B,T,S,H,Dv] | None, dβ [B,T,S,H] in the dtypes of k, v and β (contiguous)."""
+    k = _last_contiguous(k)
+    B, T, S, H, D = k.shape
+    DV = v.shape[-1] if v is not None else 1
+    v_ = _last_contiguous(v) if v is not None else k
+    dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
+    dv = torch.empty(v.shape, device=k.device, dtype=v.dtype) if v is not None else dk
+    dbeta = torch.empty(beta.shape, device=k.device, dtype=beta.dtype)
+    BLOCK_S = 64
+    grid = (B * H, T, triton.cdiv(S, BLOCK_S))
+    _transitions_bwd_kernel[grid](
+        k, v_, beta, dA.float().contiguous(), dU.float().contiguous(), dk, dv, dbeta, T, H, S, D, DV,
+        *_token_strides(k), *_token_strides(v_), *beta.stride(),
+        HAS_V=v is not None, SPLIT=_split_ok(k, v, beta), EMULATE=_EMULATE["on"],
+        BLOCK_S=BLOCK_S, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(DV)),
+        num_warps=8, num_stages=1,
+    )
+    return dk, (dv if v is not None else None), dbeta
+
+
+def readout_backward(q: torch.Tensor, states: torch.Tensor, do: torch.Tensor):
+    """Gradients of `readout` without a normaliser: q [B,T,S,H,D], states [B·H,T,Dv,D] float32 and do [B,T,S,H,Dv] →
+    dq [B,T,S,H,D] in q's dtype (contiguous) and dstates [B·H,T,Dv,D] float32."""
+    q, do = _last_contiguous(q), _last_contiguous(do)
+    B, T, S, H, D = q.shape
+    DV = states.shape[-2]
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    dst = torch.empty(B * H, T, DV, D, device=q.device, dtype=torch.float32)
+    BLOCK_N = min(64, max(16, triton.next_power_of_2(D)))
+    grid = (B * H, T, triton.cdiv(D, BLOCK_N))
+    _readout_bwd_kernel[grid](
+        q, states.float().contiguous(), do, dq, dst, T, H, S, D, DV,
+        *_token_strides(q), *_token_strides(do),
+        SPLIT=_split_ok(q), EMULATE=_EMULATE["on"],
+        BLOCK_S=64, BLOCK_N=BLOCK_N, BLOCK_DV=max(16, triton.next_power_of_2(DV)),
+        num_warps=8, num_stages=2,
+    )
+    return dq, dst

@@ -9,8 +9,8 @@ frame's A_t (D×D, padded to BLOCK_D) in column slices and the input rows once:
 
 The one kernel serves three callers through compile-time flags:
   * `triton_state_scan`: one scan, forward or reverse, with A or Aᵀ (the single-direction `state_scan` op);
-  * `bidirectional_scan_pair`: the inclusive-forward F and exclusive-reverse R of one problem side by side, or (its
-    backward) both adjoint scans with Aᵀ from per-slot inputs (dF, dR);
+  * `bidirectional_scan_pair`: the inclusive-forward F and exclusive-reverse R of one or two problems side by side,
+    or (its backward) both adjoint scans with Aᵀ from per-slot inputs (dF, dR);
   * `bidirectional_states` (inference): F and R of up to two problems (numerator and normaliser) in one launch,
     then F + R summed, and split to bf16 hi/mid/lo for the read-out, by `_sum_split_kernel`.
 Each scan is T dependent steps with little parallelism, so side by side they cost about one. The product uses full
@@ -151,15 +151,17 @@ def triton_state_scan(
     return out.reshape(U.shape)
 
 
-def bidirectional_scan_pair(A: torch.Tensor, U: torch.Tensor, g: torch.Tensor, backward: bool = False) -> torch.Tensor:
-    """One launch, both directions: A [BH, T, D, D], g [BH, T] (float32, CUDA).
+def bidirectional_scan_pair(problems: list[tuple[torch.Tensor, torch.Tensor]], g: torch.Tensor,
+                            backward: bool = False) -> list[torch.Tensor]:
+    """One launch, both directions of one or two problems (A [BH, T, D, D], U) sharing g [BH, T] (float32, CUDA).
 
-    Forward (U [BH, T, Dv, D]): returns [2, BH, T, Dv, D] = (inclusive-forward F, exclusive-reverse R) of U.
+    Forward (U [BH, T, Dv, D]): returns, per problem, [2, BH, T, Dv, D] = (inclusive-forward F, exclusive-reverse R).
     Backward (U [2, BH, T, Dv, D] = (dF, dR)): returns their adjoint scans with Aᵀ,
     G_F,t = dF_t + g_{t+1} G_F,t+1 (I − A_{t+1})ᵀ and G_R,t = dR_t + g_t G_R,t−1 (I − A_t)ᵀ.
     """
-    (out,) = _launch([(A, U)], g, 2, **(_PAIR_ADJOINT if backward else _PAIR))
-    return out
+    if not 1 <= len(problems) <= 2:
+        raise ValueError(f"bidirectional_scan_pair takes one or two problems, got {len(problems)}")
+    return _launch(problems, g, 2, **(_PAIR_ADJOINT if backward else _PAIR))
 
 
 def bidirectional_states(problems: list[tuple[torch.Tensor, torch.Tensor, bool]], g: torch.Tensor):
