@@ -1,4 +1,5 @@
-"""Fused Triton kernels for the GDN forward: per-frame transitions and the read-out, straight from token layout.
+"""Fused Triton kernels for the GDN: per-frame transitions and the read-out, forward and backward, straight from token
+layout.
 
 The composite path (`torch_scan.py`) spends most of its time outside the maths: it re-lays q/k/v out from the
 model's token-major [B, T, S, H, D] to [B, H, T, S, D], up-casts them to float32 copies and runs the per-frame
@@ -20,9 +21,14 @@ which is not IEEE-rounded; both are three orders of magnitude below the bf16 rou
 result. Inputs that are not all bf16 (float32 runs, float16) take full-precision float32 dots ("ieee") and match
 the composite path's accuracy. The state recurrence between the two kernels is the fused scan of `triton_scan.py`.
 
-These kernels compute forward products; `torch_scan` uses them for inference (the whole op, one custom op) and for
-training (as the `gdn_transitions` / `gdn_readout` custom ops, whose backward is float32 PyTorch maths). The
-reference is `naive.py` (float64); the tests (tests/ops/test_gdn_gpu.py) compare against it.
+Backward (`transitions_backward`, `readout_backward`): the same layout and the same idea. Each product has one
+bf16-exact factor (k, v or q) and one float32 factor (dA, dU, do, S), which is split three ways in registers
+(`_mma_x`); only dq = do·S has two float32 factors, and takes the six leading cross products of both splits
+(`_mma_xx`). float32 inputs take "ieee" dots.
+
+`torch_scan` uses these kernels for inference (the whole op, one custom op) and for training (the `gdn_transitions`
+/ `gdn_readout` custom ops, forward and backward; their float32 PyTorch backward is kept as the reference). The
+reference for everything is `naive.py` (float64); the tests (tests/ops/test_gdn_gpu.py) compare against it.
 """
 
 from __future__ import annotations
