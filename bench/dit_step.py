@@ -7,8 +7,9 @@ Cases (PERFORMANCE.md §4 B1/B2, issue 6):
   trainmax longest clip whose training step fits (ours only; probes 41/61/81/121 latent frames)
   profile  breakdown of our fwd21 into linear / GDN / softmax / other (torch.profiler device time)
   kernels  with --compile: the top CUDA kernels of the compiled fwd21, fwd121 and train21 (where the time goes)
-  composite with --compile: fwd21/fwd121/train21 again with the fused GDN kernels off (what they buy in the whole
-           model, same process)
+  composite with --compile: fwd21/fwd121 again with the fused GDN kernels off; train21 again with the GDN backward
+           kernels off, and with every fused GDN kernel off (what each buys in the whole model, same process)
+  glu      with --compile: fwd21/fwd121 again with the fused FFN conv + GLU forward off
 train21 runs eager with full checkpointing, then (with --compile) compiled with each --ac policy: "full" recomputes
 whole blocks, "selective" keeps GEMM / attention / scan outputs (sana_wm.parallel).
 Timing: CUDA events, median of --reps after --warmup runs; peak memory = torch.cuda.max_memory_allocated.
@@ -33,6 +34,7 @@ from sana_wm.camera import action_to_c2w, prepare_camera
 from sana_wm.checkpoint import to_diffusers_layout
 from sana_wm.flops import H100_BF16_PEAK, model_flops
 from sana_wm.ops.gdn.torch_scan import set_fused_backward, set_fused_forward
+from sana_wm.ops.glu_conv import set_fused_glu_conv
 from sana_wm.parallel import apply_activation_checkpointing
 
 H, W, TEXT = 22, 40, 300
@@ -248,6 +250,10 @@ def main(argv=None) -> int:
                         ms, gib = cuda_time(ours_fn(ours, inp), args.warmup + 1, args.reps)
                         record(case, "ours+compile, composite GDN", B, T, ms, gib, False)
                         set_fused_forward(True)
+                    if "glu" in cases and set_fused_glu_conv(False):  # what the fused FFN conv + GLU bought
+                        ms, gib = cuda_time(ours_fn(ours, inp), args.warmup + 1, args.reps)
+                        record(case, "ours+compile, composite FFN conv", B, T, ms, gib, False)
+                        set_fused_glu_conv(True)
         ours.blocks = torch.nn.ModuleList(plain_blocks)
     if "profile" in cases:
         results["profile_fwd21_ms"] = profile_breakdown(ours, make_inputs(2, 21))
@@ -293,6 +299,8 @@ def main(argv=None) -> int:
             if "train21_port_ms" in results:
                 results[f"train21_speedup_compiled_{policy}"] = results["train21_port_ms"] / ms
                 print(f"train21: compiled ({policy} AC) speed-up {results['train21_port_ms'] / ms:.3f}x", flush=True)
+            if "kernels" in cases:  # before the A/B rows below, which recompile
+                results[f"kernels_train21_{policy}"] = top_kernels(train_step(ours, inp, False), args.top)
             if "composite" in cases and set_fused_backward(False):  # fused forward, float32 PyTorch backward
                 ms, gib = cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps)
                 record("train21", f"ours+compile ({policy} AC), PyTorch GDN backward", 1, 21, ms, gib, True)
@@ -301,8 +309,6 @@ def main(argv=None) -> int:
                 ms, gib = cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps)
                 record("train21", f"ours+compile ({policy} AC), composite GDN", 1, 21, ms, gib, True)
                 set_fused_forward(True)
-        if "kernels" in cases and args.compile:
-            results["kernels_train21"] = top_kernels(train_step(ours, inp, False), args.top)
         ours.zero_grad(set_to_none=True)
     if port is not None:
         del port

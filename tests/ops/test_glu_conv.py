@@ -44,3 +44,40 @@ def test_bad_shapes_are_named():
         silu_depthwise_glu(torch.randn(1, 1, 12, 8), torch.randn(8, 1, 3, 3), None, (3, 5))
     with pytest.raises(ValueError, match=r"must be \[8, 1, 3, 3\]"):
         silu_depthwise_glu(torch.randn(1, 1, 12, 8), torch.randn(8, 1, 5, 5), None, (3, 4))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B, T, H, W, C", [(1, 2, 5, 7, 37), (2, 3, 22, 40, 200), (1, 1, 1, 1, 1)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_forward_is_as_accurate_as_the_composite_path(B, T, H, W, C, dtype, with_bias):
+    """The Triton conv + GLU forward (no gradient to build) against the float64 reference, beside the composite path
+    (cuDNN conv) on the same inputs; the fused path must be used, and it must not be used under autograd."""
+    from sana_wm.ops.glu_conv import set_fused_glu_conv, triton_glu
+
+    g = torch.Generator(device="cuda").manual_seed(B * 1000 + C)
+    h = torch.randn(B, T, H * W, 2 * C, device="cuda", generator=g).to(dtype)
+    w = (0.3 * torch.randn(2 * C, 1, 3, 3, device="cuda", generator=g)).to(dtype)
+    b = torch.randn(2 * C, device="cuda", generator=g).to(dtype) if with_bias else None
+    ref = naive_silu_depthwise_glu(h.double(), w.double(), None if b is None else b.double(), (H, W))
+    calls = []
+    fn = triton_glu.dwconv_glu
+    triton_glu.dwconv_glu = lambda *a, **k: calls.append(1) or fn(*a, **k)
+    try:
+        with torch.no_grad():
+            fused = silu_depthwise_glu(h, w, b, (H, W))
+        prev = set_fused_glu_conv(False)
+        try:
+            with torch.no_grad():
+                comp = silu_depthwise_glu(h, w, b, (H, W))
+        finally:
+            set_fused_glu_conv(prev)
+        assert len(calls) == 1
+        silu_depthwise_glu(h.clone().requires_grad_(), w, b, (H, W))  # autograd: the composite path
+        assert len(calls) == 1
+    finally:
+        triton_glu.dwconv_glu = fn
+    rel = lambda a: ((a.double() - ref).norm() / ref.norm()).item()  # noqa: E731
+    assert fused.shape == ref.shape and fused.dtype == dtype
+    # bf16: both round the conv result and the output to bf16 (≈ 2^-9 each); float32: summation order only
+    assert rel(fused) < (1.5 * rel(comp) + 1e-4 if dtype == torch.bfloat16 else 1e-5), (rel(fused), rel(comp))

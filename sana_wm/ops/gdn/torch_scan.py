@@ -190,12 +190,38 @@ def _transitions_setup(ctx, inputs, output):
     ctx.use_v, ctx.fused_bwd = use_v, fused_bwd
 
 
+# The backward kernels are custom ops of their own: autograd's backward is traced by torch.compile (AOTAutograd), and
+# a bare Triton launch cannot run on its fake tensors.
+@torch.library.custom_op("sana_wm::gdn_transitions_backward", mutates_args=())
+def _transitions_bwd_op(k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, dA: torch.Tensor, dU: torch.Tensor,
+                        use_v: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dk, dv, dβ); dv is an empty tensor when `use_v` is False (the normaliser has no values)."""
+    dk, dv, dbeta = triton_fused.transitions_backward(k, v if use_v else None, beta, dA, dU)
+    return dk, (dv if use_v else k.new_empty(0)), dbeta
+
+
+@_transitions_bwd_op.register_fake
+def _(k, v, beta, dA, dU, use_v):
+    like = lambda x: torch.empty(x.shape, dtype=x.dtype, device=x.device)  # noqa: E731 - contiguous, as the kernels
+    return like(k), (like(v) if use_v else k.new_empty(0)), like(beta)
+
+
+@torch.library.custom_op("sana_wm::gdn_readout_backward", mutates_args=())
+def _readout_bwd_op(q: torch.Tensor, states: torch.Tensor, do: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return triton_fused.readout_backward(q, states, do)
+
+
+@_readout_bwd_op.register_fake
+def _(q, states, do):
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(states.shape, device=q.device)
+
+
 def _transitions_backward(ctx, dA, dU):
     # A = Khᵀ Kb, U = Vhᵀ Kb (or z = Σ_s Kb) per (b, h, t), Kb = β·Kh: the products' adjoints, in float32.
     k, v, beta = ctx.saved_tensors
     if ctx.fused_bwd:
-        dk, dv, dbeta = triton_fused.transitions_backward(k, v if ctx.use_v else None, beta, dA, dU)
-        return dk, dv, dbeta, None, None
+        dk, dv, dbeta = _transitions_bwd_op(k, v, beta, dA.contiguous(), dU.contiguous(), ctx.use_v)
+        return dk, (dv if ctx.use_v else None), dbeta, None, None
     B, T, S, H, D = k.shape
     kh = _heads_f32(k)
     bh = _f32(beta).permute(0, 3, 1, 2).unsqueeze(-1)  # [B, H, T, S, 1]
@@ -239,7 +265,7 @@ def _readout_setup(ctx, inputs, output):
 def _readout_backward(ctx, do):
     q, states = ctx.saved_tensors
     if ctx.fused_bwd:
-        return (*triton_fused.readout_backward(q, states, do), None)
+        return (*_readout_bwd_op(q, states, do.contiguous()), None)
     B, T, S, H, D = q.shape
     st = states.unflatten(0, (B, H))  # [B, H, T, Dv, D]
     doh = _heads_f32(do)  # [B, H, T, S, Dv]

@@ -1,24 +1,64 @@
 """The FFN's SiLU → depthwise 3×3 → GLU middle (`GLUMBConvTemp`), as one stateless op.
 
-`silu_depthwise_glu` runs SiLU, the depthwise conv on a channels-last view of the token layout (cuDNN/ATen; no copy)
-and the GLU, which autograd and Inductor handle (Inductor fuses the SiLU and the GLU into its element-wise kernels
-around the conv). `naive.py` is the reference.
+`silu_depthwise_glu` has two paths:
+  * composite (CPU, training, fallback): SiLU, the depthwise conv on a channels-last view of the token layout
+    (cuDNN/ATen; no copy) and the GLU, which autograd and Inductor handle (Inductor fuses the SiLU and the GLU into
+    its element-wise kernels around the conv);
+  * fused (CUDA, no gradient to build): SiLU in the caller's element-wise kernel, then `triton_glu.dwconv_glu`, the
+    conv taps, bias and GLU in one Triton kernel that never writes the 2C-channel conv result (a registered custom
+    op, so torch.compile keeps whole graphs). `SANA_WM_FUSED_GLU_CONV=0` or `set_fused_glu_conv(False)` turns it off.
+`naive.py` is the float64 reference.
 
-A one-pass Triton forward (SiLU, the 9 taps and the GLU per tile) was tried on 2026-12-01 and measured slower than
-this path in the compiled model (+≈460 ms per 961-frame forward on an H200, bench/RESULTS.md), so it was removed.
+An earlier one-pass Triton forward that also evaluated SiLU per tap (nine times per input element) was measured
+slower than the composite path (+≈460 ms per 961-frame forward on an H200, bench/RESULTS.md) and removed.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
 
 from .naive import naive_silu_depthwise_glu
 
-__all__ = ["silu_depthwise_glu", "naive_silu_depthwise_glu"]
+try:  # the fused forward needs Triton (CUDA machines); CPU machines and CI use the composite path
+    from . import triton_glu
+except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
+    triton_glu = None
+
+__all__ = ["silu_depthwise_glu", "naive_silu_depthwise_glu", "set_fused_glu_conv"]
 
 # cuDNN/ATen index conv inputs with int32: keep each depthwise call under 2³⁰ elements (minute-long clips).
 MAX_CONV_ELEMENTS = 2**30
+_FUSED = {"enabled": os.environ.get("SANA_WM_FUSED_GLU_CONV", "1") != "0"}
+
+
+def set_fused_glu_conv(enabled: bool) -> bool:
+    """Turn the fused Triton forward on or off (A/B timing, a safety switch); returns the previous setting."""
+    previous = _FUSED["enabled"]
+    _FUSED["enabled"] = bool(enabled)
+    return previous
+
+
+def _use_fused(*xs: torch.Tensor | None) -> bool:
+    h = xs[0]
+    if triton_glu is None or not _FUSED["enabled"] or not h.is_cuda:
+        return False
+    if h.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return False
+    return not (torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs))
+
+
+@torch.library.custom_op("sana_wm::dwconv3x3_glu", mutates_args=())
+def _dwconv_glu_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, height: int,
+                   width: int) -> torch.Tensor:
+    return triton_glu.dwconv_glu(x, weight, bias, (height, width))
+
+
+@_dwconv_glu_op.register_fake
+def _(x, weight, bias, height, width):
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
 
 def silu_depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -36,6 +76,8 @@ def silu_depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if H * W != S or C2 % 2 or tuple(weight.shape) != (C2, 1, 3, 3):
         raise ValueError(f"silu_depthwise_glu: h {list(h.shape)} needs S = H·W = {H}·{W} and an even channel count; "
                          f"weight {list(weight.shape)} must be [{C2}, 1, 3, 3]")
+    if _use_fused(h, weight, bias):
+        return _dwconv_glu_op(F.silu(h), weight, bias, H, W)
     img = F.silu(h).reshape(B * T, H, W, C2).permute(0, 3, 1, 2)  # [BT, 2C, H, W] channels_last strides, no copy
     step = max(1, MAX_CONV_ELEMENTS // (S * C2))
     outs = [F.conv2d(img[i : i + step], weight, bias, padding=1, groups=C2) for i in range(0, B * T, step)]
