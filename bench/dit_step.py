@@ -7,9 +7,10 @@ Cases (PERFORMANCE.md §4 B1/B2, issue 6):
   trainmax longest clip whose training step fits (ours only; probes 41/61/81/121 latent frames)
   profile  breakdown of our fwd21 into linear / GDN / softmax / other (torch.profiler device time)
   kernels  with --compile: the top CUDA kernels of the compiled fwd21, fwd121 and train21 (where the time goes)
-  composite with --compile: fwd21/fwd121 again with the fused GDN kernels off; train21 again with the GDN backward
-           kernels off, and with every fused GDN kernel off (what each buys in the whole model, same process)
-  glu      with --compile: fwd21/fwd121 again with the fused FFN conv + GLU forward off
+  composite with --compile: fwd21/fwd121/train21 again with every fused GDN kernel off (what they buy in the whole
+           model, same process)
+  bwd      with --compile: train21 again with the GDN backward kernels off (float32 PyTorch backward)
+  glu      with --compile: fwd21/fwd121 again with the fused FFN SiLU + conv + GLU forward off
 train21 runs eager with full checkpointing, then (with --compile) compiled with each --ac policy: "full" recomputes
 whole blocks, "selective" keeps GEMM / attention / scan outputs (sana_wm.parallel).
 Timing: CUDA events, median of --reps after --warmup runs; peak memory = torch.cuda.max_memory_allocated.
@@ -301,7 +302,7 @@ def main(argv=None) -> int:
                 print(f"train21: compiled ({policy} AC) speed-up {results['train21_port_ms'] / ms:.3f}x", flush=True)
             if "kernels" in cases:  # before the A/B rows below, which recompile
                 results[f"kernels_train21_{policy}"] = top_kernels(train_step(ours, inp, False), args.top)
-            if "composite" in cases and set_fused_backward(False):  # fused forward, float32 PyTorch backward
+            if "bwd" in cases and set_fused_backward(False):  # fused forward, float32 PyTorch backward
                 ms, gib = cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps)
                 record("train21", f"ours+compile ({policy} AC), PyTorch GDN backward", 1, 21, ms, gib, True)
                 set_fused_backward(True)

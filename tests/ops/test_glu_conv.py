@@ -51,8 +51,8 @@ def test_bad_shapes_are_named():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_fused_forward_is_as_accurate_as_the_composite_path(B, T, H, W, C, dtype, with_bias):
-    """The Triton conv + GLU forward (no gradient to build) against the float64 reference, beside the composite path
-    (cuDNN conv) on the same inputs; the fused path must be used, and it must not be used under autograd."""
+    """The Triton SiLU + conv + GLU forward (no gradient to build) against the float64 reference, beside the composite
+    path (cuDNN conv) on the same inputs; the fused path must be used, and it must not be used under autograd."""
     from sana_wm.ops.glu_conv import set_fused_glu_conv, triton_glu
 
     g = torch.Generator(device="cuda").manual_seed(B * 1000 + C)
@@ -61,8 +61,8 @@ def test_fused_forward_is_as_accurate_as_the_composite_path(B, T, H, W, C, dtype
     b = torch.randn(2 * C, device="cuda", generator=g).to(dtype) if with_bias else None
     ref = naive_silu_depthwise_glu(h.double(), w.double(), None if b is None else b.double(), (H, W))
     calls = []
-    fn = triton_glu.dwconv_glu
-    triton_glu.dwconv_glu = lambda *a, **k: calls.append(1) or fn(*a, **k)
+    fn = triton_glu.silu_dwconv_glu
+    triton_glu.silu_dwconv_glu = lambda *a, **k: calls.append(1) or fn(*a, **k)
     try:
         with torch.no_grad():
             fused = silu_depthwise_glu(h, w, b, (H, W))
@@ -76,7 +76,7 @@ def test_fused_forward_is_as_accurate_as_the_composite_path(B, T, H, W, C, dtype
         silu_depthwise_glu(h.clone().requires_grad_(), w, b, (H, W))  # autograd: the composite path
         assert len(calls) == 1
     finally:
-        triton_glu.dwconv_glu = fn
+        triton_glu.silu_dwconv_glu = fn
     rel = lambda a: ((a.double() - ref).norm() / ref.norm()).item()  # noqa: E731
     assert fused.shape == ref.shape and fused.dtype == dtype
     # bf16: both round the conv result and the output to bf16 (≈ 2^-9 each); float32: summation order only

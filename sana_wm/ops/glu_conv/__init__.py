@@ -4,13 +4,10 @@
   * composite (CPU, training, fallback): SiLU, the depthwise conv on a channels-last view of the token layout
     (cuDNN/ATen; no copy) and the GLU, which autograd and Inductor handle (Inductor fuses the SiLU and the GLU into
     its element-wise kernels around the conv);
-  * fused (CUDA, no gradient to build): SiLU in the caller's element-wise kernel, then `triton_glu.dwconv_glu`, the
-    conv taps, bias and GLU in one Triton kernel that never writes the 2C-channel conv result (a registered custom
+  * fused (CUDA, no gradient to build): `triton_glu.silu_dwconv_glu`, SiLU, the conv taps, bias and GLU in one
+    Triton kernel that reads the activation once and never writes the 2C-channel conv result (a registered custom
     op, so torch.compile keeps whole graphs). `SANA_WM_FUSED_GLU_CONV=0` or `set_fused_glu_conv(False)` turns it off.
 `naive.py` is the float64 reference.
-
-An earlier one-pass Triton forward that also evaluated SiLU per tap (nine times per input element) was measured
-slower than the composite path (+≈460 ms per 961-frame forward on an H200, bench/RESULTS.md) and removed.
 """
 
 from __future__ import annotations
@@ -50,15 +47,15 @@ def _use_fused(*xs: torch.Tensor | None) -> bool:
     return not (torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs))
 
 
-@torch.library.custom_op("sana_wm::dwconv3x3_glu", mutates_args=())
-def _dwconv_glu_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, height: int,
-                   width: int) -> torch.Tensor:
-    return triton_glu.dwconv_glu(x, weight, bias, (height, width))
+@torch.library.custom_op("sana_wm::silu_dwconv3x3_glu", mutates_args=())
+def _fused_op(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, height: int,
+              width: int) -> torch.Tensor:
+    return triton_glu.silu_dwconv_glu(h, weight, bias, (height, width))
 
 
-@_dwconv_glu_op.register_fake
-def _(x, weight, bias, height, width):
-    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+@_fused_op.register_fake
+def _(h, weight, bias, height, width):
+    return h.new_empty((*h.shape[:-1], h.shape[-1] // 2))
 
 
 def silu_depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -77,7 +74,7 @@ def silu_depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         raise ValueError(f"silu_depthwise_glu: h {list(h.shape)} needs S = H·W = {H}·{W} and an even channel count; "
                          f"weight {list(weight.shape)} must be [{C2}, 1, 3, 3]")
     if _use_fused(h, weight, bias):
-        return _dwconv_glu_op(F.silu(h), weight, bias, H, W)
+        return _fused_op(h, weight, bias, H, W)
     img = F.silu(h).reshape(B * T, H, W, C2).permute(0, 3, 1, 2)  # [BT, 2C, H, W] channels_last strides, no copy
     step = max(1, MAX_CONV_ELEMENTS // (S * C2))
     outs = [F.conv2d(img[i : i + step], weight, bias, padding=1, groups=C2) for i in range(0, B * T, step)]
