@@ -10,7 +10,6 @@ Cases (PERFORMANCE.md §4 B1/B2, issue 6):
   composite with --compile: fwd21/fwd121/train21 again with every fused GDN kernel off (what they buy in the whole
            model, same process)
   bwd      with --compile: train21 again with the GDN backward kernels off (float32 PyTorch backward)
-  glu      with --compile: fwd21/fwd121 again with the fused FFN SiLU + conv + GLU forward off
 train21 runs eager with full checkpointing, then (with --compile) compiled with each --ac policy: "full" recomputes
 whole blocks, "selective" keeps GEMM / attention / scan outputs (sana_wm.parallel).
 Timing: CUDA events, median of --reps after --warmup runs; peak memory = torch.cuda.max_memory_allocated.
@@ -35,7 +34,6 @@ from sana_wm.camera import action_to_c2w, prepare_camera
 from sana_wm.checkpoint import to_diffusers_layout
 from sana_wm.flops import H100_BF16_PEAK, model_flops
 from sana_wm.ops.gdn.torch_scan import set_fused_backward, set_fused_forward
-from sana_wm.ops.glu_conv import set_fused_glu_conv
 from sana_wm.parallel import apply_activation_checkpointing
 
 H, W, TEXT = 22, 40, 300
@@ -251,10 +249,6 @@ def main(argv=None) -> int:
                         ms, gib = cuda_time(ours_fn(ours, inp), args.warmup + 1, args.reps)
                         record(case, "ours+compile, composite GDN", B, T, ms, gib, False)
                         set_fused_forward(True)
-                    if "glu" in cases and set_fused_glu_conv(False):  # what the fused FFN conv + GLU bought
-                        ms, gib = cuda_time(ours_fn(ours, inp), args.warmup + 1, args.reps)
-                        record(case, "ours+compile, composite FFN conv", B, T, ms, gib, False)
-                        set_fused_glu_conv(True)
         ours.blocks = torch.nn.ModuleList(plain_blocks)
     if "profile" in cases:
         results["profile_fwd21_ms"] = profile_breakdown(ours, make_inputs(2, 21))
