@@ -2,7 +2,8 @@
 # GPU sweep in three parts, each fitting one 10-minute device call on one H100/H200:
 #   OUT=/some/dir bash bench/run_gpu_suite.sh kernels   # GPU op tests, then bench/dit_step.py forward cases (+ port);
 #                                                       # GDN_SCAN=1 adds bench/gdn_scan.py (then it may not fit)
-#   OUT=/some/dir bash bench/run_gpu_suite.sh train     # bench/dit_step.py training step (+ port, composite A/B)
+#   OUT=/some/dir bash bench/run_gpu_suite.sh train     # bench/dit_step.py training step (+ port, A/B of the GDN
+#                                                       # backward kernels against the float32 PyTorch backward)
 #   OUT=/some/dir bash bench/run_gpu_suite.sh e2e       # train.py strategy + offload GPU tests, generate.py pipeline
 # Every log / JSON lands under $OUT; the tables are printed. Timed jobs never overlap one another; in `e2e` the
 # correctness-only tests overlap the pipeline benchmark (whose numbers are peak memory and seconds of whole stages).
@@ -26,7 +27,7 @@ kernels)
   grep -E '^\||speed-up' "$OUT/dit_step_fwd.log" | tail -16
   ;;
 train)
-  (cd bench && timeout 540 python3 dit_step.py --cases train21,composite,kernels --compile --ac selective --no-eager \
+  (cd bench && timeout 540 python3 dit_step.py --cases train21,bwd,kernels --compile --ac selective --no-eager \
      --warmup 1 --reps 3 --out "$OUT/dit_step_train.json" > "$OUT/dit_step_train.log" 2>&1)
   grep -E '^\||speed-up' "$OUT/dit_step_train.log" | tail -16
   ;;
