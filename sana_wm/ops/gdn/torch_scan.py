@@ -60,7 +60,7 @@ def set_fused_backward(enabled: bool) -> bool:
 
 def _fused_mode(*xs: torch.Tensor) -> str | None:
     """Which fused path the inputs take: "forward" (no gradient to build: the whole op in fused kernels), "train"
-    (fused transitions and read-out with a PyTorch backward), or None (composite path: CPU, float64, no Triton,
+    (fused transitions and read-out, forward and backward, as differentiable ops), or None (composite path: CPU, float64, no Triton,
     head dim > 128, or switched off)."""
     if triton_fused is None or not _FUSED["enabled"] or not xs[0].is_cuda or xs[0].shape[-1] > 128:
         return None
