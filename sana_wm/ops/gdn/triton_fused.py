@@ -115,6 +115,20 @@ def _mma_xx(a, b, acc, SPLIT: tl.constexpr, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def _program(H, T):
+    """(b, h, t, frame = (b·H + h)·T + t as int64, block) of this program on the grid (batch·head, frame, block)."""
+    bh = tl.program_id(0)
+    t = tl.program_id(1)
+    return bh // H, bh % H, t, bh.to(tl.int64) * T + t, tl.program_id(2)
+
+
+@triton.jit
+def _at(X, b, t, h, sb, st, sh):
+    """Pointer to token 0 of (b, t, h) in a token-layout tensor [B, T, S, H, ·] with strides (sb, st, ·, sh)."""
+    return X + b.to(tl.int64) * sb + t.to(tl.int64) * st + h * sh
+
+
+@triton.jit
 def _transitions_kernel(
     K, V, BETA, A, U, Z,
     T, H, S, D, DV,
@@ -124,18 +138,14 @@ def _transitions_kernel(
     HAS_V: tl.constexpr, HAS_Z: tl.constexpr, SPLIT: tl.constexpr, EMULATE: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    bh = tl.program_id(0)
-    t = tl.program_id(1)
-    pn = tl.program_id(2)
-    b = bh // H
-    h = bh % H
+    b, h, t, frame, pn = _program(H, T)
     rd = tl.arange(0, BLOCK_D)
     rn = pn * BLOCK_N + tl.arange(0, BLOCK_N)
     rv = tl.arange(0, BLOCK_DV)
     md, mn, mv = rd < D, rn < D, rv < DV
-    k_base = K + b.to(tl.int64) * skb + t.to(tl.int64) * skt + h * skh
-    v_base = V + b.to(tl.int64) * svb + t.to(tl.int64) * svt + h * svh
-    beta_base = BETA + b.to(tl.int64) * sbb + t.to(tl.int64) * sbt + h * sbh
+    k_base = _at(K, b, t, h, skb, skt, skh)
+    v_base = _at(V, b, t, h, svb, svt, svh)
+    beta_base = _at(BETA, b, t, h, sbb, sbt, sbh)
     acc_a = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_DV, BLOCK_N), dtype=tl.float32)
     acc_z = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -154,7 +164,6 @@ def _transitions_kernel(
             acc_u = _mma(tl.trans(v), kb, acc_u, SPLIT, EMULATE)
         if HAS_Z:
             acc_z += tl.sum(kb, axis=0)
-    frame = bh.to(tl.int64) * T + t
     tl.store(A + frame * D * D + rd[:, None] * D + rn[None, :], acc_a, mask=md[:, None] & mn[None, :])
     if HAS_V:
         tl.store(U + frame * DV * D + rv[:, None] * D + rn[None, :], acc_u, mask=mv[:, None] & mn[None, :])
@@ -172,18 +181,13 @@ def _readout_kernel(
     HAS_DEN: tl.constexpr, SPLIT: tl.constexpr, EMULATE: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    bh = tl.program_id(0)
-    t = tl.program_id(1)
-    ps = tl.program_id(2)
-    b = bh // H
-    h = bh % H
+    b, h, t, frame, ps = _program(H, T)
     rs = ps * BLOCK_S + tl.arange(0, BLOCK_S)
     rd = tl.arange(0, BLOCK_D)
     rv = tl.arange(0, BLOCK_DV)
     ms, md, mv = rs < S, rd < D, rv < DV
-    frame = bh.to(tl.int64) * T + t
-    q = tl.load(Q + b.to(tl.int64) * sqb + t.to(tl.int64) * sqt + h * sqh + rs[:, None].to(tl.int64) * sqs
-                + rd[None, :], mask=ms[:, None] & md[None, :], other=0.0)
+    q = tl.load(_at(Q, b, t, h, sqb, sqt, sqh) + rs[:, None].to(tl.int64) * sqs + rd[None, :],
+                mask=ms[:, None] & md[None, :], other=0.0)
     # States S_t [Dv, D] are read transposed, [D, Dv], so that out = q @ S_tᵀ is a plain dot.
     st_offs = frame * DV * D + rv[None, :] * D + rd[:, None]
     st_mask = md[:, None] & mv[None, :]
@@ -205,12 +209,12 @@ def _readout_kernel(
         st = tl.load(ST + st_offs, mask=st_mask, other=0.0)
         out = tl.dot(q.to(tl.float32), st, input_precision="ieee")  # [BLOCK_S, BLOCK_DV]
     if HAS_DEN:
-        qd = tl.load(QD + b.to(tl.int64) * sdb + t.to(tl.int64) * sdt + h * sdh + rs[:, None].to(tl.int64) * sds
-                     + rd[None, :], mask=ms[:, None] & md[None, :], other=0.0).to(tl.float32)
+        qd = tl.load(_at(QD, b, t, h, sdb, sdt, sdh) + rs[:, None].to(tl.int64) * sds + rd[None, :],
+                     mask=ms[:, None] & md[None, :], other=0.0).to(tl.float32)
         z = tl.load(SD + frame * D + rd, mask=md, other=0.0)
         den = tl.sum(qd * z[None, :], axis=1)
         out = out / (den[:, None] + eps)
-    o_ptr = O + b.to(tl.int64) * sob + t.to(tl.int64) * sot + h * soh + rs[:, None].to(tl.int64) * sos + rv[None, :]
+    o_ptr = _at(O, b, t, h, sob, sot, soh) + rs[:, None].to(tl.int64) * sos + rv[None, :]
     tl.store(o_ptr, out.to(O.dtype.element_ty), mask=ms[:, None] & mv[None, :])
 
 
@@ -231,21 +235,15 @@ def _transitions_bwd_kernel(
     HAS_V: tl.constexpr, SPLIT: tl.constexpr, EMULATE: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    bh = tl.program_id(0)
-    t = tl.program_id(1)
-    ps = tl.program_id(2)
-    b = bh // H
-    h = bh % H
+    b, h, t, frame, ps = _program(H, T)
     rs = ps * BLOCK_S + tl.arange(0, BLOCK_S)
     rd = tl.arange(0, BLOCK_D)
     rv = tl.arange(0, BLOCK_DV)
     ms, md, mv = rs < S, rd < D, rv < DV
-    frame = bh.to(tl.int64) * T + t
     row = ((b.to(tl.int64) * T + t) * S + rs.to(tl.int64)) * H + h  # token rows of the contiguous outputs
-    k = tl.load(K + b.to(tl.int64) * skb + t.to(tl.int64) * skt + h * skh + rs[:, None].to(tl.int64) * sks
-                + rd[None, :], mask=ms[:, None] & md[None, :], other=0.0)  # [BLOCK_S, BLOCK_D]
-    beta = tl.load(BETA + b.to(tl.int64) * sbb + t.to(tl.int64) * sbt + h * sbh + rs.to(tl.int64) * sbs, mask=ms,
-                   other=0.0).to(tl.float32)
+    k = tl.load(_at(K, b, t, h, skb, skt, skh) + rs[:, None].to(tl.int64) * sks + rd[None, :],
+                mask=ms[:, None] & md[None, :], other=0.0)  # [BLOCK_S, BLOCK_D]
+    beta = tl.load(_at(BETA, b, t, h, sbb, sbt, sbh) + rs.to(tl.int64) * sbs, mask=ms, other=0.0).to(tl.float32)
     mdd = md[:, None] & md[None, :]
     da = DA + frame * D * D
     m_sym = (tl.load(da + rd[:, None] * D + rd[None, :], mask=mdd, other=0.0)
@@ -254,8 +252,8 @@ def _transitions_bwd_kernel(
     kf = k.to(tl.float32)
     quad = 0.5 * tl.sum(kf * y, axis=1)  # k dA kᵀ
     if HAS_V:
-        v = tl.load(V + b.to(tl.int64) * svb + t.to(tl.int64) * svt + h * svh + rs[:, None].to(tl.int64) * svs
-                    + rv[None, :], mask=ms[:, None] & mv[None, :], other=0.0)  # [BLOCK_S, BLOCK_DV]
+        v = tl.load(_at(V, b, t, h, svb, svt, svh) + rs[:, None].to(tl.int64) * svs + rv[None, :],
+                    mask=ms[:, None] & mv[None, :], other=0.0)  # [BLOCK_S, BLOCK_DV]
         du = tl.load(DU + frame * DV * D + rv[:, None] * D + rd[None, :], mask=mv[:, None] & md[None, :], other=0.0)
         y = _mma_x(v, du, y, SPLIT, EMULATE)  # + v dU
         w = _mma_x(k, tl.trans(du), tl.zeros((BLOCK_S, BLOCK_DV), dtype=tl.float32), SPLIT, EMULATE)  # k dUᵀ
@@ -279,18 +277,13 @@ def _readout_bwd_kernel(
 ):
     # One program per (batch·head, frame, block of BLOCK_N columns of D): dq[:, cols] = do S[:, cols] for every token
     # tile, and dS[:, cols] = Σ_s do_sᵀ q_s[cols] accumulated over the frame's tokens.
-    bh = tl.program_id(0)
-    t = tl.program_id(1)
-    pn = tl.program_id(2)
-    b = bh // H
-    h = bh % H
+    b, h, t, frame, pn = _program(H, T)
     rn = pn * BLOCK_N + tl.arange(0, BLOCK_N)
     rv = tl.arange(0, BLOCK_DV)
     mn, mv = rn < D, rv < DV
-    frame = bh.to(tl.int64) * T + t
     st = tl.load(ST + frame * DV * D + rv[:, None] * D + rn[None, :], mask=mv[:, None] & mn[None, :], other=0.0)
-    q_base = Q + b.to(tl.int64) * sqb + t.to(tl.int64) * sqt + h * sqh
-    do_base = DO + b.to(tl.int64) * sob + t.to(tl.int64) * sot + h * soh
+    q_base = _at(Q, b, t, h, sqb, sqt, sqh)
+    do_base = _at(DO, b, t, h, sob, sot, soh)
     acc = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)  # dSᵀ[cols]
     for s0 in range(0, S, BLOCK_S):
         rs = s0 + tl.arange(0, BLOCK_S)
