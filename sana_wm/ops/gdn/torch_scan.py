@@ -220,7 +220,7 @@ def _transitions_backward(ctx, dA, dU):
     # A = Khᵀ Kb, U = Vhᵀ Kb (or z = Σ_s Kb) per (b, h, t), Kb = β·Kh: the products' adjoints, in float32.
     k, v, beta = ctx.saved_tensors
     if ctx.fused_bwd:
-        dk, dv, dbeta = _transitions_bwd_op(k, v, beta, dA.contiguous(), dU.contiguous(), ctx.use_v)
+        dk, dv, dbeta = _transitions_bwd_op(k, v, beta, dA, dU, ctx.use_v)  # the launch makes them contiguous
         return dk, (dv if ctx.use_v else None), dbeta, None, None
     B, T, S, H, D = k.shape
     kh = _heads_f32(k)
@@ -265,7 +265,7 @@ def _readout_setup(ctx, inputs, output):
 def _readout_backward(ctx, do):
     q, states = ctx.saved_tensors
     if ctx.fused_bwd:
-        return (*_readout_bwd_op(q, states, do.contiguous()), None)
+        return (*_readout_bwd_op(q, states, do), None)  # the launch needs only a unit last stride
     B, T, S, H, D = q.shape
     st = states.unflatten(0, (B, H))  # [B, H, T, Dv, D]
     doh = _heads_f32(do)  # [B, H, T, S, Dv]

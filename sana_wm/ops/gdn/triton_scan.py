@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_fused import _split3
+
 
 @triton.jit(do_not_specialize=["DV1", "DV2"])
 def _scan_kernel(
@@ -99,12 +101,10 @@ def _sum_split_kernel(O, HI, MID, LO, N, SPLIT: tl.constexpr, BLOCK: tl.constexp
     m = offs < N
     x = tl.load(O + offs, mask=m) + tl.load(O + N + offs, mask=m)
     if SPLIT:
-        hi = x.to(tl.bfloat16)
-        r = x - hi.to(tl.float32)
-        mid = r.to(tl.bfloat16)
+        hi, mid, lo = _split3(x)
         tl.store(HI + offs, hi, mask=m)
         tl.store(MID + offs, mid, mask=m)
-        tl.store(LO + offs, (r - mid.to(tl.float32)).to(tl.bfloat16), mask=m)
+        tl.store(LO + offs, lo, mask=m)
     else:
         tl.store(HI + offs, x, mask=m)
 
@@ -117,6 +117,8 @@ BLOCK_V = 16
 def _launch(problems, g: torch.Tensor, slots: int, **flags) -> list[torch.Tensor]:
     """Run `_scan_kernel` over one or two (A [BH, T, D, D], U) problems sharing g [BH, T]; returns each problem's
     output [slots, BH, T, Dv, D] (float32). U is [BH, T, Dv, D], or [slots, BH, T, Dv, D] with INPUT_PER_SLOT."""
+    if not 1 <= len(problems) <= 2:
+        raise ValueError(f"a scan launch takes one or two problems, got {len(problems)}")
     BH, T, D, _ = problems[0][0].shape
     BLOCK_D = max(16, triton.next_power_of_2(D))
     args, nv, outs = [], [], []
@@ -159,8 +161,6 @@ def bidirectional_scan_pair(problems: list[tuple[torch.Tensor, torch.Tensor]], g
     Backward (U [2, BH, T, Dv, D] = (dF, dR)): returns their adjoint scans with Aᵀ,
     G_F,t = dF_t + g_{t+1} G_F,t+1 (I − A_{t+1})ᵀ and G_R,t = dR_t + g_t G_R,t−1 (I − A_t)ᵀ.
     """
-    if not 1 <= len(problems) <= 2:
-        raise ValueError(f"bidirectional_scan_pair takes one or two problems, got {len(problems)}")
     return _launch(problems, g, 2, **(_PAIR_ADJOINT if backward else _PAIR))
 
 
@@ -170,8 +170,6 @@ def bidirectional_states(problems: list[tuple[torch.Tensor, torch.Tensor, bool]]
     problems: [(A [BH, T, D, D], U [BH, T, Dv, D], split)] (float32, CUDA), at most two, sharing g [BH, T] and D.
     Returns, per problem, the states [BH, T, Dv, D] as float32, or as the (hi, mid, lo) bf16 split when `split`.
     """
-    if not 1 <= len(problems) <= 2:
-        raise ValueError(f"bidirectional_states takes one or two problems, got {len(problems)}")
     FRs = _launch([(A, U) for A, U, _ in problems], g, 2, **_PAIR)
     out = []
     for (_, U, split), FR in zip(problems, FRs, strict=True):
