@@ -39,6 +39,16 @@ import triton.language as tl
 
 
 @triton.jit
+def _dot16(a, b, acc, EMULATE: tl.constexpr):
+    """acc += a @ b for bf16 a and b: exact products, float32 accumulation (float32 maths in the interpreter)."""
+    if EMULATE:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
 def _mma(a, b, acc, SPLIT: tl.constexpr, EMULATE: tl.constexpr):
     """acc += a @ b with a exact in bf16 (when SPLIT) and b float32, to float32 accuracy.
 
@@ -49,13 +59,8 @@ def _mma(a, b, acc, SPLIT: tl.constexpr, EMULATE: tl.constexpr):
         hi = b.to(tl.bfloat16)
         lo = (b - hi.to(tl.float32)).to(tl.bfloat16)
         a16 = a.to(tl.bfloat16)
-        if EMULATE:
-            af = a16.to(tl.float32)
-            acc = tl.dot(af, hi.to(tl.float32), acc, input_precision="ieee")
-            acc = tl.dot(af, lo.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a16, hi, acc)
-            acc = tl.dot(a16, lo, acc)
+        acc = _dot16(a16, hi, acc, EMULATE)
+        acc = _dot16(a16, lo, acc, EMULATE)
     else:
         acc = tl.dot(a.to(tl.float32), b, acc, input_precision="ieee")
     return acc
@@ -69,16 +74,6 @@ def _split3(x):
     mid = r.to(tl.bfloat16)
     lo = (r - mid.to(tl.float32)).to(tl.bfloat16)
     return hi, mid, lo
-
-
-@triton.jit
-def _dot16(a, b, acc, EMULATE: tl.constexpr):
-    """acc += a @ b for bf16 a and b: exact products, float32 accumulation (float32 maths in the interpreter)."""
-    if EMULATE:
-        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    else:
-        acc = tl.dot(a, b, acc)
-    return acc
 
 
 @triton.jit
@@ -196,15 +191,9 @@ def _readout_kernel(
         mid = tl.load(ST_MID + st_offs, mask=st_mask, other=0.0)
         lo = tl.load(ST_LO + st_offs, mask=st_mask, other=0.0)
         q16 = q.to(tl.bfloat16)
-        if EMULATE:
-            qf = q16.to(tl.float32)
-            out = tl.dot(qf, hi.to(tl.float32), input_precision="ieee")
-            out = tl.dot(qf, mid.to(tl.float32), out, input_precision="ieee")
-            out = tl.dot(qf, lo.to(tl.float32), out, input_precision="ieee")
-        else:
-            out = tl.dot(q16, hi)
-            out = tl.dot(q16, mid, out)
-            out = tl.dot(q16, lo, out)
+        out = _dot16(q16, hi, tl.zeros((BLOCK_S, BLOCK_DV), dtype=tl.float32), EMULATE)
+        out = _dot16(q16, mid, out, EMULATE)
+        out = _dot16(q16, lo, out, EMULATE)
     else:
         st = tl.load(ST + st_offs, mask=st_mask, other=0.0)
         out = tl.dot(q.to(tl.float32), st, input_precision="ieee")  # [BLOCK_S, BLOCK_DV]
