@@ -36,7 +36,7 @@ def _saved_ops() -> set:
     transitions, state scans and read-outs).
 
     Recomputing them is what makes full checkpointing cost a second forward; the element-wise work between them
-    (norms, RoPE/UCPE, gates, SiLU, convs as shifted adds) is cheap to redo and is where most activation bytes are.
+    (norms, RoPE/UCPE, gates, SiLU, the short convs) is cheap to redo and is where most activation bytes are.
     """
     import sana_wm.ops.gdn.torch_scan  # noqa: F401 - registers the torch.ops.sana_wm GDN ops
 

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sana_wm.ops.gdn import bidirectional_delta, bidirectional_gdn
+from sana_wm.ops.short_conv import bidirectional_short_conv
 
 from .rope import RopeTable, apply_rope
 
@@ -55,9 +56,9 @@ class BidirectionalShortConv(nn.Module):
     shared centre tap — a symmetric (2K−1)-tap filter with tied weights (REFERENCE §1.5.2 step 2).
 
     Weight layout (C, 1, K) as fla's ShortConvolution (the checkpoint's `conv_k`); weight[..., K−1] is the centre tap.
-    Implemented as shifted adds over the frame axis, which needs no layout change of the [B, T, S, C] tokens. fla's
-    ShortConvolution kernel is not used: it convolves causally along one token sequence [B, L, C], while this filter
-    runs both ways along frames with S tokens per step, so it would need two passes over re-laid-out copies.
+    The op (`sana_wm.ops.short_conv`) runs along frames with S tokens per step on the [B, T, S, C] tokens as they
+    are. fla's ShortConvolution kernel is not used: it convolves causally along one token sequence [B, L, C], so this
+    filter would need two passes over re-laid-out copies.
     """
 
     def __init__(self, channels: int, kernel_size: int = 4):
@@ -66,15 +67,8 @@ class BidirectionalShortConv(nn.Module):
         self.weight = nn.Parameter(torch.zeros(channels, 1, kernel_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, S, C] → [B, T, S, C]; zero padding at both ends of time."""
-        w = self.weight[:, 0].to(x.dtype)  # [C, K]
-        K, T = self.kernel_size, x.shape[1]
-        out = x * w[:, K - 1]
-        for d in range(1, min(K, T)):
-            tap = w[:, K - 1 - d]
-            out = out + F.pad((x[:, :-d] * tap), (0, 0, 0, 0, d, 0))  # x[t−d] contributes to t
-            out = out + F.pad((x[:, d:] * tap), (0, 0, 0, 0, 0, d))  # x[t+d] contributes to t
-        return out
+        """x: [B, T, S, C] → [B, T, S, C] contiguous; zero padding at both ends of time."""
+        return bidirectional_short_conv(x, self.weight[:, 0])
 
     def reset_identity(self) -> None:
         with torch.no_grad():
