@@ -21,8 +21,10 @@ from .naive import naive_silu_depthwise_glu
 
 __all__ = ["silu_depthwise_glu", "naive_silu_depthwise_glu"]
 
-# cuDNN/ATen index conv inputs with int32: keep each depthwise call under 2³⁰ elements (minute-long clips).
-MAX_CONV_ELEMENTS = 2**30
+# Depthwise convs fail on tensors of more than 2³¹ − 1 elements despite cuDNN's 64-bit indexing (pytorch/pytorch
+# #152816), so minute-long clips are split into calls of whole frames under that limit. One call where it fits: at 961
+# frames (1.43·10⁹ elements) two calls cost 1.2 ms more per block than one (Inductor's GLU pass then reads a cat).
+MAX_CONV_ELEMENTS = 2**31 - 1
 
 
 def silu_depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
