@@ -376,13 +376,23 @@ def readout(q: torch.Tensor, states: torch.Tensor, q_den: torch.Tensor | None = 
     return out
 
 
+# The backward tiles were swept (H200, bench/RESULTS.md run 12) for bf16 inputs, whose products run as split-bf16
+# tensor-core MMAs. Other inputs take "ieee" float32 dots instead; at the swept 128-token transitions tile the float32 GPU
+# test did not finish within 115 s (run 17), so they keep the first tiles, which passed the float64 tests (runs 9-10).
+_FP32_BWD_TILES = {"transitions": (64, 8, 1), "readout": (64, 64, 8, 2)}
+
+
 def transitions_backward(k: torch.Tensor, v: torch.Tensor | None, beta: torch.Tensor, dA: torch.Tensor,
-                         dU: torch.Tensor, *, block_s: int = 128, num_warps: int = 8, num_stages: int = 1):
+                         dU: torch.Tensor, *, block_s: int | None = None, num_warps: int | None = None,
+                         num_stages: int | None = None):
     """Gradients of `transitions`: given dA [B·H,T,D,D] and dU [B·H,T,Dv,D] (or dz [B·H,T,1,D] when v is None), float32,
     returns dk [B,T,S,H,D], dv [B,T,S,H,Dv] | None, dβ [B,T,S,H] in the dtypes of k, v and β (contiguous).
-    The keyword arguments are the launch's tile (tuning only; the result does not depend on them). Default from an
-    H200 sweep at the model's shapes (bench/RESULTS.md): 128 tokens, 8 warps, 0.50 / 0.31 ms with values / without,
-    against 0.95 / 0.49 ms for 64 tokens."""
+    The keyword arguments are the launch's tile (tuning only; the result does not depend on them). Default for bf16
+    inputs from an H200 sweep at the model's shapes (bench/RESULTS.md): 128 tokens, 8 warps, 1 stage, 0.50 / 0.31 ms
+    with values / without, against 0.95 / 0.49 ms for 64 tokens; other dtypes: `_FP32_BWD_TILES`."""
+    split = _split_ok(k, v, beta)
+    tile = (128, 8, 1) if split else _FP32_BWD_TILES["transitions"]
+    block_s, num_warps, num_stages = block_s or tile[0], num_warps or tile[1], num_stages or tile[2]
     k = _last_contiguous(k)
     B, T, S, H, D = k.shape
     DV = v.shape[-1] if v is not None else 1
@@ -394,7 +404,7 @@ def transitions_backward(k: torch.Tensor, v: torch.Tensor | None, beta: torch.Te
     _transitions_bwd_kernel[grid](
         k, v_, beta, dA.float().contiguous(), dU.float().contiguous(), dk, dv, dbeta, T, H, S, D, DV,
         *_token_strides(k), *_token_strides(v_), *beta.stride(),
-        HAS_V=v is not None, SPLIT=_split_ok(k, v, beta), EMULATE=_EMULATE["on"],
+        HAS_V=v is not None, SPLIT=split, EMULATE=_EMULATE["on"],
         BLOCK_S=block_s, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(DV)),
         num_warps=num_warps, num_stages=num_stages,
     )
@@ -402,18 +412,19 @@ def transitions_backward(k: torch.Tensor, v: torch.Tensor | None, beta: torch.Te
 
 
 def readout_backward(q: torch.Tensor, states: torch.Tensor, do: torch.Tensor, *, block_s: int | None = None,
-                     block_n: int | None = None, num_warps: int | None = None, num_stages: int = 2):
+                     block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None):
     """Gradients of `readout` without a normaliser: q [B,T,S,H,D], states [B·H,T,Dv,D] float32 and do [B,T,S,H,Dv] →
     dq [B,T,S,H,D] in q's dtype (contiguous) and dstates [B·H,T,Dv,D] float32. The keyword arguments are the launch's
     tile (tuning only). Defaults from an H200 sweep at the model's shapes (bench/RESULTS.md): 64 tokens × 32 columns,
     4 warps with values (0.66 ms against 0.97 for 64 × 64, 8 warps); 128 × 128, 8 warps for the normaliser's single
-    value column (0.22 against 0.34 ms)."""
+    value column (0.22 against 0.34 ms). Other dtypes: `_FP32_BWD_TILES`."""
     q, do = _last_contiguous(q), _last_contiguous(do)
     B, T, S, H, D = q.shape
     DV = states.shape[-2]
-    wide = DV > 16
-    block_s, block_n = block_s or (64 if wide else 128), block_n or (32 if wide else 128)
-    num_warps = num_warps or (4 if wide else 8)
+    split = _split_ok(q)
+    tile = ((64, 32, 4, 2) if DV > 16 else (128, 128, 8, 2)) if split else _FP32_BWD_TILES["readout"]
+    block_s, block_n = block_s or tile[0], block_n or tile[1]
+    num_warps, num_stages = num_warps or tile[2], num_stages or tile[3]
     dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     dst = torch.empty(B * H, T, DV, D, device=q.device, dtype=torch.float32)
     BLOCK_N = min(block_n, max(16, triton.next_power_of_2(D)))
@@ -421,7 +432,7 @@ def readout_backward(q: torch.Tensor, states: torch.Tensor, do: torch.Tensor, *,
     _readout_bwd_kernel[grid](
         q, states.float().contiguous(), do, dq, dst, T, H, S, D, DV,
         *_token_strides(q), *_token_strides(do),
-        SPLIT=_split_ok(q), EMULATE=_EMULATE["on"],
+        SPLIT=split, EMULATE=_EMULATE["on"],
         BLOCK_S=block_s, BLOCK_N=BLOCK_N, BLOCK_DV=max(16, triton.next_power_of_2(DV)),
         num_warps=num_warps, num_stages=num_stages,
     )
