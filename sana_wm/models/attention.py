@@ -63,7 +63,6 @@ class BidirectionalShortConv(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int = 4):
         super().__init__()
-        self.kernel_size = kernel_size
         self.weight = nn.Parameter(torch.zeros(channels, 1, kernel_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ def _backward(ctx, dy):
     K, T = weight.shape[1], x.shape[1]
     dx = _short_conv_op(dy, weight)  # symmetric filter: the adjoint is the same conv
     # dw[:, K−1−d] = Σ dy[t]·(x[t−d] + x[t+d]) over batch, frames and tokens, in float32. Every tap reads the same
-    # zero-padded x over the same [B, T, S, C] domain, so Inductor fuses the K sums into one reduction.
+    # zero-padded x over the same [B, T, S, C] domain, which lets Inductor fuse the K sums under torch.compile.
     dyf = dy.float()
     xp = F.pad(x.float(), (0, 0, 0, 0, K - 1, K - 1))
     cols = []
