@@ -13,10 +13,10 @@ the shifted inputs, written as PyTorch sums that Inductor fuses.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
+
+from sana_wm.ops.switch import KernelSwitch
 
 from .naive import naive_bidirectional_short_conv
 
@@ -27,19 +27,14 @@ except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) me
 
 __all__ = ["bidirectional_short_conv", "naive_bidirectional_short_conv", "set_fused_short_conv"]
 
-# SANA_WM_FUSED_SHORT_CONV=0 keeps the shifted adds on CUDA too (A/B timing, and a safety switch).
-_FUSED = {"enabled": os.environ.get("SANA_WM_FUSED_SHORT_CONV", "1") != "0"}
+# SANA_WM_FUSED_SHORT_CONV=0 runs the PyTorch path on CUDA too (A/B timing, and a safety switch).
+_SWITCH = KernelSwitch("SANA_WM_FUSED_SHORT_CONV", short_conv_forward is not None)
+_use_triton = _SWITCH.use
 
 
 def set_fused_short_conv(enabled: bool) -> bool:
     """Turn the Triton short conv on/off process-wide; returns the previous setting."""
-    previous, _FUSED["enabled"] = _FUSED["enabled"], bool(enabled)
-    return previous
-
-
-def _use_triton(x: torch.Tensor) -> bool:
-    return (short_conv_forward is not None and _FUSED["enabled"] and x.is_cuda
-            and x.dtype in (torch.float32, torch.bfloat16, torch.float16))
+    return _SWITCH.set(enabled)
 
 
 @torch.library.custom_op("sana_wm::bidirectional_short_conv", mutates_args=())
