@@ -61,7 +61,8 @@ class ModelConfig:
     init_checkpoint: official/diffusers-layout safetensors (or a `.pt`) loaded strictly before training; null =
     NVIDIA's training initialisation. activation_checkpointing: recompute each block in backward (non-reentrant).
     ac_policy: "full" (recompute whole blocks) or "selective" (keep GEMM/attention/scan outputs, recompute the
-    element-wise work: less recompute, more memory). compile: `torch.compile` each block.
+    element-wise work: less recompute, more memory). ac_blocks: checkpoint only the first K blocks, the others keep
+    all activations (faster, more memory; null = every block). compile: `torch.compile` each block.
     """
 
     preset: str = "tiny"
@@ -83,10 +84,11 @@ class ModelConfig:
     init_checkpoint: str | None = None
     activation_checkpointing: bool = False
     ac_policy: str = "full"
+    ac_blocks: int | None = None
     compile: bool = False
 
     #: fields that are not SanaWMConfig overrides
-    NON_ARCH_FIELDS = ("preset", "init_checkpoint", "activation_checkpointing", "ac_policy", "compile")
+    NON_ARCH_FIELDS = ("preset", "init_checkpoint", "activation_checkpointing", "ac_policy", "ac_blocks", "compile")
 
     def overrides(self) -> dict[str, Any]:
         """The non-null architecture overrides, as keyword arguments of `SanaWM.from_preset`."""
@@ -426,6 +428,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
 
     _choice("model.preset", cfg.model.preset, tuple(sorted(PRESETS)))
     _choice("model.ac_policy", cfg.model.ac_policy, ("full", "selective"))
+    if cfg.model.ac_blocks is not None:
+        depth = cfg.model.depth or PRESETS[cfg.model.preset].depth
+        _range("model.ac_blocks", cfg.model.ac_blocks, 0, depth)
     o = cfg.objective
     _range("objective.flow_shift", o.flow_shift, 0.0, float("inf"), lo_open=True)
     _choice("objective.timestep_sampling", o.timestep_sampling, ("logit_normal", "uniform"))
@@ -480,6 +485,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             f"ema.enabled=true is not supported with {where} (sharded weights); use strategy=ddp or "
             "deepspeed_zero2, or set ema.enabled=false"
         )
+    if cfg.model.activation_checkpointing and cfg.model.ac_blocks is not None and s.name == "fsdp":
+        raise ConfigError(f"model.ac_blocks={cfg.model.ac_blocks} is not supported with strategy=fsdp (Lightning "
+                          "checkpoints every block by module policy); use null, or strategy=ddp / deepspeed")
     if cfg.model.activation_checkpointing and cfg.model.ac_policy != "full":
         if s.name == "fsdp":
             # Lightning's FSDPStrategy applies checkpointing itself, by module policy, and only whole blocks.

@@ -33,17 +33,22 @@ AC_POLICIES = ("full", "selective")
 
 def _saved_ops() -> set:
     """Ops whose outputs selective checkpointing keeps: the FLOP-heavy ones (GEMMs, attention, the GDN's fused
-    transitions, state scans and read-outs).
+    transitions, state scans and read-outs) and the fused query/key and camera (UCPE) prologues.
 
     Recomputing them is what makes full checkpointing cost a second forward; the element-wise work between them
     (norms, RoPE/UCPE, gates, SiLU, the short convs) is cheap to redo and is where most activation bytes are.
     """
     import sana_wm.ops.gdn.torch_scan  # noqa: F401 - registers the torch.ops.sana_wm GDN ops
+    import sana_wm.ops.qk_prologue  # noqa: F401 - and the query/key and camera prologue ops
+    import sana_wm.ops.ucpe  # noqa: F401
 
     aten, ours = torch.ops.aten, torch.ops.sana_wm
     ops = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, ours.state_scan.default,
            ours.bidirectional_scan.default, ours.bidirectional_scan_two.default, ours.gdn_transitions.default,
-           ours.gdn_readout.default}
+           ours.gdn_readout.default,
+           # Not FLOP-heavy, but fused passes whose bf16 outputs (0.3 GB per block for each at 161 frames) are the
+           # GDN's and SDPA's inputs: keeping them spares the backward a second prologue pass.
+           ours.rms_relu_rope.default, ours.ucpe_clamp.default}
     for name in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
                  "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu"):
         if hasattr(aten, name):
@@ -77,16 +82,23 @@ class BlockCheckpointWrapper(CheckpointWrapper):
         return super().__getattr__(name)
 
 
-def apply_activation_checkpointing(model: nn.Module, policy: str = "full") -> nn.Module:
-    """Recompute each block in the backward pass (non-reentrant). State-dict keys are unchanged.
+def apply_activation_checkpointing(model: nn.Module, policy: str = "full", num_blocks: int | None = None) -> nn.Module:
+    """Recompute blocks in the backward pass (non-reentrant). State-dict keys are unchanged.
 
-    policy: "full" (keep only the block inputs) or "selective" (also keep GEMM / attention / scan outputs).
+    policy: "full" (keep only the block inputs) or "selective" (also keep GEMM / attention / scan / prologue outputs).
+    num_blocks: checkpoint only the first `num_blocks` blocks (None: all). The others keep every activation: the
+    speed-for-memory knob of a card with room to spare (Megatron's "recompute_num_layers"; measured trade-off in
+    bench/RESULTS.md). Which blocks does not matter for time or peak memory, which all saved activations reach.
     """
     if policy not in AC_POLICIES:
         raise ValueError(f"activation checkpointing policy must be one of {AC_POLICIES}, got {policy!r}")
-    kwargs = {"context_fn": _selective_context} if policy == "selective" else {}
     blocks = _blocks(model)
+    if num_blocks is not None and not 0 <= num_blocks <= len(blocks):
+        raise ValueError(f"activation checkpointing num_blocks={num_blocks} must be in [0, {len(blocks)}] (the depth)")
+    kwargs = {"context_fn": _selective_context} if policy == "selective" else {}
     for i, block in enumerate(blocks):
+        if num_blocks is not None and i >= num_blocks:
+            break
         if not getattr(block, "_sana_checkpointed", False):
             wrapped = BlockCheckpointWrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT, **kwargs)
             wrapped._sana_checkpointed = True
@@ -118,6 +130,7 @@ def parallelize(
     *,
     activation_checkpointing: bool = False,
     ac_policy: str = "full",
+    ac_blocks: int | None = None,
     compile: bool = False,
     fsdp_mesh=None,
     context_parallel: int = 1,
@@ -129,11 +142,11 @@ def parallelize(
             f"context_parallel={context_parallel}: context parallelism is not implemented yet; use 1"
         )
     if activation_checkpointing:
-        apply_activation_checkpointing(model, ac_policy)
+        apply_activation_checkpointing(model, ac_policy, ac_blocks)
     if compile:
         apply_compile(model)
     if fsdp_mesh is not None:
         apply_fsdp(model, fsdp_mesh, param_dtype=param_dtype)
-    log.info("parallelize: checkpointing=%s (%s) compile=%s fsdp=%s", activation_checkpointing, ac_policy, compile,
-             fsdp_mesh)
+    log.info("parallelize: checkpointing=%s (%s, blocks=%s) compile=%s fsdp=%s", activation_checkpointing, ac_policy,
+             "all" if ac_blocks is None else ac_blocks, compile, fsdp_mesh)
     return model

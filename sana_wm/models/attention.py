@@ -27,7 +27,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sana_wm.ops.gdn import bidirectional_delta, bidirectional_gdn
+from sana_wm.ops.qk_prologue import rms_relu_rope
 from sana_wm.ops.short_conv import bidirectional_short_conv
+from sana_wm.ops.ucpe import ucpe, ucpe_clamp
 
 from .rope import RopeTable, apply_rope
 
@@ -36,8 +38,9 @@ class RMSNorm(nn.Module):
     """RMSNorm over the last axis, statistics in float32 (as diffusers/Sana), output in the input dtype.
 
     Plain PyTorch on purpose rather than fla's fused RMSNorm kernel: under per-block torch.compile Inductor fuses
-    this norm with the ReLU, key scaling and RoPE around it into one kernel, which an opaque library kernel would
-    split apart again.
+    this norm with its neighbours (the camera branch's ReLU and UCPE, the softmax blocks' RoPE), which an opaque
+    library kernel would split apart again. The GDN main branch's norm → ReLU → RoPE chain is one op of its own
+    (`sana_wm.ops.qk_prologue`) with this module's weight and ε.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5):
@@ -114,31 +117,6 @@ def _sdpa(q, k, v, scale: float, to_bf16: bool) -> torch.Tensor:
     return o.transpose(1, 2).to(dtype)
 
 
-def _ucpe(x: torch.Tensor, mat: torch.Tensor, rope: RopeTable, inverse_rope: bool = False) -> torch.Tensor:
-    """UCPE on x [B, N, Hd, D]: groups of 4 in the first half multiplied by the per-token 4×4 `mat` [B, N, 4, 4],
-    the second half rotated by the re-sliced RoPE (conjugate when `inverse_rope`)."""
-    half = x.shape[-1] // 2
-    geo, rot = x[..., :half], x[..., half:]
-    # geo'_i = Σ_j mat_ij geo_j per group of 4, written as four broadcast multiply-adds in float32 rather than an
-    # einsum: as a GEMM this is a batch of 4×4 products that runs on 16×16 tensor-core tiles at a few % of peak (42 ms
-    # of a 687 ms compiled forward at 161 frames), while as element-wise work it fuses into the neighbouring kernels.
-    # Exact bf16 products summed in float32 and rounded once, as the GEMM does.
-    g = geo.unflatten(-1, (-1, 4)).float()  # [B, N, Hd, D/8, 4]
-    m = mat.to(x.dtype).float()[:, :, None, None]  # [B, N, 1, 1, 4, 4]
-    out = m[..., 0] * g[..., 0:1]
-    for j in range(1, 4):
-        out = out + m[..., j] * g[..., j:j + 1]
-    return torch.cat([out.to(x.dtype).flatten(-2), apply_rope(rot, rope, inverse=inverse_rope)], dim=-1)
-
-
-def _clamp_to_reference_rms(reference: torch.Tensor, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Post-UCPE RMS clamp (REFERENCE §2.2 step 4): shrink each token/head vector of x back to the RMS of its
-    pre-UCPE `reference` if the transform inflated it. The ε placement is part of the released function."""
-    ref_rms = (reference.square().mean(-1, keepdim=True) + eps).sqrt()
-    x_rms = (x.square().mean(-1, keepdim=True) + eps).sqrt()
-    return x * (ref_rms / x_rms.clamp_min(eps)).clamp(max=1.0)
-
-
 class HybridSelfAttention(nn.Module):
     """Dual-branch self-attention of one block; `use_gdn` picks GDN (True) or softmax (False) for both branches.
 
@@ -202,11 +180,13 @@ class HybridSelfAttention(nn.Module):
     def _main_gdn(self, x, ctx: AttentionContext, beta, g) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         k = self.conv_k(self._frames(k, ctx.grid)).flatten(1, 2)
-        q = F.relu(self._heads(self.q_norm(q)))
-        k = F.relu(self._heads(self.k_norm(k)))
+        # ReLU(RMSNorm(·)), the key scaled to bound the transition's spectral norm (key_scale dim_spatial), and RoPE
+        # for the numerator stream only: one fused op per stream (sana_wm.ops.qk_prologue).
         S = x.shape[1] // ctx.grid[0]
-        k = k * (self.head_dim**-0.5 * S**-0.5)  # bounds the transition's spectral norm (key_scale dim_spatial)
-        q_rot, k_rot = apply_rope(q, ctx.rope), apply_rope(k, ctx.rope)  # RoPE on the numerator stream only
+        cos, sin = ctx.rope
+        q, q_rot = rms_relu_rope(q, self.q_norm.weight, cos, sin, 1.0, self.q_norm.eps)
+        k, k_rot = rms_relu_rope(k, self.k_norm.weight, cos, sin, self.head_dim**-0.5 * S**-0.5, self.k_norm.eps)
+        q, k, q_rot, k_rot = (self._heads(t) for t in (q, k, q_rot, k_rot))
         f = lambda t: self._frames(t, ctx.grid)
         out = bidirectional_gdn(f(q), f(k), f(q_rot), f(k_rot), f(self._heads(v)), beta, g, eps=self.gdn_eps,
                                 out_dtype=x.dtype)  # float32 maths, rounded to the working dtype as released
@@ -224,19 +204,22 @@ class HybridSelfAttention(nn.Module):
         q, k, v = self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x)
         if self.use_gdn:
             k = self.conv_k_cam(self._frames(k, ctx.grid)).flatten(1, 2)
-        q, k, v = self._heads(self.q_norm_cam(q)), self._heads(self.k_norm_cam(k)), self._heads(v)
-        if self.use_gdn:
-            S = x.shape[1] // ctx.grid[0]
-            q, k = F.relu(q), F.relu(k) * (self.head_dim**-0.5 * S**-0.5)
-        # Relative ray-to-ray geometry: q′ᵀk′ = qᵀ P_i P_j⁻¹ k.
-        qu = _clamp_to_reference_rms(q, _ucpe(q, ctx.rays_T, ctx.cam_rope))
-        ku = _clamp_to_reference_rms(k, _ucpe(k, ctx.rays_inv, ctx.cam_rope))
-        vu = _clamp_to_reference_rms(v, _ucpe(v, ctx.rays_inv, ctx.cam_rope))
+        S = x.shape[1] // ctx.grid[0]
+        key_scale = self.head_dim**-0.5 * S**-0.5 if self.use_gdn else 1.0
+        # Per token and head (sana_wm.ops.ucpe, one fused op each): RMSNorm (+ ReLU and the key scale in GDN blocks),
+        # then UCPE for the relative ray-to-ray geometry q′ᵀk′ = qᵀ P_i P_j⁻¹ k, then the RMS clamp back to the
+        # pre-UCPE RMS (REFERENCE §2.2 step 4). The key's op also returns its squared norm inflation ‖k′‖²/‖k‖².
+        cos, sin = ctx.cam_rope
+        Hd = self.num_heads
+        qu, _ = ucpe_clamp(q, ctx.rays_T, cos, sin, Hd, self.q_norm_cam.weight, self.use_gdn, 1.0, self.q_norm_cam.eps)
+        ku, infl = ucpe_clamp(k, ctx.rays_inv, cos, sin, Hd, self.k_norm_cam.weight, self.use_gdn, key_scale,
+                              self.k_norm_cam.eps)
+        vu, _ = ucpe_clamp(v, ctx.rays_inv, cos, sin, Hd)
+        qu, ku, vu = self._heads(qu), self._heads(ku), self._heads(vu)
         if self.use_gdn:
             # Dynamic β discount by the frame-mean key inflation (REFERENCE §2.2 step 5).
-            infl = (ku.norm(dim=-1).clamp_min(1e-6) / k.norm(dim=-1).clamp_min(1e-6)) ** 2  # [B, N, Hd]
             infl = self._frames(infl, ctx.grid).mean(dim=2, keepdim=True)  # [B, T, 1, Hd]
-            beta_cam = beta / infl.clamp_min(1.0)
+            beta_cam = (beta / infl.clamp_min(1.0)).to(beta.dtype)
             f = lambda t: self._frames(t, ctx.grid)
             o = bidirectional_delta(f(qu), f(ku), f(vu), beta_cam, g, out_dtype=x.dtype).flatten(1, 2)
         else:
@@ -244,7 +227,7 @@ class HybridSelfAttention(nn.Module):
             # zeros changes nothing else, so we keep D and pass that scale.
             pad_dim = 2 ** math.ceil(math.log2(self.head_dim))
             o = _sdpa(qu, ku, vu, pad_dim**-0.5, to_bf16=self.reference_numerics)
-        o = _ucpe(o, ctx.rays, ctx.cam_rope, inverse_rope=True)  # back from ray space to world space
+        o = ucpe(o, ctx.rays, *ctx.cam_rope, inverse_rope=True)  # back from ray space to world space
         return self.out_proj_cam(o.flatten(-2))
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:

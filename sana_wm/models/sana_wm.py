@@ -404,7 +404,8 @@ class SanaWM(nn.Module):
         if camera_conditions is not None:
             # Ray geometry in float32 whatever the model dtype (PORT-CHECK OMITTED 2: bf16 geometry moves fx).
             rays = ray_frames(camera_conditions.float(), H, W)
-            ctx.rays, ctx.rays_T, ctx.rays_inv = rays.P, rays.P_T, rays.P_inv
+            # Contiguous once here: every block's fused UCPE op reads whole 4×4 rows per token.
+            ctx.rays, ctx.rays_T, ctx.rays_inv = rays.P, rays.P_T.contiguous(), rays.P_inv.contiguous()
             ctx.cam_rope = ctx.rope.narrow_pairs(camera_rope_pairs(cfg.head_dim, device=x.device))
         plucker = None
         if chunk_plucker is not None:

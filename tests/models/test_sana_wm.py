@@ -132,14 +132,18 @@ def test_bad_inputs_raise_named_errors(kwargs, message):
         model(**args)
 
 
-@pytest.mark.parametrize("policy", ["full", "selective"])
-def test_gradients_match_with_activation_checkpointing(policy):
+@pytest.mark.parametrize("policy, num_blocks", [("full", None), ("selective", None), ("selective", 2)])
+def test_gradients_match_with_activation_checkpointing(policy, num_blocks):
+    from sana_wm.parallel import BlockCheckpointWrapper
+
     torch.manual_seed(0)
     ref = SanaWM.from_preset("tiny")
     ckpt = SanaWM.from_preset("tiny")
     ckpt.load_state_dict(ref.state_dict())
-    parallelize(ckpt, activation_checkpointing=True, ac_policy=policy)
+    parallelize(ckpt, activation_checkpointing=True, ac_policy=policy, ac_blocks=num_blocks)
     assert list(ckpt.state_dict()) == list(ref.state_dict())  # wrapping keeps checkpoint names
+    wrapped = [isinstance(b, BlockCheckpointWrapper) for b in ckpt.blocks]
+    assert wrapped == [i < (num_blocks or len(wrapped)) for i in range(len(wrapped))]
     x, t, y = _inputs()
     cc, pl = _cam(2, 3), torch.randn(2, 48, 3, 4, 6)
     for m in (ref, ckpt):
@@ -162,8 +166,11 @@ def test_selective_checkpointing_saves_the_heavy_ops_and_rejects_unknown_policie
     assert torch.ops.sana_wm.bidirectional_scan.default in saved and torch.ops.sana_wm.gdn_readout.default in saved
     assert torch.ops.aten.mul.Tensor not in saved  # element-wise work is recomputed
     assert CheckpointPolicy.MUST_SAVE  # the policy API this relies on exists in the pinned torch
+    assert torch.ops.sana_wm.rms_relu_rope.default in saved and torch.ops.sana_wm.ucpe_clamp.default in saved
     with pytest.raises(ValueError, match="'sometimes'"):
         apply_activation_checkpointing(SanaWM.from_preset("tiny"), "sometimes")
+    with pytest.raises(ValueError, match=r"num_blocks=5 must be in \[0, 4\]"):
+        apply_activation_checkpointing(SanaWM.from_preset("tiny"), "full", num_blocks=5)
 
 
 def test_bf16_autocast_runs_scans_in_fp32_and_stays_close():

@@ -114,6 +114,9 @@ def test_bad_values_fail_naming_the_key(override, key):
         (["strategy=deepspeed_zero3", "model.activation_checkpointing=true", "model.ac_policy=selective"],
          "model.ac_policy='selective' is not supported with strategy=deepspeed_zero3"),
         (["model.ac_policy=sometimes"], "model.ac_policy"),
+        (["model.ac_blocks=5"], "model.ac_blocks=5 is out of range; expected a value in"),
+        (["strategy=fsdp", "model.activation_checkpointing=true", "model.ac_blocks=2"],
+         "model.ac_blocks=2 is not supported with strategy=fsdp"),
     ],
 )
 def test_unsupported_combinations_fail_before_any_compute(overrides, key):
