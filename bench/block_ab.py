@@ -10,8 +10,11 @@ Variants (the process-wide switches of the fused ops):
   no-short-conv   the keys' short conv as the op's PyTorch shifted adds, run eagerly inside the op (not the
                   Inductor-fused form of earlier code, which no longer exists)
   no-fused-gdn    GDN transitions / read-outs as float32 cuBLAS GEMMs (the composite path)
+  no-prologue     the GDN query/key prologue as the PyTorch composition (Inductor-fused, the code before 2026-12-01's
+                  fifth session)
+  no-ucpe         the camera prologue (norm, UCPE, RMS clamp) as the PyTorch composition, likewise
 
-    python bench/block_ab.py --blocks 2 --variants fused,no-short-conv --kernels 25
+    python bench/block_ab.py --blocks 2 --variants fused,no-prologue,no-ucpe --kernels 25
 
 Runs 14 and 15 of bench/RESULTS.md used a scratch form of this script (with monkeypatched RoPE / UCPE variants); this
 kept form has not itself run on a GPU yet. Never asserts speed.
@@ -28,9 +31,18 @@ from dit_step import make_inputs, ours_fn, top_kernels
 
 from sana_wm import SanaWM
 from sana_wm.ops.gdn.torch_scan import set_fused_forward
+from sana_wm.ops.qk_prologue import set_fused_prologue
 from sana_wm.ops.short_conv import set_fused_short_conv
+from sana_wm.ops.ucpe import set_fused_ucpe
 
-VARIANTS = {"fused": (True, True), "no-short-conv": (False, True), "no-fused-gdn": (True, False)}
+SWITCHES = {"short-conv": set_fused_short_conv, "fused-gdn": set_fused_forward, "prologue": set_fused_prologue,
+            "ucpe": set_fused_ucpe}
+VARIANTS = {"fused": ()} | {f"no-{name}": (name,) for name in SWITCHES}  # variant → switches turned off
+
+
+def set_variant(name: str) -> None:
+    for switch, setter in SWITCHES.items():
+        setter(switch not in VARIANTS[name])
 
 
 def main(argv=None) -> int:
@@ -60,8 +72,7 @@ def main(argv=None) -> int:
     card = torch.cuda.get_device_name()
     rows, first_out = [], None
     for name in names:
-        set_fused_short_conv(VARIANTS[name][0])
-        set_fused_forward(VARIANTS[name][1])
+        set_variant(name)
         torch._dynamo.reset()
         model.blocks = torch.nn.ModuleList(torch.compile(b) for b in plain)
         model.eval()
@@ -98,8 +109,7 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(card=card, blocks=args.blocks, rows=rows), f, indent=2)
-    set_fused_short_conv(True)
-    set_fused_forward(True)
+    set_variant("fused")
     return 0
 
 
