@@ -16,7 +16,7 @@ export PYTHONPATH=$PWD
 case "${1:-}" in
 tests)
   timeout 560 python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/ops/test_short_conv.py \
-    tests/ops/test_qk_prologue.py tests/ops/test_ucpe.py tests/ops/test_gdn_gpu.py tests/camera \
+    tests/ops/test_qk_prologue.py tests/ops/test_ucpe.py tests/ops/test_gdn_gpu.py tests/camera tests/models \
     > "$OUT/gpu_kernel_tests.log" 2>&1
   rc=$?; echo "rc=$rc" >> "$OUT/gpu_kernel_tests.log"; tail -3 "$OUT/gpu_kernel_tests.log"
   echo $rc > "$OUT/kernel_tests.status"
