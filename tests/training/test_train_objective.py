@@ -183,3 +183,18 @@ def test_validation_videos_go_through_the_pipeline_and_leave_the_model_as_it_was
     assert all(torch.equal(v, m.model.state_dict()[k]) for k, v in before.items())
     cb.on_train_batch_end(trainer, m, None, batch, 0)  # same step: not sampled twice
     assert len(cb.paths) == 1
+
+
+def test_configure_model_checkpoints_the_configured_blocks_and_the_step_still_trains(batch):
+    """`model.ac_blocks=2` with selective checkpointing: the Lightning module wraps blocks 0–1 only, and a training
+    step through the half-checkpointed model gives finite gradients for every trainable parameter."""
+    from sana_wm.parallel import BlockCheckpointWrapper
+
+    torch.manual_seed(0)
+    m = SanaWMLitModule(ModelConfig(preset="tiny", activation_checkpointing=True, ac_policy="selective", ac_blocks=2))
+    m.configure_model()
+    assert [isinstance(b, BlockCheckpointWrapper) for b in m.model.blocks] == [True, True, False, False]
+    loss = m.flow_step(m.prepare_batch(batch), m._generator(_TAG_TRAIN, 0))[0]
+    loss.backward()
+    grads = [p.grad for p in m.model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
