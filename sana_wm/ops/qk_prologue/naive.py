@@ -14,19 +14,31 @@ def naive_rms_relu_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor
                                                          then the weight and the scale each in x's dtype
         y_rot = RoPE(y)                                  interleaved pairs (2j, 2j+1) of each head rotated in float32
     """
-    wide = torch.promote_types(x.dtype, torch.float32)  # float32 maths, float64 for a float64 reference
-    xf = x.to(wide)
-    n = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    y = torch.relu(n * weight.to(x.dtype))
-    if scale != 1.0:
-        y = y * scale
     B, N, C = x.shape
-    P = cos.shape[-1]
-    pairs = y.to(wide).reshape(B, N, C // (2 * P), P, 2)
-    re, im = pairs.unbind(-1)
-    c, s = cos.to(wide)[None, :, None, :], sin.to(wide)[None, :, None, :]
-    rot = torch.stack([re * c - im * s, re * s + im * c], dim=-1)
-    return y, rot.reshape(B, N, C).to(x.dtype)
+    y = rms_relu_scale(x, weight, True, scale, eps)
+    heads = (B, N, C // (2 * cos.shape[-1]), -1)
+    return y, rotate_pairs(y.reshape(heads), cos, sin).reshape(B, N, C).to(x.dtype)
+
+
+def rms_relu_scale(x: torch.Tensor, weight: torch.Tensor, relu: bool, scale: float, eps: float) -> torch.Tensor:
+    """ReLU?(RMSNorm(x) · weight) · scale over the last axis: the statistic in float32 (float64 for float64 x), the
+    normalised row rounded to x's dtype, then the weight and the scale each in x's dtype."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight.to(x.dtype)
+    if relu:
+        y = torch.relu(y)
+    return y * scale if scale != 1.0 else y
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Interleaved pairs (2j, 2j+1) of x [B, N, H, 2P] turned by the angles of cos/sin [N, P] (back by them when
+    `inverse`), in float32 (float64 for float64 x); returns that wide dtype, x's shape."""
+    wide = torch.promote_types(x.dtype, torch.float32)
+    re, im = x.to(wide).unflatten(-1, (-1, 2)).unbind(-1)  # [B, N, H, P]
+    c, s = cos.to(wide)[:, None, :], sin.to(wide)[:, None, :]
+    if inverse:
+        s = -s
+    return torch.stack([re * c - im * s, re * s + im * c], dim=-1).flatten(-2)
 
 
 def naive_rms_relu_rope_backward(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -35,13 +47,9 @@ def naive_rms_relu_rope_backward(x: torch.Tensor, weight: torch.Tensor, cos: tor
     """The adjoint of `naive_rms_relu_rope` written out (what the Triton backward computes), in float32 (float64 for
     float64 inputs): (dx in x's dtype, dweight in the wide dtype) for upstream gradients gy, gy_rot [B, N, C].
     The gradient at y is gy + Rᵀ gy_rot (each pair turned back by its angle); `rms_backward` does the rest."""
-    wide = torch.promote_types(x.dtype, torch.float32)
     B, N, C = x.shape
-    P = cos.shape[-1]
-    gr, gi = gy_rot.to(wide).reshape(B, N, C // (2 * P), P, 2).unbind(-1)
-    c, s = cos.to(wide)[None, :, None, :], sin.to(wide)[None, :, None, :]
-    back = torch.stack([c * gr + s * gi, c * gi - s * gr], dim=-1).reshape(B, N, C)
-    return rms_backward(x, weight, gy.to(wide) + back, True, scale, eps)
+    back = rotate_pairs(gy_rot.reshape(B, N, C // (2 * cos.shape[-1]), -1), cos, sin, inverse=True).reshape(B, N, C)
+    return rms_backward(x, weight, gy.to(back.dtype) + back, True, scale, eps)
 
 
 def rms_backward(x: torch.Tensor, weight: torch.Tensor, g_out: torch.Tensor, relu: bool, scale: float,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from sana_wm.ops.qk_prologue.naive import rms_backward, rms_relu_scale, rotate_pairs
+
 CLAMP_EPS = 1e-6  # ε of the RMS clamp and of the norm ratio (REFERENCE §2.2 steps 4–5)
 
 
@@ -27,12 +29,7 @@ def ucpe(x: torch.Tensor, mat: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     out = m[..., 0] * g[..., 0:1]
     for j in range(1, 4):
         out = out + m[..., j] * g[..., j : j + 1]
-    re, im = rot.to(wide).unflatten(-1, (-1, 2)).unbind(-1)  # [B, N, Hd, D/4]
-    c, s = cos.to(wide)[None, :, None, :], sin.to(wide)[None, :, None, :]
-    if inverse_rope:
-        s = -s
-    turned = torch.stack([re * c - im * s, re * s + im * c], dim=-1).flatten(-2)
-    return torch.cat([out.flatten(-2), turned], dim=-1).to(x.dtype)
+    return torch.cat([out.flatten(-2), rotate_pairs(rot, cos, sin, inverse_rope)], dim=-1).to(x.dtype)
 
 
 def clamp_to_reference_rms(reference: torch.Tensor, x: torch.Tensor, eps: float = CLAMP_EPS) -> torch.Tensor:
@@ -43,14 +40,8 @@ def clamp_to_reference_rms(reference: torch.Tensor, x: torch.Tensor, eps: float 
 
 
 def _prenorm(x, weight, relu, scale, norm_eps):
-    """The optional RMSNorm (over all C, float32 statistics) → ×weight → ReLU → ×scale, each rounded to x's dtype."""
-    if weight is None:
-        return x
-    xf = x.to(torch.promote_types(x.dtype, torch.float32))
-    a = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm_eps)).to(x.dtype) * weight.to(x.dtype)
-    if relu:
-        a = torch.relu(a)
-    return a * scale if scale != 1.0 else a
+    """The optional RMSNorm (over all C) → ×weight → ReLU → ×scale, as the query/key prologue's."""
+    return x if weight is None else rms_relu_scale(x, weight, relu, scale, norm_eps)
 
 
 def naive_ucpe_clamp(x: torch.Tensor, mat: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -103,6 +94,4 @@ def naive_ucpe_clamp_backward(x, mat, cos, sin, weight, relu, scale, norm_eps, n
     da = da.flatten(-2)
     if weight is None:
         return da.to(x.dtype), None
-    from sana_wm.ops.qk_prologue.naive import rms_backward
-
     return rms_backward(x, weight, da, relu, scale, norm_eps)
