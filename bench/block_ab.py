@@ -13,6 +13,7 @@ Variants (the process-wide switches of the fused ops):
   no-prologue     the GDN query/key prologue as the PyTorch composition (Inductor-fused, the code before 2026-12-01's
                   fifth session)
   no-ucpe         the camera prologue (norm, UCPE, RMS clamp) as the PyTorch composition, likewise
+  no-glu-conv     the FFN's depthwise conv + GLU as cuDNN + Inductor (the code before 2026-12-01's sixth session)
 
     python bench/block_ab.py --blocks 2 --variants fused,no-prologue,no-ucpe --kernels 25
 
@@ -31,12 +32,13 @@ from dit_step import make_inputs, ours_fn, top_kernels
 
 from sana_wm import SanaWM
 from sana_wm.ops.gdn.torch_scan import set_fused_forward
+from sana_wm.ops.glu_conv import set_fused_glu_conv
 from sana_wm.ops.qk_prologue import set_fused_prologue
 from sana_wm.ops.short_conv import set_fused_short_conv
 from sana_wm.ops.ucpe import set_fused_ucpe
 
 SWITCHES = {"short-conv": set_fused_short_conv, "fused-gdn": set_fused_forward, "prologue": set_fused_prologue,
-            "ucpe": set_fused_ucpe}
+            "ucpe": set_fused_ucpe, "glu-conv": set_fused_glu_conv}
 VARIANTS = {"fused": ()} | {f"no-{name}": (name,) for name in SWITCHES}  # variant → switches turned off
 
 
