@@ -13,7 +13,6 @@ Variants (the process-wide switches of the fused ops):
   no-prologue     the GDN query/key prologue as the PyTorch composition (Inductor-fused, the code before 2026-12-01's
                   fifth session)
   no-ucpe         the camera prologue (norm, UCPE, RMS clamp) as the PyTorch composition, likewise
-  no-glu-conv     the FFN's depthwise conv + GLU as cuDNN + Inductor (the code before 2026-12-01's sixth session)
 
     python bench/block_ab.py --blocks 2 --variants fused,no-prologue,no-ucpe --kernels 25
 
@@ -32,13 +31,12 @@ from dit_step import make_inputs, ours_fn, top_kernels
 
 from sana_wm import SanaWM
 from sana_wm.ops.gdn.torch_scan import set_fused_forward
-from sana_wm.ops.glu_conv import set_fused_glu_conv
 from sana_wm.ops.qk_prologue import set_fused_prologue
 from sana_wm.ops.short_conv import set_fused_short_conv
 from sana_wm.ops.ucpe import set_fused_ucpe
 
 SWITCHES = {"short-conv": set_fused_short_conv, "fused-gdn": set_fused_forward, "prologue": set_fused_prologue,
-            "ucpe": set_fused_ucpe, "glu-conv": set_fused_glu_conv}
+            "ucpe": set_fused_ucpe}
 VARIANTS = {"fused": ()} | {f"no-{name}": (name,) for name in SWITCHES}  # variant → switches turned off
 
 

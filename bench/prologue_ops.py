@@ -1,15 +1,13 @@
-"""The fused prologue and FFN ops against Inductor's compiled PyTorch composition, op level, on one GPU.
+"""The two fused prologue ops against Inductor's compiled PyTorch composition, op level, on one GPU.
 
 At the model's shapes (C = 2240, 20 heads × 112, bf16, B = 1, 18 480 tokens = 161 frames and 106 480 = 961 frames):
   qk    `sana_wm.ops.qk_prologue`: RMSNorm → ×weight → ReLU → ×key scale → RoPE (GDN main branch)
   ucpe  `sana_wm.ops.ucpe`: RMSNorm → ×weight → ReLU → ×key scale → UCPE → RMS clamp → norm ratio (camera key)
-  glu   `sana_wm.ops.glu_conv`: the FFN's SiLU → depthwise 3×3 (+ bias) → GLU on [T, 22·40, 2·6720] (the compiled
-        composition calls cuDNN's depthwise conv, as the model's composite path does)
 Forward and forward + backward of the Triton op vs `torch.compile` of `naive.py` (what the model ran before), medians
 of CUDA-event timings, in one process. Prints a table (card, tokens, ms, ratio); `--out` writes JSON. Never asserts
 speed.
 
-    python bench/prologue_ops.py --tokens 18480,106480 [--ops glu,qk,ucpe]
+    python bench/prologue_ops.py --tokens 18480,106480
 """
 
 from __future__ import annotations
@@ -20,12 +18,10 @@ import json
 import torch
 from common import cuda_time
 
-from sana_wm.ops.glu_conv import naive_silu_depthwise_glu, silu_depthwise_glu
 from sana_wm.ops.qk_prologue import naive_rms_relu_rope, rms_relu_rope
 from sana_wm.ops.ucpe import naive_ucpe_clamp, ucpe_clamp
 
 C, HEADS, D = 2240, 20, 112
-HIDDEN, GRID = 3 * C, (22, 40)  # FFN width (mlp_ratio 3) and the latent frame at 704×1280
 
 
 def cases(N: int, gen: torch.Generator):
@@ -36,14 +32,7 @@ def cases(N: int, gen: torch.Generator):
                                                                                          generator=gen)
     mat = (0.5 * r(1, N, 4, 4)).bfloat16()
     scale = D**-0.5 * 880**-0.5
-    T = N // (GRID[0] * GRID[1])
-    h = r(1, T, GRID[0] * GRID[1], 2 * HIDDEN).bfloat16()
-    # A weight that wants a gradient: the fused pair is the training path (a forward under no-grad is the composite).
-    dw, db = (0.3 * r(2 * HIDDEN, 1, 3, 3)).bfloat16().requires_grad_(), r(2 * HIDDEN).bfloat16()
     return {
-        # Compiled on both sides: in the model Inductor folds the SiLU into the producer's kernel.
-        "glu": (torch.compile(lambda h, w: (silu_depthwise_glu(h, w, db, GRID),)),
-                lambda h, w: (naive_silu_depthwise_glu(h, w, db, GRID),), h, dw),
         "qk": (lambda x, w: rms_relu_rope(x, w, ang.cos(), ang.sin(), scale),
                lambda x, w: naive_rms_relu_rope(x, w, ang.cos(), ang.sin(), scale), x, w),
         "ucpe": (lambda x, w: ucpe_clamp(x, mat, cam.cos(), cam.sin(), HEADS, w, True, scale),
@@ -65,7 +54,6 @@ def fwd_bwd(fn, x, w):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", default="18480,106480")
-    ap.add_argument("--ops", default="glu,qk,ucpe")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out")
     args = ap.parse_args(argv)
@@ -74,8 +62,6 @@ def main(argv=None) -> int:
     for N in (int(n) for n in args.tokens.split(",")):
         gen = torch.Generator(device="cuda").manual_seed(0)
         for name, (fused, composition, x, w) in cases(N, gen).items():
-            if name not in args.ops.split(","):
-                continue
             compiled = torch.compile(composition)
             ms = {}
             for impl, fn in (("fused", fused), ("compiled composition", compiled)):

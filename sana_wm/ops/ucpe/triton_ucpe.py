@@ -10,7 +10,10 @@ statistic is a first pass over the row; the row stays in L1/L2 for the passes af
 ratio are one pass that reads the projection once and writes the result once; Inductor's kernels for the same chain
 wrote float32 UCPE intermediates and, in training, ran it again in the backward. The backward recomputes the row
 and applies the adjoints of `naive_ucpe_clamp_backward`; the norm weight's gradient is a float32 partial per program
-(summed by the caller: deterministic, no atomics).
+(summed by the caller: deterministic, no atomics). Read-modify-writing that partial row once per token row costs
+8 bytes per channel of L2 traffic; a variant that instead summed it in registers, walking the program's rows chunk by
+chunk in its second pass, was slower (0.85 vs 0.63 ms per call in the 161-frame training step, bench/RESULTS.md run
+26; commit 41e61c8): the rows no longer stayed in L1 between the passes.
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ def _ucpe(a0, a1, a2, a3, M, COS, SIN, n, g, D: tl.constexpr, DT: tl.constexpr, 
 # program keeps one float32 partial row of the weight gradient).
 _FWD_CONFIGS = [triton.Config({"HC": hc}, num_warps=w) for hc, w in ((4, 4), (4, 2), (2, 2), (8, 4), (8, 8))]
 _BWD_CONFIGS = [triton.Config({"HC": hc, "ROWS": r}, num_warps=w)
-                for hc, r, w in ((4, 16, 4), (4, 32, 4), (2, 16, 2), (8, 16, 8), (4, 8, 4))]
+                for hc, r, w in ((4, 8, 4), (4, 16, 4), (4, 4, 4), (2, 8, 2), (8, 8, 8))]
 _MIN_ROWS = min(c.kwargs["ROWS"] for c in _BWD_CONFIGS)
 
 
@@ -200,66 +203,46 @@ def _chunk_grad(xrow, Wt, Mrow, COS, SIN, GXU, GRATIO, row, n, c0, C, r, scale, 
     return d0, d1, d2, d3, n0, n1, n2, n3, g0, g1, g2, g3, x0, x1, x2, x3, offs, mask
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["C", "HD"])
+@triton.autotune(configs=_BWD_CONFIGS, key=["C", "HD"], reset_to_zero=["DW"])
 @triton.jit
 def _ucpe_clamp_bwd(X, Wt, M, COS, SIN, GXU, GRATIO, DX, DW, N, C, rows, sxb, sxn, scale, norm_eps, eps,
                     HAS_NORM: tl.constexpr, RELU: tl.constexpr, HD: tl.constexpr, D: tl.constexpr, HC: tl.constexpr,
                     GB: tl.constexpr, ROWS: tl.constexpr):
     pid = tl.program_id(0)
     DT: tl.constexpr = DX.dtype.element_ty
-    if HAS_NORM:
-        # Pass 1, row by row: each row's rstd and mean(g·w·x̂), kept in registers (slot k of two ROWS-vectors).
-        slot = tl.arange(0, ROWS)
-        rs = tl.zeros([ROWS], tl.float32)
-        means = tl.zeros([ROWS], tl.float32)
-        for k in range(ROWS):
-            row = pid * ROWS + k
-            if row < rows:
-                b, n = row // N, row % N
-                xrow = X + b.to(tl.int64) * sxb + n.to(tl.int64) * sxn
+    for k in range(ROWS):
+        row = pid * ROWS + k
+        if row < rows:
+            b, n = row // N, row % N
+            xrow = X + b.to(tl.int64) * sxb + n.to(tl.int64) * sxn
+            Mrow = M + row.to(tl.int64) * 16
+            dxrow = DX + row.to(tl.int64) * C
+            if HAS_NORM:
                 r = _row_rstd(xrow, C, norm_eps, HD, D, HC, GB)
+                # Pass 1: the weight gradient (into this program's private float32 row of DW) and mean(g·w·x̂).
                 acc = tl.zeros([HC, GB], tl.float32)
                 for c0 in range(0, HD, HC):
-                    d0, d1, d2, d3, _, _, _, _, _, _, _, _, x0, x1, x2, x3, _, _ = _chunk_grad(
-                        xrow, Wt, M + row.to(tl.int64) * 16, COS, SIN, GXU, GRATIO, row, n, c0, C, r, scale, eps,
-                        HAS_NORM, RELU, HD, D, HC, GB, DT)
-                    acc += (d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3) * r
-                rs = tl.where(slot == k, r, rs)
-                means = tl.where(slot == k, tl.sum(acc) / C, means)
-        # Pass 2, chunk by chunk over the program's rows: dx through the RMS norm's Jacobian, and the weight
-        # gradient summed in registers and written once per chunk into this program's float32 row of DW. (Read-
-        # modify-writing that row once per token row was 8 bytes × C per row, more traffic than x itself.)
-        for c0 in range(0, HD, HC):
-            _, _, offs, mask = _chunk(c0, HD, D, HC, GB)
-            p0 = tl.zeros([HC, GB], tl.float32)
-            p1 = tl.zeros([HC, GB], tl.float32)
-            p2 = tl.zeros([HC, GB], tl.float32)
-            p3 = tl.zeros([HC, GB], tl.float32)
-            for k in range(ROWS):
-                row = pid * ROWS + k
-                if row < rows:
-                    b, n = row // N, row % N
-                    xrow = X + b.to(tl.int64) * sxb + n.to(tl.int64) * sxn
-                    r = tl.sum(tl.where(slot == k, rs, 0.0))
-                    mean = tl.sum(tl.where(slot == k, means, 0.0))
                     d0, d1, d2, d3, n0, n1, n2, n3, g0, g1, g2, g3, x0, x1, x2, x3, offs, mask = _chunk_grad(
-                        xrow, Wt, M + row.to(tl.int64) * 16, COS, SIN, GXU, GRATIO, row, n, c0, C, r, scale, eps,
-                        HAS_NORM, RELU, HD, D, HC, GB, DT)
-                    _store4(DX + row.to(tl.int64) * C, offs, mask, r * (d0 - x0 * r * mean),
-                            r * (d1 - x1 * r * mean), r * (d2 - x2 * r * mean), r * (d3 - x3 * r * mean))
-                    p0, p1, p2, p3 = p0 + g0 * n0, p1 + g1 * n1, p2 + g2 * n2, p3 + g3 * n3
-            _store4(DW + pid.to(tl.int64) * C, offs, mask, p0, p1, p2, p3)
-    else:
-        for k in range(ROWS):
-            row = pid * ROWS + k
-            if row < rows:
-                b, n = row // N, row % N
-                xrow = X + b.to(tl.int64) * sxb + n.to(tl.int64) * sxn
+                        xrow, Wt, Mrow, COS, SIN, GXU, GRATIO, row, n, c0, C, r, scale, eps, HAS_NORM, RELU, HD, D,
+                        HC, GB, DT)
+                    acc += (d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3) * r
+                    dwrow = DW + pid.to(tl.int64) * C
+                    p0, p1, p2, p3 = _load4(dwrow, offs, mask)
+                    _store4(dwrow, offs, mask, p0 + g0 * n0, p1 + g1 * n1, p2 + g2 * n2, p3 + g3 * n3)
+                mean = tl.sum(acc) / C
+                # Pass 2: the chunk's gradient again, through the RMS norm's Jacobian.
+                for c0 in range(0, HD, HC):
+                    d0, d1, d2, d3, _, _, _, _, _, _, _, _, x0, x1, x2, x3, offs, mask = _chunk_grad(
+                        xrow, Wt, Mrow, COS, SIN, GXU, GRATIO, row, n, c0, C, r, scale, eps, HAS_NORM, RELU, HD, D,
+                        HC, GB, DT)
+                    _store4(dxrow, offs, mask, r * (d0 - x0 * r * mean), r * (d1 - x1 * r * mean),
+                            r * (d2 - x2 * r * mean), r * (d3 - x3 * r * mean))
+            else:
                 for c0 in range(0, HD, HC):
                     d0, d1, d2, d3, _, _, _, _, _, _, _, _, _, _, _, _, offs, mask = _chunk_grad(
-                        xrow, Wt, M + row.to(tl.int64) * 16, COS, SIN, GXU, GRATIO, row, n, c0, C, 1.0, scale, eps,
-                        HAS_NORM, RELU, HD, D, HC, GB, DT)
-                    _store4(DX + row.to(tl.int64) * C, offs, mask, d0, d1, d2, d3)
+                        xrow, Wt, Mrow, COS, SIN, GXU, GRATIO, row, n, c0, C, 1.0, scale, eps, HAS_NORM, RELU, HD, D,
+                        HC, GB, DT)
+                    _store4(dxrow, offs, mask, d0, d1, d2, d3)
 
 
 def ucpe_clamp_forward(x, mat, cos, sin, weight, relu: bool, scale: float, norm_eps: float, eps: float,
@@ -286,8 +269,7 @@ def ucpe_clamp_backward(x, mat, cos, sin, weight, relu: bool, scale: float, norm
     rows = B * N
     has_norm = weight is not None
     dx = torch.empty((B, N, C), dtype=x.dtype, device=x.device)
-    # One float32 partial row per program (each written once), for the most programs any tile may launch; unused rows
-    # stay zero.
+    # One float32 partial row per program, for the most programs any tile may launch; unused rows stay zero.
     dw = torch.zeros((triton.cdiv(rows, _MIN_ROWS) if has_norm else 1, C), dtype=torch.float32, device=x.device)
     _ucpe_clamp_bwd[lambda meta: (triton.cdiv(rows, meta["ROWS"]),)](
         x, weight if has_norm else x, mat, cos, sin, g_xu.contiguous(), g_ratio.float().contiguous(), dx, dw, N, C,
