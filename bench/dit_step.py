@@ -6,7 +6,8 @@ Cases (PERFORMANCE.md §4 B1/B2, issue 6):
   train21  forward+backward with per-block activation checkpointing, 21 latent frames, B=1
   trainmax longest clip whose training step fits (ours only; probes 41/61/81/121 latent frames)
   profile  breakdown of our fwd21 into linear / GDN / softmax / other (torch.profiler device time)
-  kernels  with --compile: the top CUDA kernels of the compiled fwd21, fwd121 and train21 (where the time goes)
+  kernels  with --compile: the top CUDA kernels of the compiled fwd21, fwd121 and train21 (where the time goes), and
+           the GPU's idle time between kernels with the largest gaps (where the host fell behind)
   composite with --compile: fwd21/fwd121/train21 again with every fused GDN kernel off (what they buy in the whole
            model, same process)
   bwd      with --compile: train21 again with the GDN backward kernels off (float32 PyTorch backward)
@@ -28,7 +29,7 @@ import platform
 import time
 
 import torch
-from common import cuda_time
+from common import cuda_time, idle_gaps
 
 from sana_wm import SanaWM
 from sana_wm.camera import action_to_c2w, prepare_camera
@@ -163,7 +164,19 @@ def top_kernels(fn, top: int) -> list[dict]:
     print(f"device total {total:.1f} ms; top kernels:", flush=True)
     for r in rows:
         print(f"  {r['ms']:9.2f} ms {100 * r['share']:5.1f}% x{r['calls']:<5d} {r['kernel']}", flush=True)
-    return [dict(total_ms=round(total, 1))] + rows
+    try:  # kineto's event API is private and has moved between torch releases: a diagnostic must not end the run
+        gaps = idle_gaps([(e.start_ns(), e.start_ns() + e.duration_ns(), e.name()[:60])
+                          for e in prof.profiler.kineto_results.events()
+                          if e.device_type() == torch.autograd.DeviceType.CUDA])
+    except Exception as err:  # noqa: BLE001
+        print(f"GPU idle-gap analysis unavailable with torch {torch.__version__}: {err!r}", flush=True)
+        return [dict(total_ms=round(total, 1))] + rows
+    # Under the profiler every launch costs the host a little more, so this idle time is an upper bound.
+    print(f"GPU idle {gaps['idle_ms']:.1f} ms of a {gaps['span_ms']:.1f} ms span (busy {gaps['busy_ms']:.1f}); "
+          f"idle ms by gap size {gaps['by_size_ms']}; largest gaps (µs, at ms, before -> after):", flush=True)
+    for g in gaps["largest"]:
+        print(f"  {g[0]:9.1f} µs at {g[1]:8.2f} ms  {g[2]} -> {g[3]}", flush=True)
+    return [dict(total_ms=round(total, 1), idle=gaps)] + rows
 
 
 def main(argv=None) -> int:
