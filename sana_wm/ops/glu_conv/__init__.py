@@ -13,9 +13,10 @@ rows with SiLU once per element and the horizontal taps as 0/1 shift MMAs (7.1 m
 
 A training pair was tried in the sixth session of 2026-12-01 and removed (commit 41e61c8 has it, with GPU tests): the
 tap-gather forward plus a backward of two Triton kernels (GLU adjoint writing dz; transposed conv with per-frame
-float32 weight and bias partials). Correct against float64 on the GPU, but in the compiled 161-frame training step
-its kernels took ≈ 124 ms against ≈ 89 ms for this path's cuDNN conv, dgrad, wgrad and Inductor kernels (forward
-0.80 ms per call vs 0.49 + 0.19, the dgrad/wgrad kernel 2.6 ms vs 0.88 + 0.53 + 0.34; bench/RESULTS.md run 26).
+float32 weight and bias partials). Its float32 and three of four bf16 cases matched float64 on the GPU, but in the
+compiled 161-frame training step its kernels took ≈ 125 ms against ≈ 91 ms for this path's cuDNN conv, dgrad, wgrad
+and Inductor kernels (forward 0.80 ms per call vs 0.49 + 0.19, the dgrad/wgrad kernel 2.6 ms vs 0.88 + 0.53 + 0.34;
+bench/RESULTS.md run 26).
 """
 
 from __future__ import annotations
