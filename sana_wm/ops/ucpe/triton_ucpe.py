@@ -6,14 +6,18 @@ half's 4×4 products are scalar multiply-adds across the four tiles, the RoPE ha
 (2, 3) of a group, and per-head sums are tile-row sums. Chunks keep the live state small: the first version held the
 whole row as [32 × 32] tiles (55 % padding at Hd = 20, D = 112), which capped each SM at two rows in flight and ran at
 ≈ 0.4 TB/s (0.78 ms forward at 161 frames, slower than Inductor's 0.43 ms; bench/RESULTS.md). The RMS norm's
-statistic is a first pass over the row; the row stays in L1/L2 for the passes after it. So the norm, ReLU, scale, UCPE, RMS clamp and the key's norm
-ratio are one pass that reads the projection once and writes the result once; Inductor's kernels for the same chain
-wrote float32 UCPE intermediates and, in training, ran it again in the backward. The backward recomputes the row
-and applies the adjoints of `naive_ucpe_clamp_backward`; the norm weight's gradient is a float32 partial per program
-(summed by the caller: deterministic, no atomics). Read-modify-writing that partial row once per token row costs
-8 bytes per channel of L2 traffic; a variant that instead summed it in registers, walking the program's rows chunk by
-chunk in its second pass, was slower (0.85 vs 0.63 ms per call in the 161-frame training step, bench/RESULTS.md run
-26; commit 41e61c8): the rows no longer stayed in L1 between the passes.
+statistic is a first pass over the row; the row stays in L1/L2 for the passes after it. So the norm, ReLU, scale,
+UCPE, RMS clamp and the key's norm ratio are one pass that reads the projection once and writes the result once;
+Inductor's kernels for the same chain wrote float32 UCPE intermediates and, in training, ran it again in the backward.
+
+The backward recomputes the row and applies the adjoints of `naive_ucpe_clamp_backward`. With a norm it walks the row
+twice, since the RMS norm's Jacobian needs a row sum of the first walk's gradient: the first walk stores that gradient
+in a float32 scratch row per program and the second reads it back with x, rather than recomputing the whole chain
+(0.91 → 0.65 ms per call at 161 frames, bf16, H200, op level; bench/RESULTS.md run 28). The norm weight's gradient is
+a float32 partial row per program (summed by the caller: deterministic, no atomics). Read-modify-writing it once per
+token row costs 8 bytes per channel of L2 traffic; a variant that instead summed it in registers, walking the
+program's rows chunk by chunk in its second pass, was slower (0.85 vs 0.63 ms per call in the 161-frame training step,
+bench/RESULTS.md run 26; commit 41e61c8): the rows no longer stayed in L1 between the passes.
 """
 
 from __future__ import annotations
@@ -205,7 +209,7 @@ def _chunk_grad(xrow, Wt, Mrow, COS, SIN, GXU, GRATIO, row, n, c0, C, r, scale, 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=["C", "HD"], reset_to_zero=["DW"])
 @triton.jit
-def _ucpe_clamp_bwd(X, Wt, M, COS, SIN, GXU, GRATIO, DX, DW, N, C, rows, sxb, sxn, scale, norm_eps, eps,
+def _ucpe_clamp_bwd(X, Wt, M, COS, SIN, GXU, GRATIO, DX, DW, SC, N, C, rows, sxb, sxn, scale, norm_eps, eps,
                     HAS_NORM: tl.constexpr, RELU: tl.constexpr, HD: tl.constexpr, D: tl.constexpr, HC: tl.constexpr,
                     GB: tl.constexpr, ROWS: tl.constexpr):
     pid = tl.program_id(0)
@@ -229,12 +233,13 @@ def _ucpe_clamp_bwd(X, Wt, M, COS, SIN, GXU, GRATIO, DX, DW, N, C, rows, sxb, sx
                     dwrow = DW + pid.to(tl.int64) * C
                     p0, p1, p2, p3 = _load4(dwrow, offs, mask)
                     _store4(dwrow, offs, mask, p0 + g0 * n0, p1 + g1 * n1, p2 + g2 * n2, p3 + g3 * n3)
+                    _store4(SC + pid.to(tl.int64) * C, offs, mask, d0, d1, d2, d3)
                 mean = tl.sum(acc) / C
-                # Pass 2: the chunk's gradient again, through the RMS norm's Jacobian.
+                # Pass 2: the stored gradient through the RMS norm's Jacobian (x again from L1/L2).
                 for c0 in range(0, HD, HC):
-                    d0, d1, d2, d3, _, _, _, _, _, _, _, _, x0, x1, x2, x3, offs, mask = _chunk_grad(
-                        xrow, Wt, Mrow, COS, SIN, GXU, GRATIO, row, n, c0, C, r, scale, eps, HAS_NORM, RELU, HD, D,
-                        HC, GB, DT)
+                    _, _, offs, mask = _chunk(c0, HD, D, HC, GB)
+                    d0, d1, d2, d3 = _load4(SC + pid.to(tl.int64) * C, offs, mask)
+                    x0, x1, x2, x3 = _load4(xrow, offs, mask)
                     _store4(dxrow, offs, mask, r * (d0 - x0 * r * mean), r * (d1 - x1 * r * mean),
                             r * (d2 - x2 * r * mean), r * (d3 - x3 * r * mean))
             else:
@@ -271,8 +276,10 @@ def ucpe_clamp_backward(x, mat, cos, sin, weight, relu: bool, scale: float, norm
     dx = torch.empty((B, N, C), dtype=x.dtype, device=x.device)
     # One float32 partial row per program, for the most programs any tile may launch; unused rows stay zero.
     dw = torch.zeros((triton.cdiv(rows, _MIN_ROWS) if has_norm else 1, C), dtype=torch.float32, device=x.device)
+    # ... and one float32 scratch row per program for the gradient before the RMS norm's Jacobian (pass 1 → pass 2).
+    scratch = torch.empty_like(dw) if has_norm else dw
     _ucpe_clamp_bwd[lambda meta: (triton.cdiv(rows, meta["ROWS"]),)](
-        x, weight if has_norm else x, mat, cos, sin, g_xu.contiguous(), g_ratio.float().contiguous(), dx, dw, N, C,
-        rows, x.stride(0), x.stride(1), float(scale), float(norm_eps), float(eps), HAS_NORM=has_norm, RELU=bool(relu),
-        HD=num_heads, D=D, GB=triton.next_power_of_2(D // 4))
+        x, weight if has_norm else x, mat, cos, sin, g_xu.contiguous(), g_ratio.float().contiguous(), dx, dw, scratch,
+        N, C, rows, x.stride(0), x.stride(1), float(scale), float(norm_eps), float(eps), HAS_NORM=has_norm,
+        RELU=bool(relu), HD=num_heads, D=D, GB=triton.next_power_of_2(D // 4))
     return dx, (dw.sum(0) if has_norm else None)
