@@ -12,7 +12,8 @@ Cases (PERFORMANCE.md §4 B1/B2, issue 6):
            model, same process)
   bwd      with --compile: train21 again with the GDN backward kernels off (float32 PyTorch backward)
 train21 runs eager with full checkpointing, then (with --compile) compiled with each --ac policy: "full" recomputes
-whole blocks, "selective" keeps GEMM / attention / scan / prologue outputs (sana_wm.parallel); --ac-blocks K
+whole blocks, "selective" keeps GEMM / attention / scan / prologue outputs, "ffn" keeps those and recomputes only the
+FFN's wide middle, leaving the rest to the compiler (sana_wm.parallel); --ac-blocks K
 checkpoints only the first K blocks of the compiled model (the others keep every activation).
 Timing: CUDA events, median of --reps after --warmup runs; peak memory = torch.cuda.max_memory_allocated.
 MFU = model FLOPs (sana_wm.flops) / (time × 989.4 TFLOP/s); also reported against the GEMM ceiling measured here.
@@ -153,6 +154,13 @@ def top_kernels(fn, top: int) -> list[dict]:
 
     fn()
     torch.cuda.synchronize()
+    # Host time to enqueue one call against its wall time: near-equal means the host, not the GPU, sets the pace.
+    t0 = time.perf_counter()
+    fn()
+    host_ms = (time.perf_counter() - t0) * 1e3
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    print(f"host enqueue {host_ms:.1f} ms of {wall_ms:.1f} ms wall", flush=True)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
@@ -170,13 +178,13 @@ def top_kernels(fn, top: int) -> list[dict]:
                           if e.device_type() == torch.autograd.DeviceType.CUDA])
     except Exception as err:  # noqa: BLE001
         print(f"GPU idle-gap analysis unavailable with torch {torch.__version__}: {err!r}", flush=True)
-        return [dict(total_ms=round(total, 1))] + rows
+        return [dict(total_ms=round(total, 1), host_ms=round(host_ms, 1), wall_ms=round(wall_ms, 1))] + rows
     # Under the profiler every launch costs the host a little more, so this idle time is an upper bound.
     print(f"GPU idle {gaps['idle_ms']:.1f} ms of a {gaps['span_ms']:.1f} ms span (busy {gaps['busy_ms']:.1f}); "
           f"idle ms by gap size {gaps['by_size_ms']}; largest gaps (µs, at ms, before -> after):", flush=True)
     for g in gaps["largest"]:
         print(f"  {g[0]:9.1f} µs at {g[1]:8.2f} ms  {g[2]} -> {g[3]}", flush=True)
-    return [dict(total_ms=round(total, 1), idle=gaps)] + rows
+    return [dict(total_ms=round(total, 1), host_ms=round(host_ms, 1), wall_ms=round(wall_ms, 1), idle=gaps)] + rows
 
 
 def main(argv=None) -> int:
@@ -187,7 +195,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-port", action="store_true", help="skip the diffusers baseline")
     ap.add_argument("--compile", action="store_true", help="also time ours with per-block torch.compile")
     ap.add_argument("--no-eager", action="store_true", help="skip timing our eager (uncompiled) model")
-    ap.add_argument("--ac", default="full,selective", help="checkpointing policies for the compiled train21")
+    ap.add_argument("--ac", default="full,selective,ffn", help="checkpointing policies for the compiled train21")
     ap.add_argument("--ac-blocks", type=int, default=None,
                     help="checkpoint only the first K blocks in the compiled train21 (default: all)")
     ap.add_argument("--top", type=int, default=30, help="kernels listed by the `kernels` case")

@@ -16,7 +16,8 @@ export PYTHONPATH=$PWD
 case "${1:-}" in
 tests)
   timeout 560 python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/ops/test_short_conv.py \
-    tests/ops/test_qk_prologue.py tests/ops/test_ucpe.py tests/ops/test_gdn_gpu.py tests/camera tests/models \
+    tests/ops/test_qk_prologue.py tests/ops/test_ucpe.py tests/ops/test_glu_conv.py tests/ops/test_gdn_gpu.py \
+    tests/camera tests/models \
     > "$OUT/gpu_kernel_tests.log" 2>&1
   rc=$?; echo "rc=$rc" >> "$OUT/gpu_kernel_tests.log"; tail -3 "$OUT/gpu_kernel_tests.log"
   echo $rc > "$OUT/kernel_tests.status"
@@ -41,7 +42,7 @@ kernels)
   grep -E '^\||speed-up' "$OUT/dit_step_fwd.log" | tail -16
   ;;
 train)
-  (cd bench && timeout 540 python3 dit_step.py --cases train21,bwd,kernels --compile --ac selective --no-eager \
+  (cd bench && timeout 540 python3 dit_step.py --cases train21,bwd,kernels --compile --ac ffn --no-eager \
      --warmup 1 --reps 3 --out "$OUT/dit_step_train.json" > "$OUT/dit_step_train.log" 2>&1)
   grep -E '^\||speed-up' "$OUT/dit_step_train.log" | tail -16
   ;;

@@ -60,9 +60,10 @@ class ModelConfig:
     ``reference_numerics`` override the preset's `SanaWMConfig` field of the same name when not null.
     init_checkpoint: official/diffusers-layout safetensors (or a `.pt`) loaded strictly before training; null =
     NVIDIA's training initialisation. activation_checkpointing: recompute each block in backward (non-reentrant).
-    ac_policy: "full" (recompute whole blocks) or "selective" (keep GEMM/attention/scan outputs, recompute the
-    element-wise work: less recompute, more memory). ac_blocks: checkpoint only the first K blocks, the others keep
-    all activations (faster, more memory; null = every block). compile: `torch.compile` each block.
+    ac_policy: "full" (recompute whole blocks), "selective" (keep GEMM/attention/scan outputs, recompute the
+    element-wise work: less recompute, more memory) or "ffn" (keep those, recompute only the FFN's wide middle and let
+    the compiler's partitioner choose for the rest; needs compile=true). ac_blocks: checkpoint only the first K blocks,
+    the others keep all activations (faster, more memory; null = every block). compile: `torch.compile` each block.
     """
 
     preset: str = "tiny"
@@ -427,7 +428,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     from sana_wm.models import PRESETS
 
     _choice("model.preset", cfg.model.preset, tuple(sorted(PRESETS)))
-    _choice("model.ac_policy", cfg.model.ac_policy, ("full", "selective"))
+    _choice("model.ac_policy", cfg.model.ac_policy, ("full", "selective", "ffn"))
     if cfg.model.ac_blocks is not None:
         depth = cfg.model.depth or PRESETS[cfg.model.preset].depth
         _range("model.ac_blocks", cfg.model.ac_blocks, 0, depth)
@@ -488,6 +489,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.model.activation_checkpointing and cfg.model.ac_blocks is not None and s.name == "fsdp":
         raise ConfigError(f"model.ac_blocks={cfg.model.ac_blocks} is not supported with strategy=fsdp (Lightning "
                           "checkpoints every block by module policy); use null, or strategy=ddp / deepspeed")
+    if cfg.model.activation_checkpointing and cfg.model.ac_policy == "ffn" and not cfg.model.compile:
+        # "ffn" leaves most save/recompute choices to torch.compile's partitioner; eagerly it would keep every output.
+        raise ConfigError("model.ac_policy='ffn' needs model.compile=true; use 'selective' for an uncompiled model")
     if cfg.model.activation_checkpointing and cfg.model.ac_policy != "full":
         if s.name == "fsdp":
             # Lightning's FSDPStrategy applies checkpointing itself, by module policy, and only whole blocks.

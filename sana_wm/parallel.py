@@ -2,7 +2,8 @@
 
 `parallelize(model, ...)` applies, in order: per-block activation checkpointing (non-reentrant; "full" recomputes
 the whole block, "selective" keeps the outputs of the GEMMs, attention kernels and GDN scans and recomputes only the
-cheap element-wise work), per-block `torch.compile`, and FSDP2 sharding (`fully_shard` per block, then the root)
+cheap element-wise work, "ffn" keeps those too but recomputes only the FFN's wide middle and lets torch.compile's
+partitioner decide the rest), per-block `torch.compile`, and FSDP2 sharding (`fully_shard` per block, then the root)
 over a device mesh. Lightning's `ModelParallelStrategy` calls it from `LightningModule.configure_model`; DDP / FSDP1 /
 DeepSpeed strategies wrap the model themselves and only use the checkpointing part.
 
@@ -12,6 +13,7 @@ GDN states, halo exchange of the short convs). `parallelize` raises if asked for
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -28,7 +30,7 @@ def _blocks(model: nn.Module) -> nn.ModuleList:
     return blocks
 
 
-AC_POLICIES = ("full", "selective")
+AC_POLICIES = ("full", "selective", "ffn")
 
 
 def _saved_ops() -> set:
@@ -56,13 +58,29 @@ def _saved_ops() -> set:
     return ops
 
 
-def _selective_context():
+def _is_wide(op, args, width: int) -> bool:
+    """Whether an op works on activations wider than the model (the FFN's 2·hidden channels, 6× the width): a tensor
+    argument whose last (channel) dim exceeds `width`, or a convolution with more output channels than that."""
+    if op is torch.ops.aten.convolution.default:
+        return args[1].shape[0] > width
+    return any(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[-1] > width
+               for t in torch.utils._pytree.tree_leaves(args))
+
+
+def _selective_context(width: int | None = None):
+    """"selective" (width None): keep the `_saved_ops` outputs, recompute everything else. "ffn" (width = the model's
+    hidden size): keep them, recompute the wide FFN middle, and leave every other op to the compiler's min-cut
+    partitioner (PREFER_SAVE: it recomputes what fuses cheaply into the backward and keeps the rest, as in a block
+    without checkpointing). Meant for compiled blocks; run eagerly, PREFER_SAVE saves every such output."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     saved = _saved_ops()
+    rest = CheckpointPolicy.PREFER_RECOMPUTE if width is None else CheckpointPolicy.PREFER_SAVE
 
     def policy(ctx, op, *args, **kwargs):
-        return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
+        if op in saved:
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE if width is not None and _is_wide(op, args, width) else rest
 
     return create_selective_checkpoint_contexts(policy)
 
@@ -95,7 +113,15 @@ def apply_activation_checkpointing(model: nn.Module, policy: str = "full", num_b
     blocks = _blocks(model)
     if num_blocks is not None and not 0 <= num_blocks <= len(blocks):
         raise ValueError(f"activation checkpointing num_blocks={num_blocks} must be in [0, {len(blocks)}] (the depth)")
-    kwargs = {"context_fn": _selective_context} if policy == "selective" else {}
+    kwargs = {}
+    if policy == "selective":
+        kwargs["context_fn"] = _selective_context
+    elif policy == "ffn":
+        width = getattr(getattr(model, "config", None), "hidden_size", None)
+        if width is None:
+            raise ValueError(f"activation checkpointing policy 'ffn' needs model.config.hidden_size; "
+                             f"{type(model).__name__} has none")
+        kwargs["context_fn"] = functools.partial(_selective_context, width)
     for i, block in enumerate(blocks):
         if num_blocks is not None and i >= num_blocks:
             break
@@ -141,6 +167,9 @@ def parallelize(
         raise NotImplementedError(
             f"context_parallel={context_parallel}: context parallelism is not implemented yet; use 1"
         )
+    if activation_checkpointing and ac_policy == "ffn" and not compile:
+        raise ValueError("ac_policy='ffn' needs compile=True (the compiler's partitioner makes most of its save/"
+                         "recompute choices; run eagerly it would keep every activation outside the FFN)")
     if activation_checkpointing:
         apply_activation_checkpointing(model, ac_policy, ac_blocks)
     if compile:

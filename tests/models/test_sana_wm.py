@@ -173,6 +173,28 @@ def test_selective_checkpointing_saves_the_heavy_ops_and_rejects_unknown_policie
         apply_activation_checkpointing(SanaWM.from_preset("tiny"), "full", num_blocks=5)
 
 
+def test_ffn_policy_recomputes_only_ops_wider_than_the_model():
+    from sana_wm.parallel import _is_wide, apply_activation_checkpointing
+
+    aten = torch.ops.aten
+    assert _is_wide(aten.silu.default, (torch.empty(1, 30, 10),), 8)  # the FFN's hidden channels
+    assert not _is_wide(aten.mul.Tensor, (torch.empty(1, 30, 8), 2.0), 8)  # tokens (30) are not channels
+    assert _is_wide(aten.cat.default, ([torch.empty(1, 4), torch.empty(1, 9)], -1), 8)  # nested arguments count
+    img = torch.empty(2, 10, 3, 4).to(memory_format=torch.channels_last)
+    assert _is_wide(aten.convolution.default, (img, torch.empty(10, 1, 3, 3), None), 8)
+    assert not _is_wide(aten.convolution.default, (img[:, :8], torch.empty(8, 1, 3, 3), None), 8)
+
+    class NoConfig(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+
+    with pytest.raises(ValueError, match="'ffn' needs model.config.hidden_size"):
+        apply_activation_checkpointing(NoConfig(), "ffn")
+    with pytest.raises(ValueError, match="ac_policy='ffn' needs compile=True"):
+        parallelize(SanaWM.from_preset("tiny"), activation_checkpointing=True, ac_policy="ffn")
+
+
 def test_bf16_autocast_runs_scans_in_fp32_and_stays_close():
     model = SanaWM.from_preset("tiny").eval()
     x, t, y = _inputs()
@@ -184,7 +206,7 @@ def test_bf16_autocast_runs_scans_in_fp32_and_stays_close():
     assert ((low - ref).norm() / ref.norm()).item() < 5e-2
 
 
-@pytest.mark.parametrize("policy", [None, "selective"])
+@pytest.mark.parametrize("policy", [None, "selective", "ffn"])
 def test_blocks_compile_as_whole_graphs_forward_and_backward(policy):
     """Per-block torch.compile with fullgraph=True: a graph break anywhere in a block (a host sync such as .item(),
     an untraceable op, a custom op without a fake or autograd rule) raises. GDN and softmax blocks, camera branch on,

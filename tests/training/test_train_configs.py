@@ -114,6 +114,7 @@ def test_bad_values_fail_naming_the_key(override, key):
         (["strategy=deepspeed_zero3", "model.activation_checkpointing=true", "model.ac_policy=selective"],
          "model.ac_policy='selective' is not supported with strategy=deepspeed_zero3"),
         (["model.ac_policy=sometimes"], "model.ac_policy"),
+        (["model.activation_checkpointing=true", "model.ac_policy=ffn"], "model.ac_policy='ffn' needs model.compile"),
         (["model.ac_blocks=5"], "model.ac_blocks=5 is out of range; expected a value in"),
         (["strategy=fsdp", "model.activation_checkpointing=true", "model.ac_blocks=2"],
          "model.ac_blocks=2 is not supported with strategy=fsdp"),
