@@ -2,7 +2,10 @@
 
 `silu_depthwise_glu` runs SiLU, the depthwise conv on a channels-last view of the token layout (cuDNN/ATen; no copy)
 and the GLU, which autograd and Inductor handle (Inductor fuses the SiLU and the GLU into its element-wise kernels
-around the conv). `naive.py` is the reference.
+around the conv). `naive.py` is the reference. When training on CUDA, the conv runs without its bias and the GLU's
+backward is one Triton pass (`triton_glu.py`) that adds the bias, writes both halves of the conv's output gradient and
+sums the bias gradient on the way: −8.5 ms per 161-frame training step against Inductor's `cat` kernel plus its
+two-kernel bias reduction (bench/RESULTS.md run 31). `SANA_WM_FUSED_GLU_BWD=0` switches it off.
 
 Three fused Triton forwards were tried on 2026-12-01 and removed, none faster than this path in the compiled model on
 an H200 (bench/RESULTS.md): SiLU evaluated per tap (+≈460 ms per 961-frame forward: nine SiLUs per element bind the
@@ -17,6 +20,12 @@ float32 weight and bias partials). Its float32 and three of four bf16 cases matc
 compiled 161-frame training step its kernels took ≈ 125 ms against ≈ 91 ms for this path's cuDNN conv, dgrad, wgrad
 and Inductor kernels (forward 0.80 ms per call vs 0.49 + 0.19, the dgrad/wgrad kernel 2.6 ms vs 0.88 + 0.53 + 0.34;
 bench/RESULTS.md run 26).
+
+In training, the conv's input gradient is a forward conv with the flipped kernel (`_DepthwiseConv3x3`): −8 ms per
+161-frame step (run 29). Writing the whole backward as nine shifted multiply-adds for Inductor instead (the input gradient
+fused into the SiLU adjoint, weight and bias gradients as reductions over positions) was slower on an H200: 8.57 vs
+6.43 ms per forward + backward at 161 frames, +17.5 ms per training step (bench/RESULTS.md run 30; the fused input
+gradient kernel alone took 1.77 ms per call).
 """
 
 from __future__ import annotations
@@ -24,14 +33,97 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .naive import naive_silu_depthwise_glu
+from sana_wm.ops.switch import KernelSwitch
 
-__all__ = ["silu_depthwise_glu", "naive_silu_depthwise_glu"]
+from .naive import naive_glu_backward, naive_silu_depthwise_glu
+
+try:  # Triton is optional: CPU machines and CI run the PyTorch path.
+    from .triton_glu import glu_backward as _triton_glu_backward
+except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
+    _triton_glu_backward = None
+
+__all__ = ["silu_depthwise_glu", "naive_silu_depthwise_glu", "naive_glu_backward", "set_fused_glu_backward"]
+
+# SANA_WM_FUSED_GLU_BWD=0 keeps the GLU's backward in Inductor on CUDA too (A/B timing, and a safety switch).
+_SWITCH = KernelSwitch("SANA_WM_FUSED_GLU_BWD", _triton_glu_backward is not None)
+
+
+def set_fused_glu_backward(enabled: bool) -> bool:
+    """Turn the Triton GLU backward on/off process-wide; returns the previous setting."""
+    return _SWITCH.set(enabled)
 
 # Depthwise convs fail on tensors of more than 2³¹ − 1 elements despite cuDNN's 64-bit indexing (pytorch/pytorch
 # #152816), so minute-long clips are split into calls of whole frames under that limit. One call where it fits: at 961
 # frames (1.43·10⁹ elements) two calls cost 1.2 ms more per block than one (Inductor's GLU pass then reads a cat).
 MAX_CONV_ELEMENTS = 2**31 - 1
+
+
+class _DepthwiseConv3x3(torch.autograd.Function):
+    """Depthwise 3×3 conv (stride 1, zero padding 1) whose input gradient is itself a forward depthwise conv with the
+    spatially flipped kernel: the same sums, since a stride-1 "same" convolution's transpose is the correlation with
+    the flipped taps. cuDNN's forward kernel for this shape runs at about twice the speed of its data-gradient kernel
+    (0.49 vs 0.92 ms per call at 161 frames on an H200), which saves ≈ 8 ms per 161-frame training step (bench/
+    RESULTS.md run 29). The weight and bias gradients stay cuDNN's (`convolution_backward` without the data part).
+    A plain autograd.Function: torch.compile traces it into the block graph, and selective checkpointing sees the
+    `aten.convolution` inside as any other op."""
+
+    @staticmethod
+    def forward(ctx, img, weight, bias):
+        ctx.save_for_backward(img, weight)
+        ctx.has_bias = bias is not None
+        return F.conv2d(img, weight, bias, padding=1, groups=img.shape[1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        img, weight = ctx.saved_tensors
+        C = img.shape[1]
+        # Under autocast the forward ran in dy's dtype: the gradients are computed in it, and autograd casts them to
+        # the inputs' dtypes.
+        w = weight.to(dy.dtype)
+        dimg = F.conv2d(dy, w.flip(-2, -1), None, padding=1, groups=C) if ctx.needs_input_grad[0] else None
+        dw = db = None
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            _, dw, db = torch.ops.aten.convolution_backward(
+                dy, img.to(dy.dtype), w, [C] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False, [0, 0], C,
+                [False, bool(ctx.needs_input_grad[1]), bool(ctx.has_bias and ctx.needs_input_grad[2])])
+        return dimg, dw, db
+
+
+@torch.library.custom_op("sana_wm::glu_backward", mutates_args=())
+def _glu_backward_op(z: torch.Tensor, bias: torch.Tensor | None, dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dz [..., 2h] in z's dtype, dbias [2h] float32 — zeros without a bias) of `_BiasGLU`; an opaque op so that a
+    compiled backward launches the Triton kernel (a bare launch cannot run on AOTAutograd's fake tensors)."""
+    lead = z.shape[:-1]
+    zf, df = z.reshape(-1, z.shape[-1]), dout.reshape(-1, dout.shape[-1])
+    if _SWITCH.use(z) and zf.stride(-1) == 1 and df.stride(-1) == 1:
+        dz, db = _triton_glu_backward(zf, bias, df)
+    else:
+        dz, db = naive_glu_backward(zf, bias, df)
+        dz, db = dz.contiguous(), db.float()
+    return dz.reshape(*lead, z.shape[-1]), (db if bias is not None else torch.zeros_like(db))
+
+
+@_glu_backward_op.register_fake
+def _(z, bias, dout):
+    return torch.empty(z.shape, dtype=z.dtype, device=z.device), z.new_empty(z.shape[-1], dtype=torch.float32)
+
+
+class _BiasGLU(torch.autograd.Function):
+    """value · SiLU(gate) with (value, gate) = (z + bias).chunk(2) and z the depthwise conv's output before its bias:
+    the forward stays element-wise work for Inductor to fuse; the backward is `sana_wm::glu_backward` (one Triton pass
+    that also sums the bias gradient, `triton_glu.py`)."""
+
+    @staticmethod
+    def forward(ctx, z, bias):
+        ctx.save_for_backward(z, bias)
+        value, gate = (z + bias.to(z.dtype)).chunk(2, dim=-1)
+        return value * F.silu(gate)
+
+    @staticmethod
+    def backward(ctx, dout):
+        z, bias = ctx.saved_tensors
+        dz, db = _glu_backward_op(z, bias.to(z.dtype), dout)
+        return dz, db.to(bias.dtype)
 
 
 def silu_depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -51,6 +143,12 @@ def silu_depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
                          f"weight {list(weight.shape)} must be [{C2}, 1, 3, 3]")
     img = F.silu(h).reshape(B * T, H, W, C2).permute(0, 3, 1, 2)  # [BT, 2C, H, W] channels_last strides, no copy
     step = max(1, MAX_CONV_ELEMENTS // (S * C2))
-    outs = [F.conv2d(img[i : i + step], weight, bias, padding=1, groups=C2) for i in range(0, B * T, step)]
-    value, gate = torch.cat(outs).permute(0, 2, 3, 1).reshape(B, T, S, C2).chunk(2, dim=-1)
+    # Training on CUDA: the conv without its bias, which the GLU's Triton backward folds in (and sums its gradient).
+    glu_kernel = bias is not None and torch.is_grad_enabled() and _SWITCH.use(h)
+    conv_bias = None if glu_kernel else bias
+    outs = [_DepthwiseConv3x3.apply(img[i : i + step], weight, conv_bias) for i in range(0, B * T, step)]
+    z = torch.cat(outs).permute(0, 2, 3, 1).reshape(B, T, S, C2)
+    if glu_kernel:
+        return _BiasGLU.apply(z, bias)
+    value, gate = z.chunk(2, dim=-1)
     return value * F.silu(gate)
