@@ -12,6 +12,7 @@ a 56-dim head).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -81,3 +82,23 @@ def apply_rope(x: torch.Tensor, table: RopeTable, inverse: bool = False) -> torc
         sin = -sin
     out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
     return out.flatten(-2).to(x.dtype)
+
+
+# Every forward of a training run or a sampling loop asks for the same tables. Building them launches about twenty
+# small kernels, and the camera pair indices cross from pageable host memory, which makes the host wait for the GPU;
+# so they are built once per (grid, head dim, device). Outside inference mode, so that a table first made while
+# sampling can later be saved for a training backward.
+
+
+@functools.lru_cache(maxsize=4)
+def cached_rope_table(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> RopeTable:
+    """`rope_table(grid, head_dim, device)`, built once and reused (read-only)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return rope_table(grid, head_dim, device=device)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_camera_table(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> RopeTable:
+    """The camera branch's re-sliced table of `cached_rope_table`, built once and reused (read-only)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return cached_rope_table(grid, head_dim, device).narrow_pairs(camera_rope_pairs(head_dim, device=device))

@@ -29,7 +29,7 @@ from sana_wm.camera import ray_frames
 from sana_wm.ops.glu_conv import silu_depthwise_glu
 
 from .attention import AttentionContext, CrossAttention, HybridSelfAttention, RMSNorm
-from .rope import camera_rope_pairs, rope_table
+from .rope import cached_camera_table, cached_rope_table
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Configuration and presets
@@ -400,13 +400,13 @@ class SanaWM(nn.Module):
         t_mod = self.t_block(t_emb)  # [B, T, 6C]
         text = self.attention_y_norm(self.y_embedder(y.to(dtype)))  # [B, L, C]
 
-        ctx = AttentionContext(grid=grid, rope=rope_table(grid, cfg.head_dim, device=x.device))
+        ctx = AttentionContext(grid=grid, rope=cached_rope_table(grid, cfg.head_dim, x.device))
         if camera_conditions is not None:
             # Ray geometry in float32 whatever the model dtype (PORT-CHECK OMITTED 2: bf16 geometry moves fx).
             rays = ray_frames(camera_conditions.float(), H, W)
             # Contiguous once here: every block's fused UCPE op reads whole 4×4 rows per token.
             ctx.rays, ctx.rays_T, ctx.rays_inv = rays.P, rays.P_T.contiguous(), rays.P_inv.contiguous()
-            ctx.cam_rope = ctx.rope.narrow_pairs(camera_rope_pairs(cfg.head_dim, device=x.device))
+            ctx.cam_rope = cached_camera_table(grid, cfg.head_dim, x.device)
         plucker = None
         if chunk_plucker is not None:
             plucker = self.plucker_embedder.proj(chunk_plucker.to(dtype).flatten(2).transpose(1, 2))  # [B, N, C]

@@ -195,6 +195,25 @@ def test_ffn_policy_recomputes_only_ops_wider_than_the_model():
         parallelize(SanaWM.from_preset("tiny"), activation_checkpointing=True, ac_policy="ffn")
 
 
+def test_rope_tables_are_built_once_and_survive_inference_mode():
+    """Forwards on one grid reuse one pair of RoPE tables (no per-step table kernels or host-to-device copy), and
+    tables first built while sampling under inference mode still work in a training backward."""
+    from sana_wm.models.rope import cached_camera_table, cached_rope_table
+
+    cached_rope_table.cache_clear()
+    cached_camera_table.cache_clear()
+    model = SanaWM.from_preset("tiny")
+    x, t, y = _inputs(T=3, H=4, W=5)
+    with torch.inference_mode():
+        model(x, t, y, camera_conditions=_cam(2, 3))
+    full, cam = cached_rope_table((3, 4, 5), model.config.head_dim, x.device), cached_camera_table(
+        (3, 4, 5), model.config.head_dim, x.device)
+    assert not full.cos.is_inference() and not cam.sin.is_inference()
+    model(x, t, y, camera_conditions=_cam(2, 3)).square().mean().backward()  # saves the cached tables for backward
+    assert cached_rope_table.cache_info().misses == 1 and cached_camera_table.cache_info().misses == 1
+    assert cached_rope_table((3, 4, 5), model.config.head_dim, x.device) is full
+
+
 def test_bf16_autocast_runs_scans_in_fp32_and_stays_close():
     model = SanaWM.from_preset("tiny").eval()
     x, t, y = _inputs()
