@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 
 import torch
@@ -47,3 +48,24 @@ def idle_gaps(spans, top: int = 10) -> dict:
     largest = [(round(g / 1e3, 1), round(at / 1e6, 2), before, after) for g, at, before, after in sorted(gaps)[::-1]]
     return {"span_ms": (end - t0) / 1e6, "busy_ms": busy / 1e6, "idle_ms": sum(g for g, *_ in gaps) / 1e6,
             "by_size_ms": {k: round(v, 3) for k, v in by_size.items()}, "largest": largest[:top]}
+
+
+def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
+    """`rows` as a Markdown table: `columns` maps each row key to its header, in order."""
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str | None, obj) -> None:
+    """Write `obj` as indented JSON to `path` (the scripts' --out); nothing when `path` is None."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=1)
+
+
+def report(rows: list[dict], columns: dict[str, str], out: str | None) -> int:
+    """The scripts' ending: print `rows` as a Markdown table of `columns`, write them to --out, exit status 0."""
+    print("\n" + markdown_table(rows, columns))
+    write_json(out, rows)
+    return 0

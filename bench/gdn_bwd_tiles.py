@@ -10,10 +10,9 @@ may differ by rounding flips). Prints a table; `--out` writes JSON. Never assert
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
-from common import cuda_time
+from common import cuda_time, write_json
 
 from sana_wm.ops.gdn.triton_fused import readout_backward, transitions_backward
 
@@ -58,9 +57,7 @@ def main(argv=None) -> int:
             diff = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(out, ref, strict=True))
             rows.append(dict(kernel=name, **tile, ms=round(ms, 4), rel_diff=diff))
             print(f"| {name} | {tile} | {ms:.3f} | {diff:.1e} |", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.out, rows)
     return 0
 
 

@@ -16,7 +16,7 @@ import argparse
 import json
 
 import torch
-from common import cuda_time
+from common import cuda_time, report
 
 from sana_wm.ops.qk_prologue import naive_rms_relu_rope, rms_relu_rope
 from sana_wm.ops.ucpe import naive_ucpe_clamp, ucpe_clamp
@@ -72,14 +72,8 @@ def main(argv=None) -> int:
                 rows.append(dict(card=card, op=name, tokens=N, part=part, fused_ms=round(ours, 3),
                                  composition_ms=round(base, 3), speedup=round(base / ours, 2)))
                 print(json.dumps(rows[-1]), flush=True)
-    print("\n| card | op | tokens | part | fused ms | compiled composition ms | × |\n|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['card']} | {r['op']} | {r['tokens']} | {r['part']} | {r['fused_ms']} | {r['composition_ms']} | "
-              f"{r['speedup']} |")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
-    return 0
+    return report(rows, dict(card="card", op="op", tokens="tokens", part="part", fused_ms="fused ms",
+                             composition_ms="compiled composition ms", speedup="×"), args.out)
 
 
 if __name__ == "__main__":

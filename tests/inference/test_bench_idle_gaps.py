@@ -34,3 +34,11 @@ def test_overlaps_count_once_and_gaps_are_bucketed_by_size():
 
 def test_no_kernels_is_no_time():
     assert _idle_gaps()([])["idle_ms"] == 0.0
+
+
+def test_markdown_table_follows_the_column_order_and_blanks_missing_keys():
+    spec = importlib.util.spec_from_file_location("bench_common", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    table = mod.markdown_table([dict(a=1, b="x"), dict(b="y")], dict(b="B", a="A"))
+    assert table.splitlines() == ["| B | A |", "|---|---|", "| x | 1 |", "| y |  |"]

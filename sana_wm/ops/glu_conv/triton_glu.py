@@ -59,14 +59,19 @@ def _glu_bwd_kernel(Z, BIAS, DO, DZ, DBP, R, HH, szr, sdor, HAS_BIAS: tl.constex
     tl.store(prow + HH + cols, tl.sum(acc_g, 0), mask=mc)
 
 
-def glu_backward(z: torch.Tensor, bias: torch.Tensor | None, dout: torch.Tensor):
+def glu_backward(z: torch.Tensor, bias: torch.Tensor | None, dout: torch.Tensor, *, rows: int = ROWS,
+                 rb: int = RB, block_c: int = BLOCK_C, num_warps: int = 4):
     """z [R, 2h], dout [R, h] (channel stride 1), bias [2h] or None → (dz [R, 2h] contiguous in z's dtype, dbias [2h]
-    float32, zeros without a bias)."""
+    float32; its value without a bias is the column sum of dz). The keyword arguments are the launch's tile (rows per
+    program, a multiple of `rb`; rows per step; channel pairs per program; warps): for tuning only, the result does
+    not depend on them (`bench/ffn_ops.py` sweeps them)."""
+    if rows % rb:
+        raise ValueError(f"glu_backward: rows per program ({rows}) must be a multiple of rows per step ({rb})")
     R, C2 = z.shape
     hh = C2 // 2
     dz = torch.empty((R, C2), dtype=z.dtype, device=z.device)
-    parts = torch.empty((triton.cdiv(R, ROWS), C2), dtype=torch.float32, device=z.device)
-    grid = (parts.shape[0], triton.cdiv(hh, BLOCK_C))
+    parts = torch.empty((triton.cdiv(R, rows), C2), dtype=torch.float32, device=z.device)
+    grid = (parts.shape[0], triton.cdiv(hh, block_c))
     _glu_bwd_kernel[grid](z, bias if bias is not None else z, dout, dz, parts, R, hh, z.stride(0), dout.stride(0),
-                          HAS_BIAS=bias is not None, ROWS=ROWS, RB=RB, BLOCK_C=BLOCK_C, num_warps=4)
+                          HAS_BIAS=bias is not None, ROWS=rows, RB=rb, BLOCK_C=block_c, num_warps=num_warps)
     return dz, parts.sum(0)
