@@ -90,17 +90,16 @@ class _DepthwiseConv3x3(torch.autograd.Function):
 
 
 @torch.library.custom_op("sana_wm::glu_backward", mutates_args=())
-def _glu_backward_op(z: torch.Tensor, bias: torch.Tensor | None, dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dz [..., 2h] in z's dtype, dbias [2h] float32 — zeros without a bias) of `_BiasGLU`; an opaque op so that a
-    compiled backward launches the Triton kernel (a bare launch cannot run on AOTAutograd's fake tensors)."""
-    lead = z.shape[:-1]
+def _glu_backward_op(z: torch.Tensor, bias: torch.Tensor, dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dz [..., 2h] in z's dtype, dbias [2h] float32) of `_BiasGLU`; an opaque op so that a compiled backward
+    launches the Triton kernel (a bare launch cannot run on AOTAutograd's fake tensors)."""
     zf, df = z.reshape(-1, z.shape[-1]), dout.reshape(-1, dout.shape[-1])
     if _SWITCH.use(z) and zf.stride(-1) == 1 and df.stride(-1) == 1:
         dz, db = _triton_glu_backward(zf, bias, df)
     else:
         dz, db = naive_glu_backward(zf, bias, df)
         dz, db = dz.contiguous(), db.float()
-    return dz.reshape(*lead, z.shape[-1]), (db if bias is not None else torch.zeros_like(db))
+    return dz.reshape(z.shape), db
 
 
 @_glu_backward_op.register_fake
