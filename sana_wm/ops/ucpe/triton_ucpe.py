@@ -18,6 +18,13 @@ a float32 partial row per program (summed by the caller: deterministic, no atomi
 token row costs 8 bytes per channel of L2 traffic; a variant that instead summed it in registers, walking the
 program's rows chunk by chunk in its second pass, was slower (0.85 vs 0.63 ms per call in the 161-frame training step,
 bench/RESULTS.md run 26; commit 41e61c8): the rows no longer stayed in L1 between the passes.
+
+The kernels are bound by instructions and latency, not bytes (0.44 ms per backward call with a norm at 161 frames
+moves ≈ 0.25 GB). Three changes cut the backward with a norm from 0.73 to 0.44 ms per call and the one without from
+0.43 to 0.42 ms (2.01 → 1.34 ms at 961 frames; run 32, same process): each group's four components are one vector
+load or store instead of four strided ones; the token's 4×4 matrix and RoPE angles are loaded once per row instead of
+once per chunk (they were 20 of the 29 loads per chunk); and the autotuner's key includes the norm and its list
+holds tiles of two groups per thread (it picks 4 heads × 2 warps for all four kernels on an H200).
 """
 
 from __future__ import annotations
@@ -43,19 +50,21 @@ def _chunk(c0, HD: tl.constexpr, D: tl.constexpr, HC: tl.constexpr, GB: tl.const
 
 @triton.jit
 def _load4(ptr, offs, mask):
-    return (tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32),
-            tl.load(ptr + offs + 1, mask=mask, other=0.0).to(tl.float32),
-            tl.load(ptr + offs + 2, mask=mask, other=0.0).to(tl.float32),
-            tl.load(ptr + offs + 3, mask=mask, other=0.0).to(tl.float32))
+    """The four components of each group as float32 [heads × groups] tiles, read as one vector of 4 per group (four
+    strided scalar loads cost 4× the load instructions, and this kernel is bound by instructions, not bytes)."""
+    v = tl.load(ptr + offs[:, :, None] + tl.arange(0, 4)[None, None, :], mask=mask[:, :, None], other=0.0)
+    even, odd = tl.split(tl.reshape(v.to(tl.float32), [v.shape[0], v.shape[1], 2, 2]))  # components (0, 2), (1, 3)
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    return x0, x1, x2, x3
 
 
 @triton.jit
 def _store4(ptr, offs, mask, v0, v1, v2, v3):
     dt = ptr.dtype.element_ty
-    tl.store(ptr + offs, v0.to(dt), mask=mask)
-    tl.store(ptr + offs + 1, v1.to(dt), mask=mask)
-    tl.store(ptr + offs + 2, v2.to(dt), mask=mask)
-    tl.store(ptr + offs + 3, v3.to(dt), mask=mask)
+    v = tl.join(tl.join(v0, v2), tl.join(v1, v3))  # [heads, groups, 2, 2] → component 2·i + j at [..., i, j]
+    v = tl.reshape(v, [v.shape[0], v.shape[1], 4])
+    tl.store(ptr + offs[:, :, None] + tl.arange(0, 4)[None, None, :], v.to(dt), mask=mask[:, :, None])
 
 
 @triton.jit
@@ -70,19 +79,24 @@ def _row_rstd(xrow, C, norm_eps, HD: tl.constexpr, D: tl.constexpr, HC: tl.const
 
 
 @triton.jit
-def _matrix_row(M, i, DT: tl.constexpr):
-    """Row i of the token's 4×4 matrix, rounded to the working dtype as the composition does."""
-    return (_wide(tl.load(M + 4 * i).to(tl.float32), DT), _wide(tl.load(M + 4 * i + 1).to(tl.float32), DT),
-            _wide(tl.load(M + 4 * i + 2).to(tl.float32), DT), _wide(tl.load(M + 4 * i + 3).to(tl.float32), DT))
+def _mat(M, i: tl.constexpr, DT: tl.constexpr):
+    return _wide(tl.load(M + i).to(tl.float32), DT)
 
 
 @triton.jit
-def _rope_pairs(COS, SIN, n, g, D: tl.constexpr):
-    """cos/sin of the two pairs of each RoPE-half group: (c, s) for components (0, 1), then for (2, 3)."""
+def _row_consts(M, COS, SIN, n, g, D: tl.constexpr, DT: tl.constexpr):
+    """What a token row's UCPE needs in every chunk, loaded once per row: its 4×4 matrix (16 values, row-major,
+    rounded to the working dtype as the composition does) and the cos/sin of the two pairs of each RoPE-half group
+    ((c, s) for components (0, 1), then for (2, 3); [1 × groups]). Loaded per chunk they were most of the kernel's
+    load instructions (16 + 4 of 29 per chunk in the backward without a norm)."""
+    m = (_mat(M, 0, DT), _mat(M, 1, DT), _mat(M, 2, DT), _mat(M, 3, DT), _mat(M, 4, DT), _mat(M, 5, DT),
+         _mat(M, 6, DT), _mat(M, 7, DT), _mat(M, 8, DT), _mat(M, 9, DT), _mat(M, 10, DT), _mat(M, 11, DT),
+         _mat(M, 12, DT), _mat(M, 13, DT), _mat(M, 14, DT), _mat(M, 15, DT))
     rot = (g >= D // 8) & (g < D // 4)
     p = n.to(tl.int64) * (D // 4) + 2 * (g - D // 8)
-    return (tl.load(COS + p, mask=rot, other=1.0)[None, :], tl.load(SIN + p, mask=rot, other=0.0)[None, :],
+    rope = (tl.load(COS + p, mask=rot, other=1.0)[None, :], tl.load(SIN + p, mask=rot, other=0.0)[None, :],
             tl.load(COS + p + 1, mask=rot, other=1.0)[None, :], tl.load(SIN + p + 1, mask=rot, other=0.0)[None, :])
+    return m, rope
 
 
 @triton.jit
@@ -97,23 +111,20 @@ def _prenorm(x0, x1, x2, x3, w0, w1, w2, w3, r, scale, RELU: tl.constexpr, DT: t
 
 
 @triton.jit
-def _ucpe(a0, a1, a2, a3, M, COS, SIN, n, g, D: tl.constexpr, DT: tl.constexpr, TRANSPOSE: tl.constexpr):
-    """UCPE of a chunk (TRANSPOSE: its adjoint, Mᵀ and the inverse rotation), in float32, not rounded."""
-    m00, m01, m02, m03 = _matrix_row(M, 0, DT)
-    m10, m11, m12, m13 = _matrix_row(M, 1, DT)
-    m20, m21, m22, m23 = _matrix_row(M, 2, DT)
-    m30, m31, m32, m33 = _matrix_row(M, 3, DT)
+def _ucpe(a0, a1, a2, a3, m, rope, g, D: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """UCPE of a chunk (TRANSPOSE: its adjoint, Mᵀ and the inverse rotation), in float32, not rounded; m and rope
+    from `_row_consts`."""
     if TRANSPOSE:
-        g0 = m00 * a0 + m10 * a1 + m20 * a2 + m30 * a3
-        g1 = m01 * a0 + m11 * a1 + m21 * a2 + m31 * a3
-        g2 = m02 * a0 + m12 * a1 + m22 * a2 + m32 * a3
-        g3 = m03 * a0 + m13 * a1 + m23 * a2 + m33 * a3
+        g0 = m[0] * a0 + m[4] * a1 + m[8] * a2 + m[12] * a3
+        g1 = m[1] * a0 + m[5] * a1 + m[9] * a2 + m[13] * a3
+        g2 = m[2] * a0 + m[6] * a1 + m[10] * a2 + m[14] * a3
+        g3 = m[3] * a0 + m[7] * a1 + m[11] * a2 + m[15] * a3
     else:
-        g0 = m00 * a0 + m01 * a1 + m02 * a2 + m03 * a3
-        g1 = m10 * a0 + m11 * a1 + m12 * a2 + m13 * a3
-        g2 = m20 * a0 + m21 * a1 + m22 * a2 + m23 * a3
-        g3 = m30 * a0 + m31 * a1 + m32 * a2 + m33 * a3
-    ce, se, co, so = _rope_pairs(COS, SIN, n, g, D)
+        g0 = m[0] * a0 + m[1] * a1 + m[2] * a2 + m[3] * a3
+        g1 = m[4] * a0 + m[5] * a1 + m[6] * a2 + m[7] * a3
+        g2 = m[8] * a0 + m[9] * a1 + m[10] * a2 + m[11] * a3
+        g3 = m[12] * a0 + m[13] * a1 + m[14] * a2 + m[15] * a3
+    ce, se, co, so = rope
     if TRANSPOSE:
         se, so = -se, -so
     geo = (g < D // 8)[None, :]
@@ -121,16 +132,19 @@ def _ucpe(a0, a1, a2, a3, M, COS, SIN, n, g, D: tl.constexpr, DT: tl.constexpr, 
             tl.where(geo, g2, a2 * co - a3 * so), tl.where(geo, g3, a2 * so + a3 * co))
 
 
-# Tiles picked per (C, Hd, dtype) on first use by Triton's autotuner (a handful of launches): HC heads per chunk and
-# warps trade live registers per row against rows in flight per SM; the backward also picks rows per program (each
-# program keeps one float32 partial row of the weight gradient).
+# Tiles picked per (C, Hd, norm or not, dtype) on first use by Triton's autotuner (a handful of launches): HC heads per
+# chunk and warps trade live registers per row against rows in flight per SM; the backward also picks rows per program
+# (each program keeps one float32 partial row of the weight gradient). The norm is part of the key: without it the
+# queries' and the values' calls shared whichever tile was tuned first, though their register needs differ (128 vs 79
+# per thread at 4 heads × 4 warps). The kernels are latency-bound (a chain of loads and per-head reductions per
+# chunk), so the list includes tiles of two groups per thread, which trade occupancy for independent work.
 _FWD_CONFIGS = [triton.Config({"HC": hc}, num_warps=w) for hc, w in ((4, 4), (4, 2), (2, 2), (8, 4), (8, 8))]
 _BWD_CONFIGS = [triton.Config({"HC": hc, "ROWS": r}, num_warps=w)
-                for hc, r, w in ((4, 8, 4), (4, 16, 4), (4, 4, 4), (2, 8, 2), (8, 8, 8))]
+                for hc, r, w in ((4, 8, 4), (4, 16, 4), (4, 4, 4), (2, 8, 2), (8, 8, 8), (8, 8, 4), (4, 8, 2))]
 _MIN_ROWS = min(c.kwargs["ROWS"] for c in _BWD_CONFIGS)
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["C", "HD"])
+@triton.autotune(configs=_FWD_CONFIGS, key=["C", "HD", "HAS_NORM"])
 @triton.jit
 def _ucpe_clamp_fwd(X, Wt, M, COS, SIN, XU, RATIO, N, C, sxb, sxn, scale, norm_eps, eps, HAS_NORM: tl.constexpr,
                     RELU: tl.constexpr, HD: tl.constexpr, D: tl.constexpr, HC: tl.constexpr, GB: tl.constexpr):
@@ -138,7 +152,7 @@ def _ucpe_clamp_fwd(X, Wt, M, COS, SIN, XU, RATIO, N, C, sxb, sxn, scale, norm_e
     b, n = row // N, row % N
     DT: tl.constexpr = XU.dtype.element_ty
     xrow = X + b.to(tl.int64) * sxb + n.to(tl.int64) * sxn
-    Mrow = M + row.to(tl.int64) * 16
+    m, rope = _row_consts(M + row.to(tl.int64) * 16, COS, SIN, n, tl.arange(0, GB), D, DT)
     if HAS_NORM:
         r = _row_rstd(xrow, C, norm_eps, HD, D, HC, GB)
     for c0 in range(0, HD, HC):
@@ -147,7 +161,7 @@ def _ucpe_clamp_fwd(X, Wt, M, COS, SIN, XU, RATIO, N, C, sxb, sxn, scale, norm_e
         if HAS_NORM:
             w0, w1, w2, w3 = _load4(Wt, offs, mask)
             a0, a1, a2, a3, _, _, _, _ = _prenorm(a0, a1, a2, a3, w0, w1, w2, w3, r, scale, RELU, DT)
-        u0, u1, u2, u3 = _ucpe(a0, a1, a2, a3, Mrow, COS, SIN, n, g, D, DT, False)
+        u0, u1, u2, u3 = _ucpe(a0, a1, a2, a3, m, rope, g, D, False)
         u0, u1, u2, u3 = _wide(u0, DT), _wide(u1, DT), _wide(u2, DT), _wide(u3, DT)
         sa = tl.sum(a0 * a0 + a1 * a1 + a2 * a2 + a3 * a3, 1)  # per head
         su = tl.sum(u0 * u0 + u1 * u1 + u2 * u2 + u3 * u3, 1)
@@ -159,7 +173,7 @@ def _ucpe_clamp_fwd(X, Wt, M, COS, SIN, XU, RATIO, N, C, sxb, sxn, scale, norm_e
 
 
 @triton.jit
-def _chunk_grad(xrow, Wt, Mrow, COS, SIN, GXU, GRATIO, row, n, c0, C, r, scale, eps, HAS_NORM: tl.constexpr,
+def _chunk_grad(xrow, Wt, m, rope, GXU, GRATIO, row, c0, C, r, scale, eps, HAS_NORM: tl.constexpr,
                 RELU: tl.constexpr, HD: tl.constexpr, D: tl.constexpr, HC: tl.constexpr, GB: tl.constexpr,
                 DT: tl.constexpr):
     """The adjoint of `naive_ucpe_clamp_backward` for one chunk of heads, up to the gradient at the prenorm's output
@@ -172,7 +186,7 @@ def _chunk_grad(xrow, Wt, Mrow, COS, SIN, GXU, GRATIO, row, n, c0, C, r, scale, 
     else:
         a0, a1, a2, a3, n0, n1, n2, n3 = x0, x1, x2, x3, x0, x1, x2, x3
     # Forward again: u, the clamp factor f, xu, the norms and the ratio.
-    u0, u1, u2, u3 = _ucpe(a0, a1, a2, a3, Mrow, COS, SIN, n, g, D, DT, False)
+    u0, u1, u2, u3 = _ucpe(a0, a1, a2, a3, m, rope, g, D, False)
     u0, u1, u2, u3 = _wide(u0, DT), _wide(u1, DT), _wide(u2, DT), _wide(u3, DT)
     sa = tl.sum(a0 * a0 + a1 * a1 + a2 * a2 + a3 * a3, 1)
     su = tl.sum(u0 * u0 + u1 * u1 + u2 * u2 + u3 * u3, 1)
@@ -193,8 +207,8 @@ def _chunk_grad(xrow, Wt, Mrow, COS, SIN, GXU, GRATIO, row, n, c0, C, r, scale, 
     dq = tl.where(q <= 1.0, tl.sum(G0 * u0 + G1 * u1 + G2 * u2 + G3 * u3, 1), 0.0)
     d_rho_u = tl.where(rho_u >= eps, -dq * rho_a / (den * den), 0.0)
     cu = (d_rho_u / (D * rho_u))[:, None]
-    d0, d1, d2, d3 = _ucpe(f * G0 + cu * u0, f * G1 + cu * u1, f * G2 + cu * u2, f * G3 + cu * u3, Mrow, COS, SIN,
-                           n, g, D, DT, True)
+    d0, d1, d2, d3 = _ucpe(f * G0 + cu * u0, f * G1 + cu * u1, f * G2 + cu * u2, f * G3 + cu * u3, m, rope, g, D,
+                           True)
     ca = (dq / den / (D * rho_a) - tl.where(na >= eps, 2.0 * gr * ratio / (na_c * na_c), 0.0))[:, None]
     d0, d1, d2, d3 = d0 + ca * a0, d1 + ca * a1, d2 + ca * a2, d3 + ca * a3
     g0, g1, g2, g3 = d0, d1, d2, d3
@@ -207,7 +221,7 @@ def _chunk_grad(xrow, Wt, Mrow, COS, SIN, GXU, GRATIO, row, n, c0, C, r, scale, 
     return d0, d1, d2, d3, n0, n1, n2, n3, g0, g1, g2, g3, x0, x1, x2, x3, offs, mask
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["C", "HD"], reset_to_zero=["DW"])
+@triton.autotune(configs=_BWD_CONFIGS, key=["C", "HD", "HAS_NORM"], reset_to_zero=["DW"])
 @triton.jit
 def _ucpe_clamp_bwd(X, Wt, M, COS, SIN, GXU, GRATIO, DX, DW, SC, N, C, rows, sxb, sxn, scale, norm_eps, eps,
                     HAS_NORM: tl.constexpr, RELU: tl.constexpr, HD: tl.constexpr, D: tl.constexpr, HC: tl.constexpr,
@@ -219,7 +233,7 @@ def _ucpe_clamp_bwd(X, Wt, M, COS, SIN, GXU, GRATIO, DX, DW, SC, N, C, rows, sxb
         if row < rows:
             b, n = row // N, row % N
             xrow = X + b.to(tl.int64) * sxb + n.to(tl.int64) * sxn
-            Mrow = M + row.to(tl.int64) * 16
+            m, rope = _row_consts(M + row.to(tl.int64) * 16, COS, SIN, n, tl.arange(0, GB), D, DT)
             dxrow = DX + row.to(tl.int64) * C
             if HAS_NORM:
                 r = _row_rstd(xrow, C, norm_eps, HD, D, HC, GB)
@@ -227,7 +241,7 @@ def _ucpe_clamp_bwd(X, Wt, M, COS, SIN, GXU, GRATIO, DX, DW, SC, N, C, rows, sxb
                 acc = tl.zeros([HC, GB], tl.float32)
                 for c0 in range(0, HD, HC):
                     d0, d1, d2, d3, n0, n1, n2, n3, g0, g1, g2, g3, x0, x1, x2, x3, offs, mask = _chunk_grad(
-                        xrow, Wt, Mrow, COS, SIN, GXU, GRATIO, row, n, c0, C, r, scale, eps, HAS_NORM, RELU, HD, D,
+                        xrow, Wt, m, rope, GXU, GRATIO, row, c0, C, r, scale, eps, HAS_NORM, RELU, HD, D,
                         HC, GB, DT)
                     acc += (d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3) * r
                     dwrow = DW + pid.to(tl.int64) * C
@@ -245,7 +259,7 @@ def _ucpe_clamp_bwd(X, Wt, M, COS, SIN, GXU, GRATIO, DX, DW, SC, N, C, rows, sxb
             else:
                 for c0 in range(0, HD, HC):
                     d0, d1, d2, d3, _, _, _, _, _, _, _, _, _, _, _, _, offs, mask = _chunk_grad(
-                        xrow, Wt, Mrow, COS, SIN, GXU, GRATIO, row, n, c0, C, 1.0, scale, eps, HAS_NORM, RELU, HD, D,
+                        xrow, Wt, m, rope, GXU, GRATIO, row, c0, C, 1.0, scale, eps, HAS_NORM, RELU, HD, D,
                         HC, GB, DT)
                     _store4(dxrow, offs, mask, d0, d1, d2, d3)
 
