@@ -123,7 +123,7 @@ def test_training_path_with_the_glu_backward_op_matches_the_float64_reference(mo
 @pytest.mark.parametrize("rows, half, bias", [(37, 300, True), (130, 17, True), (3, 260, False), (18480, 6720, True)])
 def test_triton_glu_backward_matches_the_reference(dtype, rows, half, bias):
     """The Triton kernel against `naive_glu_backward` (same roundings): awkward sizes (rows not a multiple of the
-    program's 64, channels not of its 256), a column slice of a wider row as z, and the model's 161-frame shape."""
+    program's 128, channels not of its 64), a column slice of a wider row as z, and the model's 161-frame shape."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     from sana_wm.ops.glu_conv.triton_glu import glu_backward
@@ -134,6 +134,14 @@ def test_triton_glu_backward_matches_the_reference(dtype, rows, half, bias):
     dout = torch.randn(rows, half, device="cuda", generator=g).to(dtype)
     dz, db = glu_backward(z, b, dout)
     rz, rb = glu_conv.naive_glu_backward(z, b, dout)
+    rel = lambda a, r: ((a.double() - r.double()).norm() / r.double().norm()).item()  # noqa: E731
     tol = 1e-6 if dtype == torch.float32 else 5e-3  # bf16: one rounding of nearly the same float32 value
-    assert ((dz.double() - rz.double()).norm() / rz.double().norm()).item() < tol
-    assert ((db.double() - rb.double()).norm() / rb.double().norm()).item() < 1e-5
+    assert rel(dz, rz) < tol
+    # The bias gradient is the float32 column sum of the dz the kernel wrote (partials per program, then summed)...
+    assert rel(db, dz.double().sum(0)) < 1e-6
+    # ... so in bf16 it differs from the reference's by the sum of their dz's last-bit differences: 1.8e-5 at the
+    # model's shape (run 31; an earlier bound of 1e-5 for both dtypes failed there on the GPU, run 32).
+    assert rel(db, rb) < (1e-5 if dtype == torch.float32 else 1e-4)
+    # The tile changes the launch, not the result: dz is element-wise, db only changes its summation order.
+    dz2, db2 = glu_backward(z, b, dout, rows=64, rb=16, block_c=256, num_warps=4)
+    assert torch.equal(dz2, dz) and rel(db2, db) < 1e-6

@@ -6,8 +6,12 @@ writes both halves of dz, and keeps the column sums of dz (the bias gradient) in
 partial row per program (summed by the caller: deterministic, no atomics). Inductor's kernel for the same adjoint is a
 `cat` of the two halves whose every element loads through masks (0.66 ms per call at 161 frames on an H200, ≈ 2.6 TB/s
 counting the reads both halves repeat), and the bias gradient was a second pass over dz (two reduction kernels,
-0.34 ms per call; bench/RESULTS.md run 29). In the training step this kernel saves 8.5 ms (run 31), yet alone it
-takes 0.63 ms per call at 161 frames, ≈ 2 TB/s for its 1.24 GB: the tile (RB × BLOCK_C, 4 warps) has not been tuned.
+0.34 ms per call; bench/RESULTS.md run 29). In the training step this kernel saved 8.5 ms (run 31).
+
+The tile comes from a sweep at 161 frames on an H200 (`bench/ffn_ops.py`, run 32): 128 rows × 16 per step × 64
+channel pairs, 4 warps, takes 0.42 ms per call (≈ 3 TB/s); the first tile (64 × 16 × 256) took 0.67 ms, since its
+32 elements per thread and two float32 accumulators needed 251 registers and left 8 warps per SM. Tiles of 8 elements
+per thread (72 registers) all ran at 0.42–0.48 ms.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-ROWS = 64  # rows per program: 289 partial rows at 161 frames (15.5 MB of float32), ≈ 7 800 programs
-RB = 16  # rows per step of a program's loop
-BLOCK_C = 256  # channel pairs per program
+# The launch tile: rows per program (a multiple of rb; 128 → 145 partial rows at 161 frames, 7.8 MB of float32), rows
+# per step of a program's loop, channel pairs per program, warps. Read at call time, so a benchmark can set it.
+TILE = dict(rows=128, rb=16, block_c=64, num_warps=4)
 
 
 @triton.jit
@@ -59,12 +63,15 @@ def _glu_bwd_kernel(Z, BIAS, DO, DZ, DBP, R, HH, szr, sdor, HAS_BIAS: tl.constex
     tl.store(prow + HH + cols, tl.sum(acc_g, 0), mask=mc)
 
 
-def glu_backward(z: torch.Tensor, bias: torch.Tensor | None, dout: torch.Tensor, *, rows: int = ROWS,
-                 rb: int = RB, block_c: int = BLOCK_C, num_warps: int = 4):
+def glu_backward(z: torch.Tensor, bias: torch.Tensor | None, dout: torch.Tensor, **tile):
     """z [R, 2h], dout [R, h] (channel stride 1), bias [2h] or None → (dz [R, 2h] contiguous in z's dtype, dbias [2h]
-    float32; its value without a bias is the column sum of dz). The keyword arguments are the launch's tile (rows per
-    program, a multiple of `rb`; rows per step; channel pairs per program; warps): for tuning only, the result does
-    not depend on them (`bench/ffn_ops.py` sweeps them)."""
+    float32; its value without a bias is the column sum of dz). Keywords override `TILE` (rows, rb, block_c,
+    num_warps): for tuning only, the result does not depend on them (`bench/ffn_ops.py` sweeps them)."""
+    unknown = set(tile) - set(TILE)
+    if unknown:
+        raise TypeError(f"glu_backward: unknown tile keyword(s) {sorted(unknown)}; expected some of {sorted(TILE)}")
+    t = {**TILE, **tile}
+    rows, rb, block_c = t["rows"], t["rb"], t["block_c"]
     if rows % rb:
         raise ValueError(f"glu_backward: rows per program ({rows}) must be a multiple of rows per step ({rb})")
     R, C2 = z.shape
@@ -73,5 +80,5 @@ def glu_backward(z: torch.Tensor, bias: torch.Tensor | None, dout: torch.Tensor,
     parts = torch.empty((triton.cdiv(R, rows), C2), dtype=torch.float32, device=z.device)
     grid = (parts.shape[0], triton.cdiv(hh, block_c))
     _glu_bwd_kernel[grid](z, bias if bias is not None else z, dout, dz, parts, R, hh, z.stride(0), dout.stride(0),
-                          HAS_BIAS=bias is not None, ROWS=rows, RB=rb, BLOCK_C=block_c, num_warps=num_warps)
+                          HAS_BIAS=bias is not None, ROWS=rows, RB=rb, BLOCK_C=block_c, num_warps=t["num_warps"])
     return dz, parts.sum(0)
