@@ -9,7 +9,7 @@ At the model's shapes (bf16, 2h = 13 440 channels, 22×40 latents, 21 / 121 late
 Medians of CUDA-event timings; prints a table (card, tokens, op, variant, ms, GB/s of the op's minimum traffic, ratio
 to the baseline) and writes JSON with --out. Never asserts speed.
 
-    python bench/ffn_ops.py --tokens 18480,106480 --glu-tiles 64x16x256x4,64x32x128x4,128x16x256x8
+    python bench/ffn_ops.py --tokens 18480,106480 --glu-tiles 128x16x64x4,256x16x64x4,64x16x256x4
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", default="18480,106480", help="token counts, multiples of 880 (22×40 per frame)")
     ap.add_argument("--ops", default="glu,dgrad")
-    ap.add_argument("--glu-tiles", default="64x16x256x4", help="ROWSxRBxBLOCK_CxWARPS,... (the default tile first)")
+    ap.add_argument("--glu-tiles", default="128x16x64x4",
+                    help="ROWSxRBxBLOCK_CxWARPS,... (triton_glu.TILE, the kernel's default, is 128x16x64x4)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out")
     args = ap.parse_args(argv)
