@@ -63,7 +63,8 @@ class ModelConfig:
     ac_policy: "full" (recompute whole blocks), "selective" (keep GEMM/attention/scan outputs, recompute the
     element-wise work: less recompute, more memory) or "ffn" (keep those, recompute only the FFN's wide middle and let
     the compiler's partitioner choose for the rest; needs compile=true). ac_blocks: checkpoint only the first K blocks,
-    the others keep all activations (faster, more memory; null = every block). compile: `torch.compile` each block.
+    the others keep all activations (faster, more memory; null = every block). compile: `torch.compile` each block,
+    the prologue (`SanaWM.embed`) and the final layer.
     """
 
     preset: str = "tiny"

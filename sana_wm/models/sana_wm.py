@@ -393,28 +393,42 @@ class SanaWM(nn.Module):
         cfg = self.config
         B, T, H, W, t, y, mask = self._validate(x, timestep, y, mask, camera_conditions, chunk_plucker)
         grid = (T, H, W)
-        dtype = self.x_embedder.proj.weight.dtype  # autocast, when on, casts the GEMMs itself
-        tokens = self.x_embedder.proj(x.to(dtype).flatten(2).transpose(1, 2))  # [B, N, C]
-
-        t_emb = self.t_embedder(t.trunc())  # [B, T, C]; integer timesteps as in the released model
-        t_mod = self.t_block(t_emb)  # [B, T, 6C]
-        text = self.attention_y_norm(self.y_embedder(y.to(dtype)))  # [B, L, C]
-
+        tokens, t_emb, t_mod, text, rays, plucker = self.embed(x, t, y, camera_conditions, chunk_plucker)
         ctx = AttentionContext(grid=grid, rope=cached_rope_table(grid, cfg.head_dim, x.device))
-        if camera_conditions is not None:
-            # Ray geometry in float32 whatever the model dtype (PORT-CHECK OMITTED 2: bf16 geometry moves fx).
-            rays = ray_frames(camera_conditions.float(), H, W)
-            # Contiguous once here: every block's fused UCPE op reads whole 4×4 rows per token.
-            ctx.rays, ctx.rays_T, ctx.rays_inv = rays.P, rays.P_T.contiguous(), rays.P_inv.contiguous()
+        if rays is not None:
+            ctx.rays, ctx.rays_T, ctx.rays_inv = rays
             ctx.cam_rope = cached_camera_table(grid, cfg.head_dim, x.device)
-        plucker = None
-        if chunk_plucker is not None:
-            plucker = self.plucker_embedder.proj(chunk_plucker.to(dtype).flatten(2).transpose(1, 2))  # [B, N, C]
 
         for block in self.blocks:
             tokens = block(tokens, t_mod, text, mask, ctx, plucker)
         out = self.final_layer(tokens, t_emb, T)  # [B, N, C_out]
         return out.transpose(1, 2).unflatten(2, grid).to(x.dtype)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, camera_conditions: torch.Tensor | None,
+              chunk_plucker: torch.Tensor | None):
+        """Everything before the blocks, from validated inputs (`_validate`: t is [B, T] float).
+
+        Returns (tokens [B, N, C], t_emb [B, T, C], t_mod [B, T, 6C], text [B, L, C], rays, plucker [B, N, C] or None),
+        rays = (P, Pᵀ, P⁻¹) per token, each [B, N, 4, 4] float32 and contiguous, or None without a camera. A method of
+        its own so that `sana_wm.parallel.apply_compile` can compile it as one graph: eagerly it is dozens of small
+        kernels (embedding MLPs, the rays' float32 maths) that the GPU waits for at the start of every step.
+        """
+        H, W = x.shape[-2:]
+        dtype = self.x_embedder.proj.weight.dtype  # autocast, when on, casts the GEMMs itself
+        tokens = self.x_embedder.proj(x.to(dtype).flatten(2).transpose(1, 2))  # [B, N, C]
+        t_emb = self.t_embedder(t.trunc())  # [B, T, C]; integer timesteps as in the released model
+        t_mod = self.t_block(t_emb)  # [B, T, 6C]
+        text = self.attention_y_norm(self.y_embedder(y.to(dtype)))  # [B, L, C]
+        rays = None
+        if camera_conditions is not None:
+            # Ray geometry in float32 whatever the model dtype (PORT-CHECK OMITTED 2: bf16 geometry moves fx).
+            frames = ray_frames(camera_conditions.float(), H, W)
+            # Contiguous once here: every block's fused UCPE op reads whole 4×4 rows per token.
+            rays = frames.P, frames.P_T.contiguous(), frames.P_inv.contiguous()
+        plucker = None
+        if chunk_plucker is not None:
+            plucker = self.plucker_embedder.proj(chunk_plucker.to(dtype).flatten(2).transpose(1, 2))  # [B, N, C]
+        return tokens, t_emb, t_mod, text, rays, plucker
 
     def _validate(self, x, timestep, y, mask, camera_conditions, chunk_plucker):
         cfg = self.config
