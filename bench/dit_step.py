@@ -15,7 +15,8 @@ train21 runs eager with full checkpointing, then (with --compile) compiled with 
 whole blocks, "selective" keeps GEMM / attention / scan / prologue outputs, "ffn" keeps those and recomputes only the
 FFN's wide middle, leaving the rest to the compiler (sana_wm.parallel); --ac-blocks K
 checkpoints only the first K blocks of the compiled model (the others keep every activation).
-Timing: CUDA events, median of --reps after --warmup runs; peak memory = torch.cuda.max_memory_allocated.
+Timing: CUDA events, median of --reps after --warmup runs; peak memory = torch.cuda.max_memory_allocated less the
+other model's parameters, buffers and gradients (both models live in this process; `resident_gib`).
 MFU = model FLOPs (sana_wm.flops) / (time × 989.4 TFLOP/s); also reported against the GEMM ceiling measured here.
 Prints a table and writes JSON (--out). Never asserts speed.
 
@@ -37,7 +38,7 @@ from sana_wm.camera import action_to_c2w, prepare_camera
 from sana_wm.checkpoint import to_diffusers_layout
 from sana_wm.flops import H100_BF16_PEAK, model_flops
 from sana_wm.ops.gdn.torch_scan import set_fused_backward, set_fused_forward
-from sana_wm.parallel import apply_activation_checkpointing
+from sana_wm.parallel import apply_activation_checkpointing, apply_compile
 
 H, W, TEXT = 22, 40, 300
 
@@ -95,6 +96,26 @@ def build_models(with_port: bool):
         port.load_state_dict(to_diffusers_layout(ours.state_dict()), strict=True)
         port = port.to(torch.bfloat16).eval()
     return ours, port
+
+
+def resident_gib(model) -> float:
+    """GiB held by `model`'s parameters, buffers and gradients: the other model's share of a peak measured here."""
+    if model is None:
+        return 0.0
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**30
+
+
+def set_compiled(model, plain_blocks, compiled: bool) -> None:
+    """The plain blocks back, with `apply_compile` (blocks, `embed` prologue, final layer) on top when `compiled`;
+    otherwise its prologue and final layer undone too, so that eager timings stay eager."""
+    model.blocks = torch.nn.ModuleList(plain_blocks)
+    model.__dict__.pop("embed", None)  # the compiled instance attribute; the method is underneath
+    model.final_layer._compiled_call_impl = None
+    model.final_layer._sana_compiled = False
+    if compiled:
+        apply_compile(model)
 
 
 def train_step(model, inp, port: bool):
@@ -222,6 +243,7 @@ def main(argv=None) -> int:
                 json.dump(results, f, indent=2)
 
     def record(case, who, B, T, ms, gib, training):
+        gib -= resident_gib(port if who.startswith("ours") else ours)
         flops = model_flops(cfg, (T, H, W), TEXT, batch=B, training=training).total
         row = dict(case=case, impl=who, B=B, T=T, frames=8 * (T - 1) + 1, ms=round(ms, 1), peak_gib=round(gib, 2),
                    mfu=round(flops / (ms * 1e-3) / H100_BF16_PEAK, 4))
@@ -257,7 +279,7 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
     plain_blocks = list(ours.blocks)
     if args.compile:
-        ours.blocks = torch.nn.ModuleList(torch.compile(b) for b in plain_blocks)  # per-block compile
+        set_compiled(ours, plain_blocks, True)  # per-block compile, plus the prologue and the final layer
         for case, B, T in (("fwd21", 2, 21), ("fwd121", 1, 121)):
             if case in cases:
                 inp = make_inputs(B, T)
@@ -273,19 +295,19 @@ def main(argv=None) -> int:
                         ms, gib = cuda_time(ours_fn(ours, inp), args.warmup + 1, args.reps)
                         record(case, "ours+compile, composite GDN", B, T, ms, gib, False)
                         set_fused_forward(True)
-        ours.blocks = torch.nn.ModuleList(plain_blocks)
+        set_compiled(ours, plain_blocks, False)
     if "profile" in cases:
         results["profile_fwd21_ms"] = profile_breakdown(ours, make_inputs(2, 21))
         print("profile fwd21 (device ms):", json.dumps(results["profile_fwd21_ms"]), flush=True)
     policies = args.ac.split(",")
 
     def set_blocks(policy: str | None, compiled: bool) -> None:
-        """Fresh per-block wrappers on the same parameters: checkpointing `policy`, then per-block compile."""
-        ours.blocks = torch.nn.ModuleList(plain_blocks)
+        """Fresh per-block wrappers on the same parameters: checkpointing `policy`, then `apply_compile`."""
+        set_compiled(ours, plain_blocks, False)
         if policy is not None:
             apply_activation_checkpointing(ours, policy, args.ac_blocks if compiled else None)
         if compiled:
-            ours.blocks = torch.nn.ModuleList(torch.compile(b) for b in ours.blocks)
+            apply_compile(ours)
 
     if "train21" in cases or "trainmax" in cases:
         ours.train()
@@ -302,6 +324,7 @@ def main(argv=None) -> int:
         if port is not None:
             ms_p, gib_p = cuda_time(train_step(port, inp, True), args.warmup, args.reps)
             record("train21", "port", 1, 21, ms_p, gib_p, True)
+            port.zero_grad(set_to_none=True)
             results["train21_port_ms"] = ms_p
             if ms is not None:
                 results["train21_speedup"] = ms_p / ms

@@ -1,0 +1,52 @@
+"""bench/dit_step.py's switch between our compiled and eager model (the benchmark itself needs a GPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from sana_wm import SanaWM
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _module():
+    sys.path.insert(0, str(BENCH))  # the script imports its sibling `common`
+    try:
+        spec = importlib.util.spec_from_file_location("bench_dit_step", BENCH / "dit_step.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_set_compiled_compiles_the_prologue_and_final_layer_and_undoes_them():
+    """Compiled timings must include the compiled prologue (`apply_compile`), and the eager timings after them must
+    be eager again: blocks, `embed` and the final layer. torch.compile is lazy, so nothing compiles here."""
+    bench = _module()
+    model = SanaWM.from_preset("tiny")
+    plain = list(model.blocks)
+    compiled_type = torch._dynamo.eval_frame.OptimizedModule
+    for _ in range(2):  # back and forth twice: nothing is left wrapped or marked
+        bench.set_compiled(model, plain, True)
+        assert all(isinstance(b, compiled_type) for b in model.blocks)
+        assert "embed" in model.__dict__ and model.final_layer._compiled_call_impl is not None
+        bench.set_compiled(model, plain, False)
+        assert list(model.blocks) == plain and "embed" not in model.__dict__
+        assert model.final_layer._compiled_call_impl is None and not model.final_layer._sana_compiled
+
+
+def test_resident_gib_counts_parameters_buffers_and_gradients():
+    """The other model's share subtracted from a peak measured with both models in one process."""
+    bench = _module()
+    lin = torch.nn.Linear(256, 1024)  # 263 168 float32 values
+    lin.register_buffer("table", torch.zeros(1024, dtype=torch.bfloat16))
+    params = (256 * 1024 + 1024) * 4 / 2**30
+    assert bench.resident_gib(None) == 0.0
+    assert abs(bench.resident_gib(lin) - params - 2048 / 2**30) < 1e-12
+    lin(torch.randn(3, 256)).sum().backward()
+    assert abs(bench.resident_gib(lin) - 2 * params - 2048 / 2**30) < 1e-12
