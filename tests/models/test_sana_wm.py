@@ -312,6 +312,7 @@ def test_fused_prologue_ops_match_the_compositions_in_the_whole_model():
     out_diff, grad_diff, name = _fused_vs_composition("cuda")
     # float32 through four blocks: the kernels' reduction order alone moves the output by ≈ 1e-5 (8.4e-6 with the
     # kernels run by Triton's CPU interpreter, identical for the UCPE kernels before and after their 2026-12-02
-    # rewrite; 1.05e-5 on an H200 after it, bench/RESULTS.md run 35). A wrong stream, matrix or scale is off by 1e-2+.
+    # rewrite; 1.05e-5 on an H200 after it, bench/RESULTS.md run 35). Wiring errors are far above: under the
+    # interpreter a 1 % error in the camera scale moved it by 9.4e-3, a transposed camera matrix by 0.18.
     assert out_diff < 3e-5
     assert grad_diff < 1e-4, name
