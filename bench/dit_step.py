@@ -4,7 +4,8 @@ Cases (PERFORMANCE.md §4 B1/B2, issue 6):
   fwd21    inference forward, 21 latent frames (161 f), B=2 (one CFG step)
   fwd121   inference forward, 121 latent frames (961 f), B=1
   train21  forward+backward with per-block activation checkpointing, 21 latent frames, B=1
-  trainmax longest clip whose training step fits (ours only; probes 41/61/81/121 latent frames)
+  trainmax longest clip whose training step fits (ours only; probes 41/61/81/121 latent frames); on a card bigger
+           than the 80 GB H100 of the targets, --cap-gib 79 caps the allocator at what that card offers
   profile  breakdown of our fwd21 into linear / GDN / softmax / other (torch.profiler device time)
   kernels  with --compile: the top CUDA kernels of the compiled fwd21, fwd121 and train21 (where the time goes), and
            the GPU's idle time between kernels with the largest gaps (where the host fell behind)
@@ -96,6 +97,18 @@ def build_models(with_port: bool):
         port.load_state_dict(to_diffusers_layout(ours.state_dict()), strict=True)
         port = port.to(torch.bfloat16).eval()
     return ours, port
+
+
+def memory_fraction(cap_gib: float, total_bytes: int | None = None) -> float:
+    """The allocator fraction of this card that is `cap_gib` GiB (`--cap-gib`); a cap above the card is an error.
+
+    >>> memory_fraction(70.0, 140 * 2**30)
+    0.5
+    """
+    total = torch.cuda.get_device_properties(0).total_memory if total_bytes is None else total_bytes
+    if not 0 < cap_gib * 2**30 <= total:
+        raise ValueError(f"--cap-gib {cap_gib}: must be positive and at most this card's {total / 2**30:.1f} GiB")
+    return cap_gib * 2**30 / total
 
 
 def resident_gib(model) -> float:
@@ -220,11 +233,17 @@ def main(argv=None) -> int:
     ap.add_argument("--ac-blocks", type=int, default=None,
                     help="checkpoint only the first K blocks in the compiled train21 (default: all)")
     ap.add_argument("--top", type=int, default=30, help="kernels listed by the `kernels` case")
+    ap.add_argument("--cap-gib", type=float, default=None,
+                    help="cap this process's CUDA allocator at this many GiB, e.g. 79 for what fits on an 80 GB H100 "
+                         "when measuring on a bigger card (trainmax, peaks)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     cases = args.cases.split(",")
     dev = torch.cuda.get_device_name()
     info = dict(date=time.strftime("%Y-%m-%d"), card=dev, torch=torch.__version__, python=platform.python_version())
+    if args.cap_gib is not None:
+        info["cap_gib"] = args.cap_gib
+        torch.cuda.set_per_process_memory_fraction(memory_fraction(args.cap_gib))
     try:
         import triton
 

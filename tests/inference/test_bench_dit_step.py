@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from sana_wm import SanaWM
@@ -50,3 +51,11 @@ def test_resident_gib_counts_parameters_buffers_and_gradients():
     assert abs(bench.resident_gib(lin) - params - 2048 / 2**30) < 1e-12
     lin(torch.randn(3, 256)).sum().backward()
     assert abs(bench.resident_gib(lin) - 2 * params - 2048 / 2**30) < 1e-12
+
+
+def test_memory_cap_is_a_fraction_of_the_card_and_names_a_bad_cap():
+    bench = _module()
+    assert bench.memory_fraction(79.0, 158 * 2**30) == 0.5
+    for bad in (0.0, -1.0, 200.0):
+        with pytest.raises(ValueError, match=rf"--cap-gib {bad}: must be positive and at most this card's 158.0 GiB"):
+            bench.memory_fraction(bad, 158 * 2**30)
