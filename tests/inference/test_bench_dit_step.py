@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from sana_wm import SanaWM
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 
-
-def _module():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling `common`
-    try:
-        spec = importlib.util.spec_from_file_location("bench_dit_step", BENCH / "dit_step.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-def test_set_compiled_compiles_the_prologue_and_final_layer_and_undoes_them():
+def test_set_compiled_compiles_the_prologue_and_final_layer_and_undoes_them(bench_module):
     """Compiled timings must include the compiled prologue (`apply_compile`), and the eager timings after them must
     be eager again: blocks, `embed` and the final layer. torch.compile is lazy, so nothing compiles here."""
-    bench = _module()
+    bench = bench_module("dit_step.py")
     model = SanaWM.from_preset("tiny")
     plain = list(model.blocks)
     compiled_type = torch._dynamo.eval_frame.OptimizedModule
@@ -41,9 +24,9 @@ def test_set_compiled_compiles_the_prologue_and_final_layer_and_undoes_them():
         assert model.final_layer._compiled_call_impl is None and not model.final_layer._sana_compiled
 
 
-def test_resident_gib_counts_parameters_buffers_and_gradients():
+def test_resident_gib_counts_parameters_buffers_and_gradients(bench_module):
     """The other model's share subtracted from a peak measured with both models in one process."""
-    bench = _module()
+    bench = bench_module("dit_step.py")
     lin = torch.nn.Linear(256, 1024)  # 263 168 float32 values
     lin.register_buffer("table", torch.zeros(1024, dtype=torch.bfloat16))
     params = (256 * 1024 + 1024) * 4 / 2**30
@@ -53,8 +36,8 @@ def test_resident_gib_counts_parameters_buffers_and_gradients():
     assert abs(bench.resident_gib(lin) - 2 * params - 2048 / 2**30) < 1e-12
 
 
-def test_memory_cap_is_a_fraction_of_the_card_and_names_a_bad_cap():
-    bench = _module()
+def test_memory_cap_is_a_fraction_of_the_card_and_names_a_bad_cap(bench_module):
+    bench = bench_module("dit_step.py")
     assert bench.memory_fraction(79.0, 158 * 2**30) == 0.5
     for bad in (0.0, -1.0, 200.0):
         with pytest.raises(ValueError, match=rf"--cap-gib {bad}: must be positive and at most this card's 158.0 GiB"):

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "generate.py"
 
 
-def test_quick_run_prints_every_stage(tmp_path, capsys, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_generate", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_generate", mod)  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
+def test_quick_run_prints_every_stage(tmp_path, capsys, bench_module):
+    mod = bench_module("generate.py")
     assert mod.main(["--quick", "--json", str(tmp_path / "rows.json")]) == 0
     table = capsys.readouterr().out
     for stage in ("stage1", "vae_decode", "text", "refiner_text", "refiner", "total"):
@@ -29,14 +22,11 @@ def test_quick_run_prints_every_stage(tmp_path, capsys, monkeypatch):
         mod.main(["--quick", "--frames", "20"])  # not 8k+1
 
 
-def test_full_size_builders_construct_on_meta(monkeypatch):
+def test_full_size_builders_construct_on_meta(bench_module):
     """The GPU configuration can't run here, but its modules must build with the real sizes (on `meta`, no memory)."""
     import torch
 
-    spec = importlib.util.spec_from_file_location("bench_generate", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_generate", mod)
-    spec.loader.exec_module(mod)
+    mod = bench_module("generate.py")
     meta, bf16 = torch.device("meta"), torch.bfloat16
     dit = mod.build_dit(mod.FULL, meta, bf16)
     assert dit.num_parameters() == 2_661_800_448 and next(dit.parameters()).dtype == bf16
@@ -48,11 +38,8 @@ def test_full_size_builders_construct_on_meta(monkeypatch):
     assert conn.config.caption_channels * conn.config.text_proj_in_factor == 3840 * 49
 
 
-def test_quick_pipeline_stage_runs_with_and_without_offload(tmp_path, capsys, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_generate", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_generate", mod)
-    spec.loader.exec_module(mod)
+def test_quick_pipeline_stage_runs_with_and_without_offload(tmp_path, capsys, bench_module):
+    mod = bench_module("generate.py")
     assert mod.main(["--quick", "--stages", "pipeline", "--json", str(tmp_path / "rows.json")]) == 0
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     totals = [r for r in rows if r["stage"] == "pipe:total"]

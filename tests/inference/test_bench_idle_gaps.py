@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "common.py"
 
-
-def _idle_gaps():
-    spec = importlib.util.spec_from_file_location("bench_common", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.idle_gaps
-
-
-def test_overlaps_count_once_and_gaps_are_bucketed_by_size():
-    idle_gaps = _idle_gaps()
+def test_overlaps_count_once_and_gaps_are_bucketed_by_size(bench_module):
+    idle_gaps = bench_module("common.py").idle_gaps
     # a [0, 10] and b [5, 20] overlap; c [30, 40]; d [1040, 50 040] swallows e; f 2 ms later (times in ns)
     spans = [(30, 40, "c"), (0, 10, "a"), (5, 20, "b"), (1040, 50_040, "d"), (1045, 1046, "e"),
              (2_050_040, 2_050_050, "f")]
@@ -32,13 +20,10 @@ def test_overlaps_count_once_and_gaps_are_bucketed_by_size():
     assert out["largest"] == [(2000.0, 2.05, "d", "f"), (1.0, 0.0, "c", "d")]
 
 
-def test_no_kernels_is_no_time():
-    assert _idle_gaps()([])["idle_ms"] == 0.0
+def test_no_kernels_is_no_time(bench_module):
+    assert bench_module("common.py").idle_gaps([])["idle_ms"] == 0.0
 
 
-def test_markdown_table_follows_the_column_order_and_blanks_missing_keys():
-    spec = importlib.util.spec_from_file_location("bench_common", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    table = mod.markdown_table([dict(a=1, b="x"), dict(b="y")], dict(b="B", a="A"))
+def test_markdown_table_follows_the_column_order_and_blanks_missing_keys(bench_module):
+    table = bench_module("common.py").markdown_table([dict(a=1, b="x"), dict(b="y")], dict(b="B", a="A"))
     assert table.splitlines() == ["| B | A |", "|---|---|", "| x | 1 |", "| y |  |"]
