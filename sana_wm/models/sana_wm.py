@@ -408,10 +408,10 @@ class SanaWM(nn.Module):
               chunk_plucker: torch.Tensor | None):
         """Everything before the blocks, from validated inputs (`_validate`: t is [B, T] float).
 
-        Returns (tokens [B, N, C], t_emb [B, T, C], t_mod [B, T, 6C], text [B, L, C], rays, plucker [B, N, C] or None),
-        rays = (P, Pᵀ, P⁻¹) per token, each [B, N, 4, 4] float32 and contiguous, or None without a camera. A method of
-        its own so that `sana_wm.parallel.apply_compile` can compile it as one graph: eagerly it is dozens of small
-        kernels (embedding MLPs, the rays' float32 maths) that the GPU waits for at the start of every step.
+        Returns (tokens [B, N, C], t_emb [B, T, C], t_mod [B, T, 6C], text [B, L, C], rays, plucker [B, N, C] or
+        None), rays = (P, Pᵀ, P⁻¹) per token, each [B, N, 4, 4] float32 and contiguous, or None without a camera.
+        A method of its own so that `sana_wm.parallel.apply_compile` can compile it as one graph: eagerly it is dozens
+        of small kernels (embedding MLPs, the rays' float32 maths) that the GPU waits for at the start of every step.
         """
         H, W = x.shape[-2:]
         dtype = self.x_embedder.proj.weight.dtype  # autocast, when on, casts the GEMMs itself
