@@ -427,9 +427,10 @@ def _range(key: str, value: float, lo: float, hi: float, lo_open: bool = False) 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     """Check choices and ranges that types cannot express; raises ConfigError naming the key. Returns cfg."""
     from sana_wm.models import PRESETS
+    from sana_wm.parallel import AC_POLICIES
 
     _choice("model.preset", cfg.model.preset, tuple(sorted(PRESETS)))
-    _choice("model.ac_policy", cfg.model.ac_policy, ("full", "selective", "ffn"))
+    _choice("model.ac_policy", cfg.model.ac_policy, AC_POLICIES)
     if cfg.model.ac_blocks is not None:
         depth = cfg.model.depth or PRESETS[cfg.model.preset].depth
         _range("model.ac_blocks", cfg.model.ac_blocks, 0, depth)
