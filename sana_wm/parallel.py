@@ -76,12 +76,13 @@ def _selective_context(width: int | None = None):
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     saved = _saved_ops()
-    rest = CheckpointPolicy.PREFER_RECOMPUTE if width is None else CheckpointPolicy.PREFER_SAVE
 
     def policy(ctx, op, *args, **kwargs):
         if op in saved:
             return CheckpointPolicy.MUST_SAVE
-        return CheckpointPolicy.PREFER_RECOMPUTE if width is not None and _is_wide(op, args, width) else rest
+        if width is None or _is_wide(op, args, width):
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        return CheckpointPolicy.PREFER_SAVE
 
     return create_selective_checkpoint_contexts(policy)
 
