@@ -125,8 +125,7 @@ def set_compiled(model, plain_blocks, compiled: bool) -> None:
     otherwise its prologue and final layer undone too, so that eager timings stay eager."""
     model.blocks = torch.nn.ModuleList(plain_blocks)
     model.__dict__.pop("embed", None)  # the compiled instance attribute; the method is underneath
-    model.final_layer._compiled_call_impl = None
-    model.final_layer._sana_compiled = False
+    model.final_layer._compiled_call_impl = None  # what nn.Module.compile set
     if compiled:
         apply_compile(model)
 

@@ -145,15 +145,13 @@ def apply_compile(model: nn.Module, **compile_kwargs) -> nn.Module:
     for i, block in enumerate(blocks):
         if not isinstance(block, torch._dynamo.eval_frame.OptimizedModule):
             blocks[i] = torch.compile(block, **compile_kwargs)
-    embed = getattr(model, "embed", None)
-    if callable(embed) and not getattr(embed, "_sana_compiled", False):
-        # An instance attribute shadows the method; parameters and state-dict keys stay where they are.
-        model.embed = torch.compile(embed, **compile_kwargs)
-        model.embed._sana_compiled = True
+    if callable(getattr(model, "embed", None)) and "embed" not in vars(model):
+        # An instance attribute shadows the method (its presence marks it compiled); parameters and state-dict keys
+        # stay where they are.
+        model.embed = torch.compile(model.embed, **compile_kwargs)
     final = getattr(model, "final_layer", None)
-    if isinstance(final, nn.Module) and not getattr(final, "_sana_compiled", False):
+    if isinstance(final, nn.Module) and final._compiled_call_impl is None:
         final.compile(**compile_kwargs)  # in place: the module and its keys stay
-        final._sana_compiled = True
     return model
 
 

@@ -21,7 +21,7 @@ def test_set_compiled_compiles_the_prologue_and_final_layer_and_undoes_them(benc
         assert "embed" in model.__dict__ and model.final_layer._compiled_call_impl is not None
         bench.set_compiled(model, plain, False)
         assert list(model.blocks) == plain and "embed" not in model.__dict__
-        assert model.final_layer._compiled_call_impl is None and not model.final_layer._sana_compiled
+        assert model.final_layer._compiled_call_impl is None
 
 
 def test_resident_gib_counts_parameters_buffers_and_gradients(bench_module):
