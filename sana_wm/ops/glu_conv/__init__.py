@@ -145,14 +145,12 @@ def silu_depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     # Training on CUDA: the conv without its bias, which the GLU's Triton backward folds in (and sums its gradient).
     glu_kernel = bias is not None and torch.is_grad_enabled() and _SWITCH.use(h)
     conv_bias = None if glu_kernel else bias
-    if step >= B * T:
-        # One call, without a no-op slice: its backward (`slice_backward`) would write the input gradient into a new
-        # NCHW-contiguous buffer, turning the channels-last data gradient into a channel-major one that the SiLU
-        # backward then reads and writes with a transpose (a `clone_permute` kernel in the compiled step).
-        z = _DepthwiseConv3x3.apply(img, weight, conv_bias)
-    else:
-        z = torch.cat([_DepthwiseConv3x3.apply(img[i : i + step], weight, conv_bias) for i in range(0, B * T, step)])
-    z = z.permute(0, 2, 3, 1).reshape(B, T, S, C2)
+    # One call takes img itself, not a no-op slice: a slice's backward (`slice_backward`) would write the input
+    # gradient into a new NCHW-contiguous buffer, turning the channels-last data gradient into a channel-major one
+    # that the SiLU backward then reads and writes with a transpose (a `clone_permute` kernel in the compiled step).
+    parts = [img] if step >= B * T else [img[i : i + step] for i in range(0, B * T, step)]
+    outs = [_DepthwiseConv3x3.apply(part, weight, conv_bias) for part in parts]
+    z = (outs[0] if len(outs) == 1 else torch.cat(outs)).permute(0, 2, 3, 1).reshape(B, T, S, C2)
     if glu_kernel:
         return _BiasGLU.apply(z, bias)
     value, gate = z.chunk(2, dim=-1)
