@@ -81,7 +81,8 @@ def dgrad_rows(N: int, reps: int, card: str) -> list[dict]:
     def flipped():
         return F.conv2d(dy, w.flip(-2, -1), None, padding=1, groups=C2)
 
-    err = ((flipped().float() - cudnn().float()).norm() / cudnn().float().norm()).item()
+    ref = cudnn().float()
+    err = ((flipped().float() - ref).norm() / ref.norm()).item()
     base = cuda_time(cudnn, 3, reps)[0]
     ms = cuda_time(flipped, 3, reps)[0]
     return [dict(card=card, tokens=N, op="depthwise data gradient", variant=v, ms=round(t, 3),
