@@ -323,7 +323,7 @@ def main(argv=None) -> int:
         """Fresh per-block wrappers on the same parameters: checkpointing `policy`, then `apply_compile`."""
         set_compiled(ours, plain_blocks, False)
         if policy is not None:
-            apply_activation_checkpointing(ours, policy, args.ac_blocks if compiled else None)
+            apply_activation_checkpointing(ours, policy, args.ac_blocks if compiled else None, compiled=compiled)
         if compiled:
             apply_compile(ours)
 

@@ -87,6 +87,21 @@ def _selective_context(width: int | None = None):
     return create_selective_checkpoint_contexts(policy)
 
 
+def _recompute_all_context():
+    """"full" checkpointing for a block that torch.compile traces: every op recomputed, stated op by op.
+
+    Why not plain `checkpoint` there: up to torch 2.11, Dynamo tags only the ops it sees at the top of the checkpointed
+    graph as recomputable; the ops inside a custom autograd.Function (our depthwise conv and bias-GLU,
+    `sana_wm.ops.glu_conv`) reach the partitioner untagged, and it saved their outputs, 0.75 GB per block at 161
+    frames: 15.7 GiB saved by the forward instead of 1.9 GiB, and a 961-frame clip no longer fitting in 80 GB
+    (bench/RESULTS.md, ninth session; fixed upstream by pytorch/pytorch#177396). A `context_fn` takes Dynamo's
+    selective path, whose dispatch mode tags every op that runs, those inside autograd.Functions included. Eagerly
+    it would only add per-op Python overhead, so eager blocks keep plain checkpointing."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(lambda ctx, op, *args, **kwargs: CheckpointPolicy.PREFER_RECOMPUTE)
+
+
 class BlockCheckpointWrapper(CheckpointWrapper):
     """torch's CheckpointWrapper whose attribute forwarding is safe while it is being constructed.
 
@@ -102,13 +117,16 @@ class BlockCheckpointWrapper(CheckpointWrapper):
         return super().__getattr__(name)
 
 
-def apply_activation_checkpointing(model: nn.Module, policy: str = "full", num_blocks: int | None = None) -> nn.Module:
+def apply_activation_checkpointing(model: nn.Module, policy: str = "full", num_blocks: int | None = None,
+                                   compiled: bool = False) -> nn.Module:
     """Recompute blocks in the backward pass (non-reentrant). State-dict keys are unchanged.
 
     policy: "full" (keep only the block inputs) or "selective" (also keep GEMM / attention / scan / prologue outputs).
     num_blocks: checkpoint only the first `num_blocks` blocks (None: all). The others keep every activation: the
     speed-for-memory knob of a card with room to spare (Megatron's "recompute_num_layers"; measured trade-off in
     bench/RESULTS.md). Which blocks does not matter for time or peak memory, which all saved activations reach.
+    compiled: the blocks will be torch.compiled (`apply_compile`); "full" then states its policy op by op, which
+    torch ≤ 2.11 needs to recompute the ops inside autograd.Functions (`_recompute_all_context`).
     """
     if policy not in AC_POLICIES:
         raise ValueError(f"activation checkpointing policy must be one of {AC_POLICIES}, got {policy!r}")
@@ -116,7 +134,9 @@ def apply_activation_checkpointing(model: nn.Module, policy: str = "full", num_b
     if num_blocks is not None and not 0 <= num_blocks <= len(blocks):
         raise ValueError(f"activation checkpointing num_blocks={num_blocks} must be in [0, {len(blocks)}] (the depth)")
     kwargs = {}
-    if policy == "selective":
+    if policy == "full" and compiled:
+        kwargs["context_fn"] = _recompute_all_context
+    elif policy == "selective":
         kwargs["context_fn"] = _selective_context
     elif policy == "ffn":
         width = getattr(getattr(model, "config", None), "hidden_size", None)
@@ -186,7 +206,7 @@ def parallelize(
         raise ValueError("ac_policy='ffn' needs compile=True (the compiler's partitioner makes most of its save/"
                          "recompute choices; run eagerly it would keep every activation outside the FFN)")
     if activation_checkpointing:
-        apply_activation_checkpointing(model, ac_policy, ac_blocks)
+        apply_activation_checkpointing(model, ac_policy, ac_blocks, compiled=compile)
     if compile:
         apply_compile(model)
     if fsdp_mesh is not None:

@@ -200,7 +200,8 @@ class SanaWMLitModule(L.LightningModule):
 
         strategy = self._trainer.strategy if self._trainer is not None else None
         if self.model_cfg.activation_checkpointing and not isinstance(strategy, FSDPStrategy):
-            apply_activation_checkpointing(self.model, self.model_cfg.ac_policy, self.model_cfg.ac_blocks)
+            apply_activation_checkpointing(self.model, self.model_cfg.ac_policy, self.model_cfg.ac_blocks,
+                                           compiled=self.model_cfg.compile)
         if self.model_cfg.compile:
             apply_compile(self.model)
         self._configured = True
