@@ -94,9 +94,10 @@ def _recompute_all_context():
     graph as recomputable; the ops inside a custom autograd.Function (our depthwise conv and bias-GLU,
     `sana_wm.ops.glu_conv`) reach the partitioner untagged, and it saved their outputs, 0.75 GB per block at 161
     frames: 15.7 GiB saved by the forward instead of 1.9 GiB, and a 961-frame clip no longer fitting in 80 GB
-    (bench/RESULTS.md, ninth session; fixed upstream by pytorch/pytorch#177396). A `context_fn` takes Dynamo's
-    selective path, whose dispatch mode tags every op that runs, those inside autograd.Functions included. Eagerly
-    it would only add per-op Python overhead, so eager blocks keep plain checkpointing."""
+    (bench/RESULTS.md, ninth session; pytorch/pytorch#177396 changes this upstream, and the torch 2.13 CPU wheel
+    saves only the inputs). A `context_fn` takes Dynamo's selective path, whose dispatch mode tags every op that runs,
+    those inside autograd.Functions included. Eagerly it would only add per-op Python overhead, so eager blocks keep
+    plain checkpointing."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     return create_selective_checkpoint_contexts(lambda ctx, op, *args, **kwargs: CheckpointPolicy.PREFER_RECOMPUTE)

@@ -225,7 +225,7 @@ def test_bf16_autocast_runs_scans_in_fp32_and_stays_close():
     assert ((low - ref).norm() / ref.norm()).item() < 5e-2
 
 
-@pytest.mark.parametrize("policy", [None, "selective", "ffn"])
+@pytest.mark.parametrize("policy", [None, "full", "selective", "ffn"])
 def test_blocks_compile_as_whole_graphs_forward_and_backward(policy):
     """Per-block torch.compile with fullgraph=True: a graph break anywhere in a block (a host sync such as .item(),
     an untraceable op, a custom op without a fake or autograd rule) raises. GDN and softmax blocks, camera branch on,
@@ -240,7 +240,7 @@ def test_blocks_compile_as_whole_graphs_forward_and_backward(policy):
     model = SanaWM.from_preset("tiny")
     model.load_state_dict(ref.state_dict())
     if policy is not None:
-        apply_activation_checkpointing(model, policy)
+        apply_activation_checkpointing(model, policy, compiled=True)
     apply_compile(model, backend="aot_eager_decomp_partition", fullgraph=True)
     apply_compile(model, backend="aot_eager_decomp_partition", fullgraph=True)  # idempotent: nothing wrapped twice
     # The prologue and the final layer are compiled too (fullgraph: the rays' float32 maths must trace whole).
