@@ -329,24 +329,25 @@ def _fused_vs_composition(device: str) -> list[tuple[str, float, float]]:
     cc[:, 2, :16] = c2w.flatten(1)
     cc, pl = cc.to(device), torch.randn(2, 48, 3, 4, 6, device=device)
     runs = []
-    for fused, dtype in ((True, torch.float32), (False, torch.float32), (False, torch.float64)):
-        net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-        previous = set_fused_prologue(fused), set_fused_ucpe(fused)
-        try:  # no TF32 in the float32 convs and GEMMs: it would swamp float32 rounding
-            with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-                tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    # No TF32 in the float32 convs and GEMMs: it would swamp float32 rounding.
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            for fused, dtype in ((True, torch.float32), (False, torch.float32), (False, torch.float64)):
+                net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+                previous = set_fused_prologue(fused), set_fused_ucpe(fused)
                 try:
-                    net.zero_grad(set_to_none=True)
                     out = net(*(a.to(dtype) for a in (x, t, y)), camera_conditions=cc.to(dtype),
                               chunk_plucker=pl.to(dtype))
                     out.square().mean().backward()
                 finally:
-                    torch.backends.cuda.matmul.allow_tf32 = tf32
-            grads = {n: p.grad.double() for n, p in net.named_parameters() if p.grad is not None}
-            runs.append({"output": out.detach().double(), **grads})
-        finally:
-            set_fused_prologue(previous[0])
-            set_fused_ucpe(previous[1])
+                    set_fused_prologue(previous[0])
+                    set_fused_ucpe(previous[1])
+                grads = {n: p.grad.double() for n, p in net.named_parameters() if p.grad is not None}
+                runs.append({"output": out.detach().double(), **grads})
+                net.zero_grad(set_to_none=True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     fused, comp, ref = runs
     assert fused.keys() == comp.keys() == ref.keys()
     scale = {n: ref[n].norm().clamp_min(1e-30) for n in ref}
