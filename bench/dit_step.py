@@ -39,7 +39,7 @@ from sana_wm.camera import action_to_c2w, prepare_camera
 from sana_wm.checkpoint import to_diffusers_layout
 from sana_wm.flops import H100_BF16_PEAK, model_flops
 from sana_wm.ops.gdn.torch_scan import set_fused_backward, set_fused_forward
-from sana_wm.parallel import apply_activation_checkpointing, apply_compile
+from sana_wm.parallel import apply_compile, parallelize
 
 H, W, TEXT = 22, 40, 300
 
@@ -320,12 +320,10 @@ def main(argv=None) -> int:
     policies = args.ac.split(",")
 
     def set_blocks(policy: str | None, compiled: bool) -> None:
-        """Fresh per-block wrappers on the same parameters: checkpointing `policy`, then `apply_compile`."""
+        """Fresh per-block wrappers on the same parameters: checkpointing `policy`, then compile (`parallelize`)."""
         set_compiled(ours, plain_blocks, False)
-        if policy is not None:
-            apply_activation_checkpointing(ours, policy, args.ac_blocks if compiled else None, compiled=compiled)
-        if compiled:
-            apply_compile(ours)
+        parallelize(ours, activation_checkpointing=policy is not None, ac_policy=policy or "full",
+                    ac_blocks=args.ac_blocks if compiled else None, compile=compiled)
 
     if "train21" in cases or "trainmax" in cases:
         ours.train()

@@ -196,14 +196,13 @@ class SanaWMLitModule(L.LightningModule):
             return
         from lightning.pytorch.strategies import FSDPStrategy
 
-        from sana_wm.parallel import apply_activation_checkpointing, apply_compile
+        from sana_wm.parallel import parallelize
 
         strategy = self._trainer.strategy if self._trainer is not None else None
-        if self.model_cfg.activation_checkpointing and not isinstance(strategy, FSDPStrategy):
-            apply_activation_checkpointing(self.model, self.model_cfg.ac_policy, self.model_cfg.ac_blocks,
-                                           compiled=self.model_cfg.compile)
-        if self.model_cfg.compile:
-            apply_compile(self.model)
+        cfg = self.model_cfg
+        parallelize(self.model, activation_checkpointing=cfg.activation_checkpointing
+                    and not isinstance(strategy, FSDPStrategy), ac_policy=cfg.ac_policy, ac_blocks=cfg.ac_blocks,
+                    compile=cfg.compile)
         self._configured = True
 
     def setup(self, stage: str) -> None:

@@ -65,7 +65,8 @@ class _DepthwiseConv3x3(torch.autograd.Function):
     (0.49 vs 0.92 ms per call at 161 frames on an H200), which saves ≈ 8 ms per 161-frame training step (bench/
     RESULTS.md run 29). The weight and bias gradients stay cuDNN's (`convolution_backward` without the data part).
     A plain autograd.Function: torch.compile traces it into the block graph, and selective checkpointing sees the
-    `aten.convolution` inside as any other op."""
+    `aten.convolution` inside as any other op; plain checkpointing under torch 2.11 does not, which is why compiled
+    "full" checkpointing goes through the selective path (`sana_wm.parallel._recompute_all_context`)."""
 
     @staticmethod
     def forward(ctx, img, weight, bias):
