@@ -125,7 +125,8 @@ def set_compiled(model, plain_blocks, compiled: bool) -> None:
     otherwise its prologue and final layer undone too, so that eager timings stay eager."""
     model.blocks = torch.nn.ModuleList(plain_blocks)
     model.__dict__.pop("embed", None)  # the compiled instance attribute; the method is underneath
-    model.final_layer._compiled_call_impl = None  # what nn.Module.compile set
+    for module in (*plain_blocks, model.final_layer):
+        module._compiled_call_impl = None  # what nn.Module.compile set
     if compiled:
         apply_compile(model)
 

@@ -170,7 +170,7 @@ class ExportOnTrainEnd(L.Callback):
                 state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         if not trainer.is_global_zero:
             return
-        # "model." is the module attribute; "_orig_mod." appears inside compiled blocks.
+        # "model." is the module attribute; "_orig_mod." would come from a torch.compile wrapper (ours compile in place).
         state = {k[len("model."):].replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith("model.")}
         ema = pl_module.ema
         if ema is not None and ema.shadow and pl_module.ema_cfg.use_for_export:

@@ -436,6 +436,11 @@ class SanaWMLitModule(L.LightningModule):
                 f"this LoRA checkpoint was trained on base {meta['base_sha256'][:23]}… but model.init_checkpoint "
                 f"is {str(self.base_sha256)[:23]}…; resume with the same base checkpoint"
             )
+        state = checkpoint.get("state_dict") or {}
+        if any("._orig_mod." in k for k in state):
+            # Written while compiled blocks were torch.compile wrappers (before they were compiled in place, see
+            # sana_wm.parallel.apply_compile): their keys carried the wrapper's attribute. Resumable either way.
+            checkpoint["state_dict"] = {k.replace("._orig_mod.", "."): v for k, v in state.items()}
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
         states = checkpoint.get("rng_states")

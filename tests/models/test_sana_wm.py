@@ -233,6 +233,9 @@ def test_blocks_compile_as_whole_graphs_forward_and_backward(policy):
     AOTAutograd with Inductor's decompositions and partitioner but eager kernels (no C++ compiler, ~10 s): plain
     `aot_eager` trips over a PyTorch stride mismatch between softplus's real and fake backward (the gate's
     `view`), which Inductor's decompositions do not have; Inductor itself passes on CPU but takes minutes."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    from sana_wm.models.sana_wm import SanaWMBlock
     from sana_wm.parallel import apply_activation_checkpointing, apply_compile
 
     torch.manual_seed(0)
@@ -242,11 +245,16 @@ def test_blocks_compile_as_whole_graphs_forward_and_backward(policy):
     if policy is not None:
         apply_activation_checkpointing(model, policy, compiled=True)
     apply_compile(model, backend="aot_eager_decomp_partition", fullgraph=True)
+    first = [b._compiled_call_impl for b in model.blocks]
     apply_compile(model, backend="aot_eager_decomp_partition", fullgraph=True)  # idempotent: nothing wrapped twice
+    assert [b._compiled_call_impl for b in model.blocks] == first
     # The prologue and the final layer are compiled too (fullgraph: the rays' float32 maths must trace whole).
     assert model.embed._torchdynamo_orig_callable.__func__ is SanaWM.embed  # torch.compile's wrapper of the method
     assert model.final_layer._compiled_call_impl is not None
-    assert all(not isinstance(b._orig_mod, torch._dynamo.eval_frame.OptimizedModule) for b in model.blocks)
+    # Compiled in place: each block is still the SanaWMBlock (or its checkpoint wrapper) it was.
+    assert all(isinstance(b, SanaWMBlock if policy is None else CheckpointWrapper) for b in model.blocks)
+    assert all(b._compiled_call_impl is not None for b in model.blocks)
+    assert list(model.state_dict()) == list(ref.state_dict())
     x, t, y = _inputs()
     cc, pl = _cam(2, 3), torch.randn(2, 48, 3, 4, 6)
     outs = []
@@ -303,6 +311,37 @@ def test_compiled_full_checkpointing_keeps_no_more_than_eager(device):
             apply_compile(model, backend="aot_eager_decomp_partition", fullgraph=True)
         saved[compiled] = _saved_by_forward(model, device)
     assert saved[True] < saved[False] + 1.0, saved
+
+
+def test_compiled_blocks_still_run_the_wrappers_a_strategy_adds_by_block_class():
+    """Lightning's FSDPStrategy wraps and checkpoints every SanaWMBlock after `configure_model` has compiled the
+    blocks. Compiled blocks must keep their class and call whatever is put under them: when they were replaced by
+    torch.compile's OptimizedModule, which binds the block's __call__ when built, the checkpoint wrapper never ran and
+    the forward kept 93 units of activations (no checkpointing) instead of ≈ 3.3."""
+    from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    from sana_wm.models.sana_wm import SanaWMBlock
+    from sana_wm.parallel import apply_compile
+
+    graphs = []
+
+    def backend(gm, example_inputs):  # counts what Dynamo compiled: the blocks must still run compiled
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager_decomp_partition")(gm, example_inputs)
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = SanaWM.from_preset("tiny").train()
+    apply_compile(model, backend=backend, fullgraph=True)  # what `parallelize(compile=True)` does under FSDP
+    assert all(isinstance(b, SanaWMBlock) for b in model.blocks)
+    strategy = FSDPStrategy(activation_checkpointing_policy={SanaWMBlock})  # as sana_wm.training.launch builds it
+    _setup_activation_checkpointing(model, strategy._activation_checkpointing_kwargs)
+    assert all(isinstance(b, CheckpointWrapper) for b in model.blocks)
+    saved = _saved_by_forward(model, "cpu")
+    assert saved < 10.0, saved
+    assert len(graphs) >= 2  # the GDN and the softmax block graphs (and the prologue's, the final layer's)
 
 
 def _fused_vs_composition(device: str) -> list[tuple[str, float, float]]:

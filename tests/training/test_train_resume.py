@@ -90,3 +90,18 @@ def test_resume_mid_epoch_continues_bit_for_bit(tmp_path, shards):
     other = SanaWM.from_preset("tiny")
     load_checkpoint(other, again)
     assert all(torch.equal(v, other.state_dict()[k]) for k, v in plain.state_dict().items())
+
+
+def test_checkpoint_keys_of_wrapped_compiled_blocks_load_into_a_plain_module(tmp_path, shards):
+    """Checkpoints written while compiled blocks were torch.compile wrappers carry `._orig_mod.` in their keys; they
+    resume into today's module, whose keys do not depend on compilation."""
+    cfg = launch.to_train_config(compose_train_config([*TINY_CPU_OVERRIDES, f"data.train_shards={shards}",
+                                                       f"output_dir={tmp_path}"]))
+    module = launch.build_module(cfg)
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in module.state_dict().items()}
+    legacy = {k.replace("model.blocks.1.", "model.blocks.1._orig_mod."): v for k, v in state.items()}
+    assert legacy.keys() != state.keys()
+    checkpoint = {"state_dict": legacy}
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])  # strict: every key
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in state.items())

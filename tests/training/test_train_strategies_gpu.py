@@ -43,8 +43,14 @@ def _metrics(run: Path) -> dict[str, list[float]]:
     return out
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed_zero2", "deepspeed_zero3"])
-def test_strategy_trains_logs_and_exports(tmp_path, strategy):
+@pytest.mark.parametrize("strategy, extra", [
+    ("fsdp", []),
+    # Lightning wraps and checkpoints the blocks after configure_model compiled them (sana_wm.parallel.apply_compile).
+    ("fsdp", ["model.compile=true"]),
+    ("deepspeed_zero2", []),
+    ("deepspeed_zero3", []),
+], ids=["fsdp", "fsdp-compile", "deepspeed_zero2", "deepspeed_zero3"])
+def test_strategy_trains_logs_and_exports(tmp_path, strategy, extra):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     if strategy.startswith("deepspeed"):
@@ -58,7 +64,7 @@ def test_strategy_trains_logs_and_exports(tmp_path, strategy):
         "data.num_workers=0", "encoders.kind=none", "validation.every_n_steps=0", "checkpoint.resume=null",
         f"output_dir={run}", "trainer.max_steps=4", "trainer.log_every_n_steps=1", "checkpoint.every_n_steps=0",
         "trainer.enable_progress_bar=false", "optim.lr=1e-3", "optim.grad_clip=1.0", "optim.warmup_steps=2",
-        "model.activation_checkpointing=true",
+        "model.activation_checkpointing=true", *extra,
     ]
     launcher = [sys.executable]
     if n > 1:
