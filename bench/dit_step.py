@@ -124,9 +124,8 @@ def set_compiled(model, plain_blocks, compiled: bool) -> None:
     """The plain blocks back, with `apply_compile` (blocks, `embed` prologue, final layer) on top when `compiled`;
     otherwise its prologue and final layer undone too, so that eager timings stay eager."""
     model.blocks = torch.nn.ModuleList(plain_blocks)
-    model.__dict__.pop("embed", None)  # the compiled instance attribute; the method is underneath
-    for module in (*plain_blocks, model.final_layer):
-        module._compiled_call_impl = None  # what nn.Module.compile set
+    for obj, name in (*((b, "forward") for b in plain_blocks), (model.final_layer, "forward"), (model, "embed")):
+        vars(obj).pop(name, None)  # the compiled instance attribute (`apply_compile`); the method is underneath
     if compiled:
         apply_compile(model)
 

@@ -155,28 +155,37 @@ def apply_activation_checkpointing(model: nn.Module, policy: str = "full", num_b
     return model
 
 
+def _compile_method(obj, name: str, **compile_kwargs) -> None:
+    """Shadow the method `obj.<name>` with its torch.compile'd version, as an instance attribute (idempotent: the
+    attribute's presence marks it compiled).
+
+    Why not `torch.compile(module)`: its OptimizedModule binds the module's __call__ when it is built, so a wrapper
+    that a strategy later puts under it by module class is never called. Lightning's FSDPStrategy wraps and checkpoints
+    every SanaWMBlock after `configure_model`; with the blocks replaced, its checkpointing never ran (the tiny model's
+    forward kept 93 units of activations, as with no checkpointing, against 3.3; tests/models). Why not
+    `module.compile()`: it compiles `_call_impl`, hooks included, and the hooks that DeepSpeed ZeRO-3 or FSDP2 put on
+    every module are then traced (a Python hook with state recompiled on every call until fullgraph's hard failure,
+    measured on CPU). Compiling `forward` keeps the module's class, its state-dict keys and eager hooks, and traces
+    the same frame as `torch.compile(module)`, so the graphs are the same."""
+    if name not in vars(obj):
+        setattr(obj, name, torch.compile(getattr(obj, name), **compile_kwargs))
+
+
 def apply_compile(model: nn.Module, **compile_kwargs) -> nn.Module:
     """Compile each block separately (identical blocks share one graph), and the model's `embed` prologue and
-    `final_layer` where it has them; the Python glue between them stays eager. Idempotent.
+    `final_layer` where it has them; the Python glue between them stays eager. Idempotent. Each is compiled in place
+    (`_compile_method`): parameters, state-dict keys and module classes stay as they are.
 
     The prologue is compiled because a step starts with it while the GPU is idle: eagerly its dozens of small kernels
     each wait for their launch (≈ 4 ms of GPU idle per 161-frame training step; compiled, the step took 3.3 ms less,
     bench/RESULTS.md run 32)."""
     for block in _blocks(model):
-        # In place (`nn.Module.compile`), not `torch.compile(block)`: an OptimizedModule binds the block's __call__ when
-        # it is built, so a wrapper that a strategy later puts under it by block class (Lightning's FSDPStrategy wraps
-        # and checkpoints every SanaWMBlock after `configure_model`) is never called. Measured on the tiny model: with
-        # the compiled blocks replaced, Lightning-style checkpointing left 93 units of activations saved, as with no
-        # checkpointing at all, against 3.3 (tests/models). In place, the block keeps its class and its state-dict keys.
-        if block._compiled_call_impl is None:
-            block.compile(**compile_kwargs)
-    if callable(getattr(model, "embed", None)) and "embed" not in vars(model):
-        # An instance attribute shadows the method (its presence marks it compiled); parameters and state-dict keys
-        # stay where they are.
-        model.embed = torch.compile(model.embed, **compile_kwargs)
+        _compile_method(block, "forward", **compile_kwargs)
+    if callable(getattr(model, "embed", None)):
+        _compile_method(model, "embed", **compile_kwargs)
     final = getattr(model, "final_layer", None)
-    if isinstance(final, nn.Module) and final._compiled_call_impl is None:
-        final.compile(**compile_kwargs)  # in place: the module and its keys stay
+    if isinstance(final, nn.Module):
+        _compile_method(final, "forward", **compile_kwargs)
     return model
 
 

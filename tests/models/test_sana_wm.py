@@ -245,15 +245,14 @@ def test_blocks_compile_as_whole_graphs_forward_and_backward(policy):
     if policy is not None:
         apply_activation_checkpointing(model, policy, compiled=True)
     apply_compile(model, backend="aot_eager_decomp_partition", fullgraph=True)
-    first = [b._compiled_call_impl for b in model.blocks]
+    compiled = [vars(m)["forward"] for m in (*model.blocks, model.final_layer)]
     apply_compile(model, backend="aot_eager_decomp_partition", fullgraph=True)  # idempotent: nothing wrapped twice
-    assert [b._compiled_call_impl for b in model.blocks] == first
-    # The prologue and the final layer are compiled too (fullgraph: the rays' float32 maths must trace whole).
-    assert model.embed._torchdynamo_orig_callable.__func__ is SanaWM.embed  # torch.compile's wrapper of the method
-    assert model.final_layer._compiled_call_impl is not None
-    # Compiled in place: each block is still the SanaWMBlock (or its checkpoint wrapper) it was.
+    assert [vars(m)["forward"] for m in (*model.blocks, model.final_layer)] == compiled
+    # Blocks, prologue and final layer are compiled in place, as torch.compile's wrappers of their methods (fullgraph:
+    # the rays' float32 maths must trace whole); each block is still the SanaWMBlock (or checkpoint wrapper) it was.
+    assert model.embed._torchdynamo_orig_callable.__func__ is SanaWM.embed
+    assert all(vars(m)["forward"]._torchdynamo_orig_callable.__self__ is m for m in (*model.blocks, model.final_layer))
     assert all(isinstance(b, SanaWMBlock if policy is None else CheckpointWrapper) for b in model.blocks)
-    assert all(b._compiled_call_impl is not None for b in model.blocks)
     assert list(model.state_dict()) == list(ref.state_dict())
     x, t, y = _inputs()
     cc, pl = _cam(2, 3), torch.randn(2, 48, 3, 4, 6)
@@ -342,6 +341,25 @@ def test_compiled_blocks_still_run_the_wrappers_a_strategy_adds_by_block_class()
     saved = _saved_by_forward(model, "cpu")
     assert saved < 10.0, saved
     assert len(graphs) >= 2  # the GDN and the softmax block graphs (and the prologue's, the final layer's)
+
+
+def test_hooks_on_compiled_blocks_run_eagerly():
+    """DeepSpeed ZeRO-3 and FSDP2 register Python hooks with state on every module after the blocks are compiled; they
+    must run outside the compiled graphs. `nn.Module.compile()` traced them: a hook appending to a list recompiled on
+    every call until fullgraph's hard failure."""
+    from sana_wm.parallel import apply_compile
+
+    torch.manual_seed(0)
+    model = SanaWM.from_preset("tiny")
+    apply_compile(model, backend="aot_eager_decomp_partition", fullgraph=True)
+    seen = []
+    for block in model.blocks:
+        block.register_forward_pre_hook(lambda module, args: seen.append(torch.compiler.is_compiling()))
+    x, t, y = _inputs()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x, t, y, camera_conditions=_cam(2, 3))
+    assert seen == [False] * (3 * len(model.blocks))
 
 
 def _fused_vs_composition(device: str) -> list[tuple[str, float, float]]:
