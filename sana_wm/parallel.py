@@ -4,9 +4,9 @@
 the whole block, "selective" keeps the outputs of the GEMMs, attention kernels and GDN scans and recomputes only the
 cheap element-wise work, "ffn" keeps those too but recomputes only the FFN's wide middle and lets torch.compile's
 partitioner decide the rest), per-block `torch.compile` (plus the model's prologue and final layer), and FSDP2
-sharding (`fully_shard` per block, then the root) over a device mesh. Lightning's `ModelParallelStrategy` calls it
-from `LightningModule.configure_model`; DDP / FSDP1 / DeepSpeed strategies wrap the model themselves and only use the
-checkpointing part.
+sharding (`fully_shard` per block, then the root) over a device mesh. The trainer (`train.py`) calls it from
+`LightningModule.configure_model` for checkpointing and compile only: its strategies (DDP, Lightning's FSDP, DeepSpeed)
+wrap the model themselves, after it. The FSDP2 part (`fsdp_mesh`) is for loops of one's own.
 
 Not implemented yet: context parallelism over the latent-time axis (REFERENCE §7.3: distributed prefix scan of the
 GDN states, halo exchange of the short convs). `parallelize` raises if asked for it rather than silently ignoring it.
