@@ -48,7 +48,7 @@ train)
   grep -E '^\||speed-up' "$OUT/dit_step_train.log" | tail -16
   ;;
 e2e)
-  (timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/training tests/inference -rA \
+  (timeout 440 python3 -m pytest -q -p no:cacheprovider -m gpu tests/training tests/inference -rA \
      > "$OUT/gpu_e2e_tests.log" 2>&1; echo "rc=$?" >> "$OUT/gpu_e2e_tests.log") &
   BG=$!
   (cd bench && timeout 280 python3 generate.py --stages pipeline --other_frames 161 --timed_steps 4 \
