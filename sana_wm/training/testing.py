@@ -4,17 +4,22 @@
 with random latents/captions and genuine camera tensors from `sana_wm.camera.prepare_camera` for a forward-moving
 camera, so the trainer can be exercised without rendering, decoding or encoding anything.
 :func:`compose_train_config` composes `configs/train.yaml` with Hydra's compose API plus overrides.
+:func:`run_in_process_group` runs a script as the ranks of a fresh process group (gloo on CPU, or torchrun).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["write_tiny_latent_shards", "compose_train_config", "TINY_CPU_OVERRIDES", "CONFIG_DIR"]
+__all__ = ["write_tiny_latent_shards", "compose_train_config", "free_port", "run_in_process_group",
+           "TINY_CPU_OVERRIDES", "CONFIG_DIR"]
 
 #: The repository's config tree.
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -90,3 +95,29 @@ def compose_train_config(overrides: list[str] | None = None):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("train", overrides=list(overrides or []))
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 now: a rendezvous port for a test's process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_in_process_group(argv: list[str], nproc: int = 1, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run Python with `argv` (a script and its arguments, or ``["-c", source, ...]``) as `nproc` fresh processes of
+    one process group on this machine, from the repository root, and return the finished process (text output).
+
+    One process gets the variables `torch.distributed.init_process_group` reads (rank 0 of 1, a free port); more run
+    under torchrun. Each process has the repository on PYTHONPATH and one thread (OMP_NUM_THREADS=1: the CI machine
+    has two cores). A fresh process keeps the group, and Dynamo's caches, from outliving the test."""
+    repo = Path(CONFIG_DIR).parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        cmd = [sys.executable, *argv]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+               "127.0.0.1", "--master_port", str(free_port())]
+        cmd += ["--no-python", sys.executable, *argv] if argv[0] == "-c" else argv
+    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)

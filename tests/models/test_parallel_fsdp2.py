@@ -7,13 +7,7 @@ a subprocess so the process group does not outlive the test.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
+from sana_wm.training.testing import run_in_process_group
 
 SCRIPT = r"""
 import torch, torch.distributed as dist
@@ -57,16 +51,9 @@ dist.destroy_process_group()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_fsdp2_sharded_model_matches_the_plain_one():
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = run_in_process_group(["-c", SCRIPT])
     log = (r.stdout + r.stderr)[-4000:]
     assert r.returncode == 0, log
     assert "FSDP2-OK checkpointed" in r.stdout and "FSDP2-OK compiled" in r.stdout, log

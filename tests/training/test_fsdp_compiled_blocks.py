@@ -11,13 +11,7 @@ without checkpointing.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
+from sana_wm.training.testing import run_in_process_group
 
 SCRIPT = r"""
 import torch, torch.distributed as dist
@@ -78,17 +72,9 @@ dist.destroy_process_group()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_fsdp_units_and_checkpointing_run_around_compiled_blocks_on_two_ranks():
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "--no-python", sys.executable, "-c", SCRIPT]
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = run_in_process_group(["-c", SCRIPT], nproc=2)
     log = (r.stdout + r.stderr)[-5000:]
     assert r.returncode == 0, log
     assert r.stdout.count("FSDP-COMPILED-OK") == 2, log

@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
 from sana_wm import SanaWM
 from sana_wm.checkpoint import load_checkpoint
-from sana_wm.training.testing import write_tiny_latent_shards
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from sana_wm.training.testing import run_in_process_group, write_tiny_latent_shards
 
 
 def test_two_process_ddp_trains_and_the_ranks_agree(tmp_path):
     write_tiny_latent_shards(tmp_path / "shards", num_samples=4, samples_per_shard=1)  # one shard per rank and epoch
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), "train.py",
-        "model=tiny", "trainer=cpu", "trainer.devices=2", "strategy=ddp", "strategy.process_group_backend=gloo",
+    r = run_in_process_group([
+        "train.py", "model=tiny", "trainer=cpu", "trainer.devices=2", "strategy=ddp", "strategy.process_group_backend=gloo",
         f"data.train_shards={tmp_path / 'shards'}", "data.num_workers=0", "data.pin_memory=false",
         f"output_dir={tmp_path / 'run'}", "trainer.max_steps=3", "checkpoint.every_n_steps=0",
         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "optim.lr=1e-3",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    ], nproc=2, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     sums = dict(re.findall(r"\[rank (\d)\] parameter checksum (\S+)", out))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,16 +19,10 @@ import torch
 
 from sana_wm import SanaWM
 from sana_wm.checkpoint import load_checkpoint
-from sana_wm.training.testing import write_tiny_latent_shards
+from sana_wm.training.testing import free_port, write_tiny_latent_shards
 
 pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _metrics(run: Path) -> dict[str, list[float]]:
@@ -71,7 +64,7 @@ def test_strategy_trains_logs_and_exports(tmp_path, strategy, extra):
     launcher = [sys.executable]
     if n > 1:
         launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr", "127.0.0.1",
-                     "--master_port", str(_free_port())]
+                     "--master_port", str(free_port())]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run(launcher + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     log = r.stdout + r.stderr

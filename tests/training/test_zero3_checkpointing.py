@@ -9,15 +9,9 @@ then checks `gathered_parameters`, which the export and adapter callbacks use to
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from sana_wm.training.testing import run_in_process_group
 
 SCRIPT = r"""
 import os, sys
@@ -64,19 +58,10 @@ print("ZERO3-GATHER-OK")
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_checkpoint_wrapping_inside_deepspeed_zero_init():
     """Full checkpointing only: `selective` under ZeRO-3 is refused by the config (see sana_wm.config), because
     DeepSpeed's replacement of F.linear breaks selective recompute (this script with "selective" gives 2x-off grads)."""
     pytest.importorskip("deepspeed")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-c", SCRIPT, "full"], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = run_in_process_group(["-c", SCRIPT, "full"])
     assert r.returncode == 0 and "ZERO3-CHECKPOINTING-OK" in r.stdout, (r.stdout + r.stderr)[-4000:]
     assert "ZERO3-GATHER-OK" in r.stdout, (r.stdout + r.stderr)[-4000:]
