@@ -4,7 +4,8 @@
 with random latents/captions and genuine camera tensors from `sana_wm.camera.prepare_camera` for a forward-moving
 camera, so the trainer can be exercised without rendering, decoding or encoding anything.
 :func:`compose_train_config` composes `configs/train.yaml` with Hydra's compose API plus overrides.
-:func:`run_in_process_group` runs a script as the ranks of a fresh process group (gloo on CPU, or torchrun).
+:func:`run_in_process_group` runs a script as the ranks of a fresh process group (gloo on CPU, or torchrun), and
+:func:`tiny_reference_step` gives such a script the plain model's output and gradients to compare against.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 __all__ = ["write_tiny_latent_shards", "compose_train_config", "free_port", "run_in_process_group",
-           "TINY_CPU_OVERRIDES", "CONFIG_DIR"]
+           "tiny_reference_step", "TINY_CPU_OVERRIDES", "CONFIG_DIR"]
 
 #: The repository's config tree.
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -95,6 +96,22 @@ def compose_train_config(overrides: list[str] | None = None):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("train", overrides=list(overrides or []))
+
+
+def tiny_reference_step(seed: int = 0):
+    """One float32 forward and backward (loss: mean square of the output) of the tiny model seeded with `seed`, no
+    wrappers: the reference for a wrapped, sharded or compiled copy (`copy.load_state_dict(model.state_dict())`).
+
+    Returns (model, inputs (x [1, 16, 2, 4, 6], t [1, 1, 2], y [1, 1, 32, 32]), output, {parameter name: gradient}).
+    """
+    from sana_wm import SanaWM
+
+    torch.manual_seed(seed)
+    model = SanaWM.from_preset("tiny")
+    inputs = torch.randn(1, 16, 2, 4, 6), torch.full((1, 1, 2), 500.0), torch.randn(1, 1, 32, 32)
+    out = model(*inputs)
+    out.square().mean().backward()
+    return model, inputs, out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
 def free_port() -> int:

@@ -15,15 +15,11 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 from sana_wm import SanaWM
 from sana_wm.parallel import apply_activation_checkpointing, apply_compile, apply_fsdp, parallelize
+from sana_wm.training.testing import tiny_reference_step
 
 dist.init_process_group("gloo")
 mesh = init_device_mesh("cpu", (1,))
-torch.manual_seed(0)
-ref = SanaWM.from_preset("tiny")
-x, t, y = torch.randn(1, 16, 2, 4, 6), torch.full((1, 1, 2), 500.0), torch.randn(1, 1, 32, 32)
-out_ref = ref(x, t, y)
-out_ref.square().mean().backward()
-grads = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+ref, (x, t, y), out_ref, grads = tiny_reference_step()
 for mode in ("checkpointed", "compiled"):
     model = SanaWM.from_preset("tiny")
     model.load_state_dict(ref.state_dict())

@@ -23,15 +23,11 @@ from lightning.pytorch.strategies import FSDPStrategy
 from sana_wm import SanaWM
 from sana_wm.models.sana_wm import SanaWMBlock
 from sana_wm.parallel import apply_compile
+from sana_wm.training.testing import tiny_reference_step
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-torch.manual_seed(0)
-ref = SanaWM.from_preset("tiny")
-x, t, y = torch.randn(1, 16, 2, 4, 6), torch.full((1, 1, 2), 500.0), torch.randn(1, 1, 32, 32)
-out_ref = ref(x, t, y)
-out_ref.square().mean().backward()
-grads = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+ref, (x, t, y), out_ref, grads = tiny_reference_step()
 rel = lambda a, b: ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 clean = lambda n: n.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
 
