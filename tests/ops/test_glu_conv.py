@@ -156,3 +156,95 @@ def test_triton_glu_backward_matches_the_reference(dtype, rows, half, bias):
     # The tile changes the launch, not the result: dz is element-wise, db only changes its summation order.
     dz2, db2 = glu_backward(z, b, dout, rows=64, rb=16, block_c=256, num_warps=4)
     assert torch.equal(dz2, dz) and rel(db2, db) < 1e-6
+
+
+def _reference_depthwise_kernels(monkeypatch):
+    """The CUDA path with the Triton depthwise conv, wired up on CPU: the ops run the float64-capable references."""
+    monkeypatch.setattr(glu_conv._DW_SWITCH, "use", lambda x: True)
+    monkeypatch.setattr(glu_conv, "_dw_fits_int32", lambda H, W, C: True)
+    monkeypatch.setattr(glu_conv, "_triton_dw", glu_conv.naive_depthwise3x3)
+    monkeypatch.setattr(glu_conv, "_triton_dw_wgrad", glu_conv.naive_depthwise3x3_wgrad)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("glu_kernel", [False, True])
+def test_triton_depthwise_path_matches_the_float64_reference(monkeypatch, compiled, glu_kernel):
+    """`_TritonDepthwise3x3` (forward op, data gradient as the forward op with flipped taps, one weight + bias gradient
+    op), with the conv's bias in the op or folded into the GLU's backward: gradients match float64, and a compiled
+    backward runs the two ops and no cuDNN convolution."""
+    _reference_depthwise_kernels(monkeypatch)
+    if glu_kernel:
+        monkeypatch.setattr(glu_conv._SWITCH, "use", lambda x: True)
+        monkeypatch.setattr(glu_conv, "_triton_glu_backward", glu_conv.naive_glu_backward)
+    h, w, b, dy = _inputs(6, 2, 2, 4, 5, 7)
+    fn, bw_nodes = (lambda *a: silu_depthwise_glu(*a, (4, 5))), []
+    if compiled:
+        fn, bw_nodes = _compiled_with_backward_graph(fn)
+    out = fn(h, w, b)
+    ref = naive_silu_depthwise_glu(*(t.detach().double() for t in (h, w, b)), (4, 5))
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-6
+    grads = torch.autograd.grad(out, (h, w, b), dy)
+    if compiled:
+        targets = [n.target for n in bw_nodes]
+        assert torch.ops.sana_wm.depthwise3x3.default in targets  # the data gradient
+        assert torch.ops.sana_wm.depthwise3x3_wgrad.default in targets
+        assert not {torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default} & set(targets)
+    _assert_grads_match_float64(grads, h, w, b, dy, (4, 5))
+
+
+def test_depthwise_reference_kernels_are_the_conv_and_its_weight_gradient():
+    """The references the Triton kernels are held to: the taps layout (row 3·kh + kw) against conv2d's [C, 1, 3, 3]
+    weight, and the weight + bias gradient against autograd, in float64 at an awkward size."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 1, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    taps = w.detach().reshape(6, 9).t()
+    y = glu_conv.naive_depthwise3x3(x, taps, b.detach())
+    ref = torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), w, b, padding=1, groups=6)
+    torch.testing.assert_close(y, ref.detach().permute(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    rw, rb = torch.autograd.grad(ref, (w, b), dy.permute(0, 3, 1, 2))
+    grads = glu_conv.naive_depthwise3x3_wgrad(x, dy)
+    torch.testing.assert_close(grads[:9], rw.reshape(6, 9).t(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[9], rb, rtol=1e-12, atol=1e-12)
+
+
+def test_checkpoint_policies_recompute_the_triton_depthwise_conv():
+    """The "ffn" policy recomputes wide ops: the depthwise op's [N, H, W, 2C] input is as wide as cuDNN's conv."""
+    from sana_wm.parallel import _is_wide
+
+    x, taps = torch.empty(2, 3, 4, 16), torch.empty(9, 16)
+    assert _is_wide(torch.ops.sana_wm.depthwise3x3.default, (x, taps, None), width=8)
+    assert not _is_wide(torch.ops.sana_wm.depthwise3x3.default, (x, taps, None), width=16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("N, H, W, C", [(1, 1, 1, 1), (2, 5, 7, 13), (3, 4, 9, 70), (2, 22, 40, 300),
+                                        (21, 22, 40, 13440)])
+def test_triton_depthwise_kernels_match_float64(dtype, N, H, W, C):
+    """The Triton forward (with and without bias, and as the data gradient with flipped taps) and the weight + bias
+    gradient against float64 references of the same rounded inputs: awkward sizes (tiles crossing row and frame ends,
+    channels not a multiple of the tile) and the model's 161-frame shape; the tile changes nothing but sum order."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if dtype == torch.float32 and C == 13440:
+        pytest.skip("the model's shape runs in bf16")
+    from sana_wm.ops.glu_conv.triton_dwconv import depthwise3x3, depthwise3x3_wgrad
+
+    g = torch.Generator(device="cuda").manual_seed(N * C)
+    x, dy = (torch.randn(N, H, W, C, device="cuda", generator=g).to(dtype) for _ in range(2))
+    taps = (0.3 * torch.randn(9, C, device="cuda", generator=g)).to(dtype).float()
+    b = torch.randn(C, device="cuda", generator=g).to(dtype)
+    rel = lambda a, r: ((a.double() - r).norm() / r.norm()).item()  # noqa: E731
+    tol = 1e-6 if dtype == torch.float32 else 8e-3  # bf16: one rounding of the float32 sum
+    y = depthwise3x3(x, taps, b)
+    assert y.dtype == dtype and rel(y, glu_conv.naive_depthwise3x3(x.double(), taps.double(), b.double())) < tol
+    flipped = taps.flip(0).contiguous()
+    assert rel(depthwise3x3(dy, flipped, None), glu_conv.naive_depthwise3x3(dy.double(), flipped.double(), None)) < tol
+    grads = depthwise3x3_wgrad(x, dy)
+    ref = glu_conv.naive_depthwise3x3_wgrad(x.double(), dy.double())
+    assert grads.dtype == torch.float32 and rel(grads, ref) < 1e-5  # float32 sums of exact products
+    assert torch.equal(depthwise3x3(x, taps, b, bp=64, bc=32, num_warps=2), y)
+    assert rel(depthwise3x3_wgrad(x, dy, bp=16, bc=128, num_warps=8, splits=3), grads.double()) < 1e-6
