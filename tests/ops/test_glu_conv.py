@@ -247,4 +247,6 @@ def test_triton_depthwise_kernels_match_float64(dtype, N, H, W, C):
     ref = glu_conv.naive_depthwise3x3_wgrad(x.double(), dy.double())
     assert grads.dtype == torch.float32 and rel(grads, ref) < 1e-5  # float32 sums of exact products
     assert torch.equal(depthwise3x3(x, taps, b, bp=64, bc=32, num_warps=2), y)
+    for rows in (3, H):  # the row-sliding kernel: bands of rows, or the whole frame per program
+        assert rel(depthwise3x3(x, taps, b, rows=rows, bc=32, num_warps=2), y.double()) < tol
     assert rel(depthwise3x3_wgrad(x, dy, bp=16, bc=128, num_warps=8, splits=3), grads.double()) < 1e-6

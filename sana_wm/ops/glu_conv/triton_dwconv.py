@@ -31,7 +31,7 @@ import triton.language as tl
 
 # Launch tiles (positions per tile, channels per tile, warps; the weight gradient also its number of position splits
 # per channel block, 0 = derived from the SM count). Read at call time, so a benchmark can sweep them.
-FWD_TILE = dict(bp=32, bc=128, num_warps=4)
+FWD_TILE = dict(bp=32, bc=128, num_warps=4, rows=0)
 WGRAD_TILE = dict(bp=32, bc=64, num_warps=4, splits=0)
 
 
@@ -69,6 +69,52 @@ def _dw_fwd_kernel(X, W9, BIAS, Y, S, H, W, C, HAS_BIAS: tl.constexpr, BP: tl.co
     if HAS_BIAS:
         acc += tl.load(BIAS + c, mask=mc, other=0.0).to(tl.float32)[None, :]
     tl.store(Y + frame + offs, acc.to(Y.dtype.element_ty), mask=(s < S)[:, None] & mc[None, :])
+
+
+@triton.jit
+def _dw_fwd_rows_kernel(X, W9, BIAS, Y, H, W, C, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, WP: tl.constexpr,
+                        BC: tl.constexpr):
+    """Row-sliding form: one program owns ROWS image rows of one frame × BC channels and walks input rows top to
+    bottom; each input row is loaded once per horizontal tap (three loads, not nine) and its three horizontally
+    filtered versions go to the output rows above, at and below it, carried in two float32 row accumulators."""
+    pr, pc, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    w = tl.arange(0, WP)
+    c = pc * BC + tl.arange(0, BC)
+    mc = c < C
+    mw = w < W
+    frame = n.to(tl.int64) * H * W * C
+    offs = w[:, None] * C + c[None, :]
+    m_mid = mw[:, None] & mc[None, :]
+    m_left = ((w >= 1) & mw)[:, None] & mc[None, :]
+    m_right = (w + 1 < W)[:, None] & mc[None, :]
+    w0 = tl.load(W9 + c, mask=mc, other=0.0)[None, :]
+    w1 = tl.load(W9 + C + c, mask=mc, other=0.0)[None, :]
+    w2 = tl.load(W9 + 2 * C + c, mask=mc, other=0.0)[None, :]
+    w3 = tl.load(W9 + 3 * C + c, mask=mc, other=0.0)[None, :]
+    w4 = tl.load(W9 + 4 * C + c, mask=mc, other=0.0)[None, :]
+    w5 = tl.load(W9 + 5 * C + c, mask=mc, other=0.0)[None, :]
+    w6 = tl.load(W9 + 6 * C + c, mask=mc, other=0.0)[None, :]
+    w7 = tl.load(W9 + 7 * C + c, mask=mc, other=0.0)[None, :]
+    w8 = tl.load(W9 + 8 * C + c, mask=mc, other=0.0)[None, :]
+    if HAS_BIAS:
+        bias = tl.load(BIAS + c, mask=mc, other=0.0).to(tl.float32)[None, :]
+    r0 = pr * ROWS
+    acc_prev = tl.zeros([WP, BC], tl.float32)  # output row r − 1, still missing the input row r
+    acc_cur = tl.zeros([WP, BC], tl.float32)  # output row r
+    for r in range(r0 - 1, r0 + ROWS + 1):
+        rv = (r >= 0) & (r < H)
+        row = X + frame + r * W * C + offs
+        xl = tl.load(row - C, mask=m_left & rv, other=0.0).to(tl.float32)  # x[r, w − 1]
+        xm = tl.load(row, mask=m_mid & rv, other=0.0).to(tl.float32)
+        xr = tl.load(row + C, mask=m_right & rv, other=0.0).to(tl.float32)  # x[r, w + 1]
+        out = acc_prev + (xl * w6 + xm * w7 + xr * w8)  # kh = 2: output row r − 1 reads input row r
+        if HAS_BIAS:
+            out += bias
+        ro = r - 1
+        tl.store(Y + frame + ro * W * C + offs, out.to(Y.dtype.element_ty),
+                 mask=m_mid & (ro >= r0) & (ro < H) & (ro < r0 + ROWS))
+        acc_prev = acc_cur + (xl * w3 + xm * w4 + xr * w5)  # kh = 1
+        acc_cur = xl * w0 + xm * w1 + xr * w2  # kh = 0: output row r + 1
 
 
 @triton.jit
@@ -146,6 +192,11 @@ def depthwise3x3(x: torch.Tensor, w9: torch.Tensor, bias: torch.Tensor | None, *
     t = _tile(FWD_TILE, "depthwise3x3", tile)
     N, H, W, C = x.shape
     y = torch.empty_like(x)
+    if t["rows"]:
+        grid = (triton.cdiv(H, t["rows"]), triton.cdiv(C, t["bc"]), N)
+        _dw_fwd_rows_kernel[grid](x, w9, bias if bias is not None else w9, y, H, W, C, HAS_BIAS=bias is not None,
+                                  ROWS=t["rows"], WP=triton.next_power_of_2(W), BC=t["bc"], num_warps=t["num_warps"])
+        return y
     grid = (triton.cdiv(H * W, t["bp"]), triton.cdiv(C, t["bc"]), N)
     _dw_fwd_kernel[grid](x, w9, bias if bias is not None else w9, y, H * W, H, W, C, HAS_BIAS=bias is not None,
                          BP=t["bp"], BC=t["bc"], num_warps=t["num_warps"])
