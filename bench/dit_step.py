@@ -12,8 +12,6 @@ Cases (PERFORMANCE.md §4 B1/B2, issue 6):
   composite with --compile: fwd21/fwd121/train21 again with every fused GDN kernel off (what they buy in the whole
            model, same process)
   bwd      with --compile: train21 again with the GDN backward kernels off (float32 PyTorch backward)
-  cudnn-dw with --compile: fwd21/fwd121/train21 again with the FFN's depthwise conv on cuDNN instead of the Triton
-           kernels, then once more with the Triton kernels (A, B, A in one process)
 train21 runs eager with full checkpointing, then (with --compile) compiled with each --ac policy: "full" recomputes
 whole blocks, "selective" keeps GEMM / attention / scan / prologue outputs, "ffn" keeps those and recomputes only the
 FFN's wide middle, leaving the rest to the compiler (sana_wm.parallel); --ac-blocks K
@@ -41,7 +39,6 @@ from sana_wm.camera import action_to_c2w, prepare_camera
 from sana_wm.checkpoint import to_diffusers_layout
 from sana_wm.flops import H100_BF16_PEAK, model_flops
 from sana_wm.ops.gdn.torch_scan import set_fused_backward, set_fused_forward
-from sana_wm.ops.glu_conv import set_triton_depthwise
 from sana_wm.parallel import apply_compile, parallelize
 
 H, W, TEXT = 22, 40, 300
@@ -223,17 +220,6 @@ def top_kernels(fn, top: int) -> list[dict]:
     return [dict(total_ms=round(total, 1), host_ms=round(host_ms, 1), wall_ms=round(wall_ms, 1), idle=gaps)] + rows
 
 
-def ab_depthwise(timed, record) -> None:
-    """The `cudnn-dw` case: `timed()` (→ ms, peak GiB) with the FFN's depthwise conv on cuDNN, then on the Triton
-    kernels again (the switch is read while tracing, so each form compiles once and stays cached)."""
-    previous = set_triton_depthwise(False)
-    try:
-        record("ours+compile, cuDNN depthwise", *timed())
-    finally:
-        set_triton_depthwise(previous)
-    record("ours+compile, Triton depthwise (again)", *timed())
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default="fwd21,fwd121,train21,trainmax,profile")
@@ -330,9 +316,6 @@ def main(argv=None) -> int:
                         ms, gib = cuda_time(ours_fn(ours, inp), args.warmup + 1, args.reps)
                         record(case, "ours+compile, composite GDN", B, T, ms, gib, False)
                         set_fused_forward(True)
-                    if "cudnn-dw" in cases:
-                        ab_depthwise(lambda: cuda_time(ours_fn(ours, inp), args.warmup + 1, args.reps),
-                                     lambda who, ms, gib: record(case, who, B, T, ms, gib, False))
         set_compiled(ours, plain_blocks, False)
     if "profile" in cases:
         results["profile_fwd21_ms"] = profile_breakdown(ours, make_inputs(2, 21))
@@ -388,10 +371,6 @@ def main(argv=None) -> int:
                 ms, gib = cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps)
                 record("train21", f"ours+compile ({policy} AC), composite GDN", 1, 21, ms, gib, True)
                 set_fused_forward(True)
-            if "cudnn-dw" in cases:
-                ab_depthwise(lambda: cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps),
-                             lambda who, ms, gib, p=policy: record("train21", who.replace("compile", f"compile ({p} AC)"),
-                                                                   1, 21, ms, gib, True))
         ours.zero_grad(set_to_none=True)
     if port is not None:
         del port

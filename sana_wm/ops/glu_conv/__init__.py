@@ -21,6 +21,15 @@ compiled 161-frame training step its kernels took ≈ 125 ms against ≈ 91 ms f
 and Inductor kernels (forward 0.80 ms per call vs 0.49 + 0.19, the dgrad/wgrad kernel 2.6 ms vs 0.88 + 0.53 + 0.34;
 bench/RESULTS.md run 26).
 
+A plain Triton depthwise conv in place of cuDNN's, forward (also serving the flipped-tap data gradient) and weight
+gradient, was tried on 2026-12-02 and removed (commits d6faa94 and bf2154f have it, with CPU wiring tests and GPU
+tests that passed on an H200): at 161 frames on an H200, cuDNN's forward without bias takes 0.50 ms (≈ 2 TB/s of
+minimum traffic); the nine-tap gather kernel took 0.70–0.90 ms over ten tiles, a row-sliding kernel (three loads per
+input row, the vertical taps carried in registers) 0.58 ms at best, and the weight gradient 0.69 ms against
+cuDNN's 0.69–0.71. In the compiled training step the gather form cost +14 ms (920.2 / 920.9 against 906.6 ms, same
+process; bench/RESULTS.md runs 46–47). The gather form's time is what its L2 traffic would take if each of the nine
+overlapping tap loads went to L2 (≈ 4.5 GB per call), a guess that no profile checked.
+
 In training, the conv's input gradient is a forward conv with the flipped kernel (`_DepthwiseConv3x3`): −8 ms per
 161-frame step (run 29). Writing the whole backward as nine shifted multiply-adds for Inductor instead (the input gradient
 fused into the SiLU adjoint, weight and bias gradients as reductions over positions) was slower on an H200: 8.57 vs
@@ -35,33 +44,22 @@ import torch.nn.functional as F
 
 from sana_wm.ops.switch import KernelSwitch
 
-from .naive import naive_depthwise3x3, naive_depthwise3x3_wgrad, naive_glu_backward, naive_silu_depthwise_glu
+from .naive import naive_glu_backward, naive_silu_depthwise_glu
 
 try:  # Triton is optional: CPU machines and CI run the PyTorch path.
-    from .triton_dwconv import depthwise3x3 as _triton_dw
-    from .triton_dwconv import depthwise3x3_wgrad as _triton_dw_wgrad
-    from .triton_dwconv import fits_int32 as _dw_fits_int32
     from .triton_glu import glu_backward as _triton_glu_backward
 except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
-    _triton_glu_backward = _triton_dw = _triton_dw_wgrad = _dw_fits_int32 = None
+    _triton_glu_backward = None
 
-__all__ = ["silu_depthwise_glu", "naive_silu_depthwise_glu", "naive_glu_backward", "naive_depthwise3x3",
-           "naive_depthwise3x3_wgrad", "set_fused_glu_backward", "set_triton_depthwise"]
+__all__ = ["silu_depthwise_glu", "naive_silu_depthwise_glu", "naive_glu_backward", "set_fused_glu_backward"]
 
 # SANA_WM_FUSED_GLU_BWD=0 keeps the GLU's backward in Inductor on CUDA too (A/B timing, and a safety switch).
 _SWITCH = KernelSwitch("SANA_WM_FUSED_GLU_BWD", _triton_glu_backward is not None)
-# SANA_WM_TRITON_DWCONV=0 keeps the depthwise conv (forward, data and weight gradients) on cuDNN.
-_DW_SWITCH = KernelSwitch("SANA_WM_TRITON_DWCONV", _triton_dw is not None)
 
 
 def set_fused_glu_backward(enabled: bool) -> bool:
     """Turn the Triton GLU backward on/off process-wide; returns the previous setting."""
     return _SWITCH.set(enabled)
-
-
-def set_triton_depthwise(enabled: bool) -> bool:
-    """Turn the Triton depthwise conv on/off process-wide (off: cuDNN); returns the previous setting."""
-    return _DW_SWITCH.set(enabled)
 
 # Depthwise convs fail on tensors of more than 2³¹ − 1 elements despite cuDNN's 64-bit indexing (pytorch/pytorch
 # #152816), so minute-long clips are split into calls of whole frames under that limit. One call where it fits: at 961
@@ -99,62 +97,6 @@ class _DepthwiseConv3x3(torch.autograd.Function):
                 dy, img.to(dy.dtype), w, [C] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False, [0, 0], C,
                 [False, bool(ctx.needs_input_grad[1]), bool(ctx.has_bias and ctx.needs_input_grad[2])])
         return dimg, dw, db
-
-
-def _taps(weight: torch.Tensor, dtype: torch.dtype, flip: bool = False) -> torch.Tensor:
-    """weight [C, 1, 3, 3] → [9, C] float32, row 3·kh + kw (the kernels' layout), after rounding to the activations'
-    dtype as cuDNN's conv would; `flip` reverses the taps (the transpose of a stride-1 "same" conv)."""
-    taps = weight.to(dtype).reshape(weight.shape[0], 9)
-    return (taps.flip(1) if flip else taps).t().float().contiguous()
-
-
-@torch.library.custom_op("sana_wm::depthwise3x3", mutates_args=())
-def _depthwise_op(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Depthwise 3×3 conv, zero padding: x [N, H, W, C] contiguous, taps [9, C] float32 (`_taps`) → [N, H, W, C].
-    Opaque to the compiler (a bare Triton launch cannot run on AOTAutograd's fake tensors); the checkpointing
-    policies see it as a wide op by its channel count (`sana_wm.parallel._is_wide`)."""
-    return _triton_dw(x, taps, bias)
-
-
-@_depthwise_op.register_fake
-def _(x, taps, bias):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op("sana_wm::depthwise3x3_wgrad", mutates_args=())
-def _depthwise_wgrad_op(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    """[10, C] float32 for x and dy [N, H, W, C] contiguous: the taps' gradient of `sana_wm::depthwise3x3` (rows 0–8)
-    and the bias gradient (row 9); one tensor, since a custom op's outputs may not alias each other."""
-    return _triton_dw_wgrad(x, dy)
-
-
-@_depthwise_wgrad_op.register_fake
-def _(x, dy):
-    return x.new_empty((10, x.shape[-1]), dtype=torch.float32)
-
-
-class _TritonDepthwise3x3(torch.autograd.Function):
-    """`_DepthwiseConv3x3` on the token layout with the Triton kernels (`triton_dwconv.py`): x [N, H, W, C]
-    contiguous, weight [C, 1, 3, 3], bias [C] or None → [N, H, W, C]. The data gradient is the forward kernel with the
-    flipped taps; the weight and bias gradients one reduction kernel (float32 partials per program)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias, ctx.bias_dtype = bias is not None, None if bias is None else bias.dtype
-        return _depthwise_op(x, _taps(weight, x.dtype), None if bias is None else bias.to(x.dtype))
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        dy = dy.contiguous()
-        dx = _depthwise_op(dy, _taps(weight, dy.dtype, flip=True), None) if ctx.needs_input_grad[0] else None
-        dw = db = None
-        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            grads = _depthwise_wgrad_op(x.to(dy.dtype), dy)  # [10, C] float32: nine taps, then the bias
-            dw = grads[:9].t().reshape(weight.shape).to(weight.dtype)  # → [C, 1, 3, 3]
-            db = grads[9].to(ctx.bias_dtype) if ctx.has_bias else None
-        return dx, dw, db
 
 
 @torch.library.custom_op("sana_wm::glu_backward", mutates_args=())
@@ -208,22 +150,17 @@ def silu_depthwise_glu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if H * W != S or C2 % 2 or tuple(weight.shape) != (C2, 1, 3, 3):
         raise ValueError(f"silu_depthwise_glu: h {list(h.shape)} needs S = H·W = {H}·{W} and an even channel count; "
                          f"weight {list(weight.shape)} must be [{C2}, 1, 3, 3]")
+    img = F.silu(h).reshape(B * T, H, W, C2).permute(0, 3, 1, 2)  # [BT, 2C, H, W] channels_last strides, no copy
+    step = max(1, MAX_CONV_ELEMENTS // (S * C2))
     # Training on CUDA: the conv without its bias, which the GLU's Triton backward folds in (and sums its gradient).
     glu_kernel = bias is not None and torch.is_grad_enabled() and _SWITCH.use(h)
     conv_bias = None if glu_kernel else bias
-    if _DW_SWITCH.use(h) and _dw_fits_int32(H, W, C2):
-        # The Triton conv takes the token layout as images [BT, H, W, 2C] and needs no split (int64 frame offsets).
-        z = _TritonDepthwise3x3.apply(F.silu(h).reshape(B * T, H, W, C2).contiguous(), weight, conv_bias)
-        z = z.reshape(B, T, S, C2)
-    else:
-        img = F.silu(h).reshape(B * T, H, W, C2).permute(0, 3, 1, 2)  # [BT, 2C, H, W] channels_last strides, no copy
-        step = max(1, MAX_CONV_ELEMENTS // (S * C2))
-        # One call takes img itself, not a no-op slice: a slice's backward (`slice_backward`) would write the input
-        # gradient into a new NCHW-contiguous buffer, turning the channels-last data gradient into a channel-major one
-        # that the SiLU backward then reads and writes with a transpose (a `clone_permute` kernel in the compiled step).
-        parts = [img] if step >= B * T else [img[i : i + step] for i in range(0, B * T, step)]
-        outs = [_DepthwiseConv3x3.apply(part, weight, conv_bias) for part in parts]
-        z = (outs[0] if len(outs) == 1 else torch.cat(outs)).permute(0, 2, 3, 1).reshape(B, T, S, C2)
+    # One call takes img itself, not a no-op slice: a slice's backward (`slice_backward`) would write the input
+    # gradient into a new NCHW-contiguous buffer, turning the channels-last data gradient into a channel-major one
+    # that the SiLU backward then reads and writes with a transpose (a `clone_permute` kernel in the compiled step).
+    parts = [img] if step >= B * T else [img[i : i + step] for i in range(0, B * T, step)]
+    outs = [_DepthwiseConv3x3.apply(part, weight, conv_bias) for part in parts]
+    z = (outs[0] if len(outs) == 1 else torch.cat(outs)).permute(0, 2, 3, 1).reshape(B, T, S, C2)
     if glu_kernel:
         return _BiasGLU.apply(z, bias)
     value, gate = z.chunk(2, dim=-1)
