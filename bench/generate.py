@@ -3,6 +3,7 @@
     python bench/generate.py                       # H100/H200: stage 1 at 161 and 961 frames (60 steps, CFG 5),
                                                    # Gemma-2, refiner Gemma-3 + connectors, refiner, VAE decode
     python bench/generate.py --frames 161 --timed_steps 10   # time 10 of the 60 steps and project to 60
+    python bench/generate.py --stages stage1 --compile       # stage 1 with the compiled DiT blocks (infer.py --compile)
     python bench/generate.py --quick               # CPU smoke run with tiny modules (numbers mean nothing)
 
 Every stage runs through the same code as ``infer.py`` (``SanaWMPipeline.generate`` for stage 1,
@@ -144,8 +145,12 @@ def build_dit(sizes: Sizes, device, dtype):
     return dit.eval().requires_grad_(False)
 
 
-def bench_stage1(sizes, codec, frames, steps, timed, cfg, fps, device, dtype, warmup) -> list[Row]:
+def bench_stage1(sizes, codec, frames, steps, timed, cfg, fps, device, dtype, warmup, compile=False) -> list[Row]:
     dit = build_dit(sizes, device, dtype)
+    if compile:  # as `infer.py --compile`: per-block torch.compile; the warm-up step of each clip length compiles
+        from sana_wm.parallel import apply_compile
+
+        apply_compile(dit)
     pipe = SanaWMPipeline(dit, codec, None, None, height=sizes.height, width=sizes.width, device=device)
     h, w = sizes.height // 32, sizes.width // 32
     gen = torch.Generator().manual_seed(0)
@@ -171,7 +176,7 @@ def bench_stage1(sizes, codec, frames, steps, timed, cfg, fps, device, dtype, wa
         sec = res.timings["stage1"]
         projected = sec * steps / n_run
         peak = res.peak_memory.get("stage1")
-        note = "cfg batch 2" if cfg != 1 else "no cfg"
+        note = ("cfg batch 2" if cfg != 1 else "no cfg") + (", compiled" if compile else "")
         label = f"{n_run}/{steps}" if n_run < steps else str(steps)
         if n_run < steps:
             note += f"; {sec:.1f} s measured for {n_run} steps, projected to {steps}"
@@ -373,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", nargs="+", choices=STAGES, default=[s for s in STAGES if s != "pipeline"])
     p.add_argument("--device", default=None)
     p.add_argument("--no_warmup", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the DiT's blocks for stage 1, as `infer.py --compile` (needs the warm-up)")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
 
@@ -385,12 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     for F in frames + [other]:
         if F < 9 or (F - 1) % 8:
             p.error(f"frame counts must be 8k+1 and >= 9; got {F}")
+    if args.compile and args.no_warmup:
+        p.error("--compile needs the warm-up step (it compiles); drop --no_warmup")
     torch.manual_seed(0)
     rows: list[Row] = []
     codec = build_vae(sizes, device, dtype) if {"stage1", "vae_decode"} & set(args.stages) else None
     if "stage1" in args.stages:
         rows += bench_stage1(sizes, codec, frames, steps, args.timed_steps, args.cfg_scale, args.fps, device, dtype,
-                             not args.no_warmup)
+                             not args.no_warmup, compile=args.compile)
     if "vae_decode" in args.stages:
         rows.append(bench_vae(sizes, codec, other, args.fps, device))
     del codec

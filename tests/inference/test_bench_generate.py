@@ -48,3 +48,25 @@ def test_quick_pipeline_stage_runs_with_and_without_offload(tmp_path, capsys, be
         stages = {r["stage"] for r in rows if r["note"].startswith(tag)}
         assert {"pipe:stage1", "pipe:stage2", "pipe:vae_decode"} <= stages, stages
     assert "moves" in totals[1]["note"]
+
+
+def test_quick_compiled_stage1_runs_through_compiled_blocks(tmp_path, bench_module, monkeypatch):
+    """--compile hands the DiT to `apply_compile` before the warm-up step (Dynamo's "eager" backend here, to keep the
+    test short: the traced graphs are the same, Inductor's code generation is skipped); --no_warmup is refused."""
+    import torch
+
+    import sana_wm.parallel
+
+    mod = bench_module("generate.py")
+    compiled = []
+    real = sana_wm.parallel.apply_compile
+    monkeypatch.setattr(sana_wm.parallel, "apply_compile", lambda m: compiled.append(m) or real(m, backend="eager"))
+    torch._dynamo.reset()
+    out = tmp_path / "rows.json"
+    assert mod.main(["--quick", "--stages", "stage1", "--frames", "17", "--compile", "--json", str(out)]) == 0
+    (dit,) = compiled
+    assert all("forward" in vars(block) for block in dit.blocks)  # the compiled forward shadows the method
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["stage"] == "stage1" and row["frames"] == 17 and row["seconds"] > 0 and "compiled" in row["note"]
+    with pytest.raises(SystemExit):
+        mod.main(["--quick", "--stages", "stage1", "--compile", "--no_warmup"])
