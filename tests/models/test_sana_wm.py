@@ -238,6 +238,7 @@ def test_blocks_compile_as_whole_graphs_forward_and_backward(policy):
     from sana_wm.models.sana_wm import SanaWMBlock
     from sana_wm.parallel import apply_activation_checkpointing, apply_compile
 
+    torch._dynamo.reset()  # static shapes, whatever earlier tests compiled (dynamic ones took 5× as long to trace)
     torch.manual_seed(0)
     ref = SanaWM.from_preset("tiny")
     model = SanaWM.from_preset("tiny")
@@ -301,6 +302,7 @@ def test_compiled_full_checkpointing_keeps_no_more_than_eager(device):
     checkpointing 93."""
     from sana_wm.parallel import apply_activation_checkpointing, apply_compile
 
+    torch._dynamo.reset()  # no dims made dynamic by earlier compiles of the block (that changes what is saved)
     saved = {}
     for compiled in (False, True):
         torch.manual_seed(0)
