@@ -212,7 +212,7 @@ def _output_dir(path: str) -> Path:
 def check_inputs(args) -> Inputs:
     """Validate every user input (cheap: no model is loaded). Raises :class:`InputError` with a one-line reason."""
     from sana_wm.camera import snap_num_frames
-    from sana_wm.video import load_image
+    from sana_wm.inference.video import load_image
 
     for flag, value, ok, want in (
         ("--num_frames", args.num_frames, args.num_frames >= 1, ">= 1"),
@@ -276,9 +276,9 @@ def run(args, inputs: Inputs) -> dict:
     """Load the models, generate, write the outputs; returns the JSON record."""
     import torch
 
-    from sana_wm.overlay import derive_controls, draw_overlay
-    from sana_wm.pipeline import SanaWMPipeline, default_device, save_result_arrays
-    from sana_wm.video import write_mp4
+    from sana_wm.inference.overlay import derive_controls, draw_overlay
+    from sana_wm.inference.pipeline import SanaWMPipeline, default_device, save_result_arrays
+    from sana_wm.inference.video import write_mp4
 
     device = torch.device(args.device) if args.device else default_device()
     kwargs = dict(
@@ -351,7 +351,7 @@ def run(args, inputs: Inputs) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit status (0 ok, 2 bad input, 1 failure while generating)."""
-    from sana_wm.model_root import ModelRootError, resolve_model_paths
+    from sana_wm.inference.model_root import ModelRootError, resolve_model_paths
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

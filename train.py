@@ -17,7 +17,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sana_wm.config import ConfigError, register_configs
+from sana_wm.training.config import ConfigError, register_configs
 
 register_configs()  # the schema must be in the ConfigStore before Hydra composes
 

@@ -171,8 +171,8 @@ def time_latent_loader(shard: str, check_finite: bool = True) -> float:
 def warm_up(out_dir: str) -> None:
     """Run the loader once on a tiny clip so one-time costs (lazy imports, first torch.linalg calls)
     are not charged to the first timed run."""
-    from data.testing import raw_video_sample, tiny_video_clip, write_raw_shard
     from data.video import encode_mp4
+    from sana_wm.testing.data import raw_video_sample, tiny_video_clip, write_raw_shard
 
     frames, c2w, K = tiny_video_clip(num_frames=9, height=64, width=64)
     os.makedirs(out_dir, exist_ok=True)

@@ -18,7 +18,7 @@ FFN's wide middle, leaving the rest to the compiler (sana_wm.parallel); --ac-blo
 checkpoints only the first K blocks of the compiled model (the others keep every activation).
 Timing: CUDA events, median of --reps after --warmup runs; peak memory = torch.cuda.max_memory_allocated less the
 other model's parameters, buffers and gradients (both models live in this process; `resident_gib`).
-MFU = model FLOPs (sana_wm.flops) / (time × 989.4 TFLOP/s); also reported against the GEMM ceiling measured here.
+MFU = model FLOPs (sana_wm.models.flops) / (time × 989.4 TFLOP/s); also reported against the GEMM ceiling measured here.
 Prints a table and writes JSON (--out). Never asserts speed.
 
     python bench/dit_step.py --cases fwd21,fwd121,train21,trainmax,profile --out results.json
@@ -37,7 +37,7 @@ from common import cuda_time, idle_gaps
 from sana_wm import SanaWM
 from sana_wm.camera import action_to_c2w, prepare_camera
 from sana_wm.checkpoint import to_diffusers_layout
-from sana_wm.flops import H100_BF16_PEAK, model_flops
+from sana_wm.models.flops import H100_BF16_PEAK, model_flops
 from sana_wm.ops.gdn.torch_scan import set_fused_backward, set_fused_forward
 from sana_wm.parallel import apply_compile, parallelize
 

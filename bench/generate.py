@@ -45,8 +45,8 @@ if str(ROOT) not in sys.path:
 from sana_wm.camera import action_to_c2w  # noqa: E402
 from sana_wm.diffusion import inference_sigmas  # noqa: E402
 from sana_wm.encoders import GemmaTextEncoder, LatentCodec  # noqa: E402
-from sana_wm.pipeline import SanaWMPipeline  # noqa: E402
-from sana_wm.refiner import LTX2Refiner, is_audio_only, move_module  # noqa: E402
+from sana_wm.inference.pipeline import SanaWMPipeline  # noqa: E402
+from sana_wm.inference.refiner import LTX2Refiner, is_audio_only, move_module  # noqa: E402
 
 STAGES = ("stage1", "text", "refiner_text", "refiner", "vae_decode", "pipeline")
 
@@ -124,7 +124,7 @@ def build_vae(sizes: Sizes, device, dtype) -> LatentCodec:
     from diffusers import AutoencoderKLLTX2Video
 
     if sizes.quick:
-        from sana_wm.encoders.testing import tiny_ltx2_vae
+        from sana_wm.encoders.tiny import tiny_ltx2_vae
 
         return LatentCodec(tiny_ltx2_vae(sizes.latent_channels).to(device, dtype))
     with building(device, dtype):
@@ -192,7 +192,7 @@ def bench_text(sizes, device, dtype) -> Row:
     from transformers import Gemma2Config
     from transformers.models.gemma2.modeling_gemma2 import Gemma2Model
 
-    from sana_wm.encoders.testing import tiny_gemma2, tiny_tokenizer
+    from sana_wm.encoders.tiny import tiny_gemma2, tiny_tokenizer
 
     tok = tiny_tokenizer()
     if sizes.quick:
@@ -212,7 +212,7 @@ def bench_text(sizes, device, dtype) -> Row:
 
 def _refiner_text_modules(sizes, device, dtype):
     if sizes.quick:
-        from sana_wm.refiner import tiny_refiner_components
+        from sana_wm.testing.refiner import tiny_refiner_components
 
         _, conn, te, tok = tiny_refiner_components(sizes.latent_channels)
         return conn.to(device, dtype), te.to(device, dtype), tok, 64
@@ -220,7 +220,7 @@ def _refiner_text_modules(sizes, device, dtype):
     from transformers import Gemma3TextConfig
     from transformers.models.gemma3.modeling_gemma3 import Gemma3TextModel
 
-    from sana_wm.encoders.testing import tiny_tokenizer
+    from sana_wm.encoders.tiny import tiny_tokenizer
 
     with building(device, dtype):
         te = Gemma3TextModel(Gemma3TextConfig(
@@ -235,7 +235,7 @@ def _refiner_transformer(sizes, device, dtype):
     from diffusers.models.transformers.transformer_sana_wm_refiner import SanaWMLTX2RefinerTransformer3DModel
 
     if sizes.quick:
-        from sana_wm.refiner import tiny_refiner_components
+        from sana_wm.testing.refiner import tiny_refiner_components
 
         return tiny_refiner_components(sizes.latent_channels)[0].to(device, dtype)
     with building(device, dtype):
@@ -301,13 +301,13 @@ def bench_vae(sizes, codec, frames, fps, device) -> Row:
 
 def bench_pipeline(sizes, frames, steps, timed, fps, device, dtype, offload: bool) -> list[Row]:
     """One end-to-end `SanaWMPipeline.generate` with every full-size module, offload flags all on or all off."""
-    from sana_wm.encoders.testing import tiny_tokenizer
+    from sana_wm.encoders.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
     codec = build_vae(sizes, device, dtype)
     dit = build_dit(sizes, device, dtype)
     if sizes.quick:
-        from sana_wm.encoders.testing import tiny_gemma2
+        from sana_wm.encoders.tiny import tiny_gemma2
 
         gemma2 = tiny_gemma2(sizes.caption_channels, vocab_size=len(tok)).to(device, dtype)
     else:

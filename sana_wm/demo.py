@@ -73,7 +73,7 @@ def train_tiny_vae(clips: torch.Tensor, out_dir: str | os.PathLike, seconds: flo
     """
     from tqdm import tqdm
 
-    from sana_wm.encoders.testing import tiny_ltx2_vae
+    from sana_wm.encoders.tiny import tiny_ltx2_vae
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -117,7 +117,7 @@ def write_model_root(root: Path, height: int, width: int, seed: int = 0) -> None
     """Release layout for infer.py: config.yaml (+ vae/ written by train_tiny_vae) + a tiny random Gemma-2."""
     import yaml
 
-    from sana_wm.encoders.testing import save_tiny_text_encoder
+    from sana_wm.encoders.tiny import save_tiny_text_encoder
 
     save_tiny_text_encoder(root / "text_encoder", hidden=32, seed=seed)
     config = {

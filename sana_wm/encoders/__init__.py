@@ -1,7 +1,7 @@
 """Frozen encoders: the LTX-2 latent codec (`vae`) and the Gemma-2 text encoder (`text`).
 
 Exports are resolved lazily so that importing one encoder does not import the other's heavy
-dependency (diffusers vs transformers). Tiny random stand-ins for tests live in `encoders.testing`.
+dependency (diffusers vs transformers). The tiny presets (`encoders.kind=tiny_random`, the demo, tests) live in `encoders.tiny`.
 """
 
 from __future__ import annotations

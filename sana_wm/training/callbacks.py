@@ -1,6 +1,6 @@
 """Lightning callbacks of the SANA-WM trainer.
 
-* :class:`ThroughputMonitor` — tokens/s, samples/s, step time and MFU (FLOPs from `sana_wm.flops.model_flops`, the
+* :class:`ThroughputMonitor` — tokens/s, samples/s, step time and MFU (FLOPs from `sana_wm.models.flops.model_flops`, the
   same function the GPU benchmarks use), averaged over a logging window of optimizer steps.
 * :class:`AdapterCheckpoint` — LoRA adapters as safetensors (``adapters/step_XXXXXXX.safetensors``, ``last``) with
   the base checkpoint's hash.
@@ -8,7 +8,7 @@
   so `infer.py --checkpoint` can use it directly; with LoRA, the final adapter.
 * :class:`RankAgreement` — all ranks compare a checksum of their trained parameters at the end (DDP replicas must be
   identical); a mismatch is an error, and each rank prints its checksum.
-* :class:`ValidationVideos` — every n steps, sample videos through `sana_wm.pipeline.SanaWMPipeline` (the one
+* :class:`ValidationVideos` — every n steps, sample videos through `sana_wm.inference.pipeline.SanaWMPipeline` (the one
   inference path), write mp4s with the action overlay and hand them to the logger.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from sana_wm.flops import model_flops
+from sana_wm.models.flops import model_flops
 
 __all__ = ["ThroughputMonitor", "AdapterCheckpoint", "ExportOnTrainEnd", "RankAgreement", "ValidationVideos",
            "parameter_checksum"]
@@ -258,9 +258,9 @@ class ValidationVideos(L.Callback):
         import numpy as np
 
         from sana_wm.camera import action_to_c2w
-        from sana_wm.overlay import derive_controls, draw_overlay
-        from sana_wm.pipeline import SanaWMPipeline
-        from sana_wm.video import write_mp4
+        from sana_wm.inference.overlay import derive_controls, draw_overlay
+        from sana_wm.inference.pipeline import SanaWMPipeline
+        from sana_wm.inference.video import write_mp4
 
         enc = pl_module.encoders
         if enc.vae is None or enc.text is None:

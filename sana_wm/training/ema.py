@@ -7,7 +7,7 @@ checkpoint under ``"ema"`` and restores them on resume.
 Sharding: the shadows mirror whatever tensors `named_parameters()` returns at the time of the first update — full
 tensors under DDP and ZeRO-2 — so the update is always local and needs no communication. Under weight sharding
 (FSDP, ZeRO-3) those tensors are shards or empty placeholders that a rank-0 checkpoint cannot hold whole, so the
-config refuses EMA with those strategies (`sana_wm.config.validate_config`). Shadows are float32 whatever the training dtype, so small updates (1 − decay ≈ 1e-4) are not lost
+config refuses EMA with those strategies (`sana_wm.training.config.validate_config`). Shadows are float32 whatever the training dtype, so small updates (1 − decay ≈ 1e-4) are not lost
 to bf16 rounding.
 """
 

@@ -87,7 +87,7 @@ def export_training_checkpoint(
     dtype: torch.dtype | None = None,
 ) -> Path:
     """Lightning checkpoint of `SanaWMLitModule` → full DiT safetensors (see module docstring)."""
-    from sana_wm.config import ModelConfig
+    from sana_wm.training.config import ModelConfig
 
     path = Path(ckpt_path)
     ckpt = _read_training_checkpoint(path)

@@ -1,6 +1,6 @@
 """Typed config → Lightning objects, and the training run itself (`train.py` only composes and calls `train`).
 
-Builders (each takes the typed :class:`~sana_wm.config.TrainConfig` or one of its sections):
+Builders (each takes the typed :class:`~sana_wm.training.config.TrainConfig` or one of its sections):
     build_module, build_datamodule, build_strategy, build_logger, build_callbacks, build_trainer
 Run:
     train(cfg) → dict of final metrics and output paths
@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sana_wm.checkpoint import CheckpointError
-from sana_wm.config import (
+from sana_wm.training.config import (
     CheckpointConfig,
     ConfigError,
     LoggerConfig,

@@ -221,7 +221,7 @@ def add_lora(
     Args:
         model: a `SanaWM` (not wrapped for checkpointing/compile/FSDP yet).
         rank, alpha, dropout: LoRA hyper-parameters (scale = alpha / rank).
-        target_modules: regexes over module names (default `sana_wm.config.DEFAULT_LORA_TARGETS`).
+        target_modules: regexes over module names (default `sana_wm.training.config.DEFAULT_LORA_TARGETS`).
         init: ``zero`` (peft default: A Kaiming-uniform, B = 0) or ``gaussian`` (A normal, B = 0); both leave the
             output unchanged at step 0.
         spec: attach exactly this spec instead (used when loading an adapter file).
@@ -232,8 +232,8 @@ def add_lora(
     from peft import LoraConfig as PeftLoraConfig
     from peft import inject_adapter_in_model
 
-    from sana_wm.config import DEFAULT_LORA_TARGETS
     from sana_wm.models.sana_wm import PointwiseConv
+    from sana_wm.training.config import DEFAULT_LORA_TARGETS
 
     if has_lora(model):
         raise LoraError("the model already has LoRA adapters attached; merge or rebuild it before adding new ones")

@@ -31,7 +31,6 @@ import torch
 from data.schema import Batch
 from data.seeding import seed_for
 from sana_wm.checkpoint import load_checkpoint
-from sana_wm.config import EMAConfig, EncoderConfig, LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig
 from sana_wm.diffusion import (
     apply_image_condition,
     flow_loss,
@@ -41,6 +40,14 @@ from sana_wm.diffusion import (
     velocity_target,
 )
 from sana_wm.models import SanaWM
+from sana_wm.training.config import (
+    EMAConfig,
+    EncoderConfig,
+    LoraConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+)
 
 from .ema import EMA
 from .lora import add_lora, file_sha256, load_lora, lora_state_dict, state_fingerprint
@@ -97,7 +104,7 @@ def build_encoders(cfg: EncoderConfig, model_config) -> Encoders:
     from sana_wm.encoders.vae import LatentCodec
 
     if cfg.kind == "tiny_random":
-        from sana_wm.encoders.testing import tiny_gemma2, tiny_ltx2_vae, tiny_tokenizer
+        from sana_wm.encoders.tiny import tiny_gemma2, tiny_ltx2_vae, tiny_tokenizer
 
         tok = tiny_tokenizer()
         text = GemmaTextEncoder(

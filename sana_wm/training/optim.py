@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from sana_wm.config import OptimConfig
+from sana_wm.training.config import OptimConfig
 
 __all__ = ["param_groups", "build_optimizer", "LRSchedule", "build_scheduler"]
 

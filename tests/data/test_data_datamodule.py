@@ -8,8 +8,8 @@ import torch
 
 from data.datamodule import SanaWMDataModule, SkipLoggingCallback
 from data.schema import Batch
-from data.testing import raw_video_sample, tiny_video_clip, write_raw_shard
 from data.video import encode_mp4
+from sana_wm.testing.data import raw_video_sample, tiny_video_clip, write_raw_shard
 
 SYNTH = {"num_clips": 4, "num_frames": 9, "height": 64, "width": 96, "clips_per_shard": 2, "supersample": 1}
 

@@ -11,11 +11,11 @@ import torch
 
 from data.errors import SKIP_REASONS, DataError, SkipReason
 from data.schema import LATENT_SCHEMA_VERSION, tensor_to_npy_bytes
-from data.testing import raw_video_sample, tiny_video_clip, write_raw_shard
 from data.video import encode_mp4
 from data.webdataset import make_latent_dataset, make_video_dataset
 from data.write_shards import ShardSink, write_latent_sample
 from sana_wm.camera import prepare_camera
+from sana_wm.testing.data import raw_video_sample, tiny_video_clip, write_raw_shard
 
 F, H, W = 9, 32, 64
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from data.schema import LATENT_SCHEMA_VERSION, SCHEMA_VERSION
-from data.testing import tiny_video_clip
 from data.video import encode_mp4
 from data.webdataset import make_latent_dataset, make_video_dataset
 from data.write_shards import ShardSink, write_latent_sample, write_video_sample
 from data.write_shards import main as write_shards_main
 from sana_wm.camera import prepare_camera
+from sana_wm.testing.data import tiny_video_clip
 
 
 def _expected_relative(c2w: np.ndarray, scale: float) -> np.ndarray:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from data.testing import raw_video_sample, tiny_video_clip, write_raw_shard
 from data.video import encode_mp4
 from data.webdataset import EpochDataLoader, SkipTracker, expand_shard_urls, get_dist_info, make_video_dataset
+from sana_wm.testing.data import raw_video_sample, tiny_video_clip, write_raw_shard
 
 NUM_SHARDS, PER_SHARD = 8, 2
 

@@ -8,10 +8,10 @@ import torch
 
 from data.errors import SampleError, SkipReason
 from data.synthetic import Box, Material, Scene, pinhole_intrinsics, render
-from data.testing import raw_video_sample, write_raw_shard
 from data.transforms import check_num_frames, check_target_size, resize_center_crop, sample_frame_indices
 from data.webdataset import make_video_dataset
 from sana_wm.camera import resize_crop_geometry
+from sana_wm.testing.data import raw_video_sample, write_raw_shard
 
 
 def test_frame_indices_follow_target_fps():

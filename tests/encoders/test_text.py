@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sana_wm.encoders.testing import save_tiny_text_encoder, tiny_gemma2, tiny_tokenizer
 from sana_wm.encoders.text import CHI_PROMPT, CHI_PROMPT_LINES, GemmaTextEncoder
+from sana_wm.encoders.tiny import save_tiny_text_encoder, tiny_gemma2, tiny_tokenizer
 
 SHORT = "A car driving across a vast desert plain at golden hour."
 LONG = " ".join(["a winding mountain road with pine trees, fog, and a red car"] * 60)  # > 298 tokens

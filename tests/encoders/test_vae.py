@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sana_wm.encoders.testing import save_tiny_vae, tiny_ltx2_vae
+from sana_wm.encoders.tiny import save_tiny_vae, tiny_ltx2_vae
 from sana_wm.encoders.vae import LatentCodec, compression_from_config
 
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from sana_wm.camera import action_to_c2w
-from sana_wm.pipeline import SanaWMPipeline
-from sana_wm.video import read_mp4
+from sana_wm.inference.pipeline import SanaWMPipeline
+from sana_wm.inference.video import read_mp4
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ infer = _load_infer()
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from sana_wm.model_root import write_random_model_root
+    from sana_wm.testing.model_root import write_random_model_root
 
     d = tmp_path_factory.mktemp("cli")
     root = write_random_model_root(d / "root", sample_size=(64, 96), text_max_length=32)
@@ -100,7 +100,7 @@ def test_cli_with_our_checkpoint_file(files, tmp_path, capsys):
     """--checkpoint (our save_checkpoint format, config in its metadata) gives the same video as the release
     layout's dit/ with the same weights and seed."""
     from sana_wm.checkpoint import load_checkpoint, save_checkpoint
-    from sana_wm.model_root import load_inference_config, resolve_model_paths
+    from sana_wm.inference.model_root import load_inference_config, resolve_model_paths
     from sana_wm.models import SanaWM
 
     cfg = load_inference_config(resolve_model_paths(files["root"], need_refiner=False))

@@ -1,4 +1,4 @@
-"""Release-layout resolution and config.yaml parsing (sana_wm.model_root): missing files are named, configs typed."""
+"""Release-layout resolution and config.yaml parsing (sana_wm.inference.model_root): missing files are named, configs typed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from sana_wm.model_root import (
+from sana_wm.inference.model_root import (
     ModelRootError,
     load_inference_config,
     resolve_model_paths,

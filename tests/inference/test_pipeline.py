@@ -9,10 +9,11 @@ import torch
 
 from sana_wm.camera import action_to_c2w
 from sana_wm.encoders import GemmaTextEncoder, LatentCodec
-from sana_wm.encoders.testing import tiny_gemma2, tiny_ltx2_vae, tiny_tokenizer
+from sana_wm.encoders.tiny import tiny_gemma2, tiny_ltx2_vae, tiny_tokenizer
+from sana_wm.inference.pipeline import ModulePlacement, SanaWMPipeline
+from sana_wm.inference.refiner import LTX2Refiner
 from sana_wm.models import SanaWM
-from sana_wm.pipeline import ModulePlacement, SanaWMPipeline
-from sana_wm.refiner import LTX2Refiner, tiny_refiner_components
+from sana_wm.testing.refiner import tiny_refiner_components
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 H, W = 64, 96

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sana_wm.refiner import LTX2Refiner, is_audio_only, move_module, plan_blocks, tiny_refiner_components
+from sana_wm.inference.refiner import LTX2Refiner, is_audio_only, move_module, plan_blocks
+from sana_wm.testing.refiner import tiny_refiner_components
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -23,7 +24,7 @@ def refiner(parts):
 
 def _oracle(parts):
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from diffusers.pipelines.sana_wm.refiner import SanaWMLTX2Refiner
+    from diffusers.pipelines.sana_wm.inference.refiner import SanaWMLTX2Refiner
 
     tr, conn, te, tok = parts
     pipe = SanaWMLTX2Refiner(transformer=tr, connectors=conn, tokenizer=tok, text_encoder=te,

@@ -7,8 +7,15 @@ import pytest
 from PIL import Image
 
 from sana_wm.camera import action_to_c2w, crop_intrinsics, parse_action
-from sana_wm.overlay import derive_controls, draw_overlay
-from sana_wm.video import image_to_tensor, load_image, read_mp4, resize_center_crop, video_to_uint8, write_mp4
+from sana_wm.inference.overlay import derive_controls, draw_overlay
+from sana_wm.inference.video import (
+    image_to_tensor,
+    load_image,
+    read_mp4,
+    resize_center_crop,
+    video_to_uint8,
+    write_mp4,
+)
 
 
 def test_resize_center_crop_matches_release_geometry():

@@ -1,7 +1,7 @@
 """The FLOP model reproduces PERFORMANCE.md §3's figures (plus the output gate it omits)."""
 
 from sana_wm import SanaWMConfig
-from sana_wm.flops import mfu, model_flops
+from sana_wm.models.flops import mfu, model_flops
 
 
 def test_flops_at_161_frames_match_the_performance_model():

@@ -7,7 +7,7 @@ a subprocess so the process group does not outlive the test.
 
 from __future__ import annotations
 
-from sana_wm.training.testing import run_in_process_group
+from sana_wm.testing.training import run_in_process_group
 
 SCRIPT = r"""
 import torch, torch.distributed as dist
@@ -15,7 +15,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 from sana_wm import SanaWM
 from sana_wm.parallel import apply_activation_checkpointing, apply_compile, apply_fsdp, parallelize
-from sana_wm.training.testing import tiny_reference_step
+from sana_wm.testing.training import tiny_reference_step
 
 dist.init_process_group("gloo")
 mesh = init_device_mesh("cpu", (1,))

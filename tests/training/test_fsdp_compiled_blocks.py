@@ -11,7 +11,7 @@ without checkpointing.
 
 from __future__ import annotations
 
-from sana_wm.training.testing import run_in_process_group
+from sana_wm.testing.training import run_in_process_group
 
 SCRIPT = r"""
 import torch, torch.distributed as dist
@@ -23,7 +23,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from sana_wm import SanaWM
 from sana_wm.models.sana_wm import SanaWMBlock
 from sana_wm.parallel import apply_compile
-from sana_wm.training.testing import tiny_reference_step
+from sana_wm.testing.training import tiny_reference_step
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from data.schema import collate
-from data.testing import tiny_video_clip
 from data.webdataset import make_latent_dataset, make_video_dataset
 from data.write_shards import ShardSink, write_video_sample
-from sana_wm.encoders.testing import save_tiny_text_encoder, save_tiny_vae
 from sana_wm.encoders.text import GemmaTextEncoder
+from sana_wm.encoders.tiny import save_tiny_text_encoder, save_tiny_vae
 from sana_wm.encoders.vae import LatentCodec
+from sana_wm.testing.data import tiny_video_clip
 from sana_wm.training.cache import main
 
 

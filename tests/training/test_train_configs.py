@@ -15,16 +15,16 @@ from omegaconf.errors import ConfigKeyError
 
 from sana_wm import SanaWM
 from sana_wm.checkpoint import CheckpointError, save_checkpoint
-from sana_wm.config import ConfigError, ModelConfig, TrainConfig
-from sana_wm.training import launch
-from sana_wm.training.data import DataConfigError
-from sana_wm.training.lora import LoraError, add_lora, save_lora
-from sana_wm.training.testing import (
+from sana_wm.testing.training import (
     CONFIG_DIR,
     TINY_CPU_OVERRIDES,
     compose_train_config,
     write_tiny_latent_shards,
 )
+from sana_wm.training import launch
+from sana_wm.training.config import ConfigError, ModelConfig, TrainConfig
+from sana_wm.training.data import DataConfigError
+from sana_wm.training.lora import LoraError, add_lora, save_lora
 
 EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml"))
 REPO = Path(CONFIG_DIR).parent

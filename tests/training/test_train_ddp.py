@@ -8,7 +8,7 @@ import torch
 
 from sana_wm import SanaWM
 from sana_wm.checkpoint import load_checkpoint
-from sana_wm.training.testing import run_in_process_group, write_tiny_latent_shards
+from sana_wm.testing.training import run_in_process_group, write_tiny_latent_shards
 
 
 def test_two_process_ddp_trains_and_the_ranks_agree(tmp_path):

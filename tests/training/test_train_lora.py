@@ -8,7 +8,7 @@ import torch
 
 from sana_wm import SanaWM
 from sana_wm.checkpoint import load_checkpoint, save_checkpoint
-from sana_wm.config import DEFAULT_LORA_TARGETS
+from sana_wm.training.config import DEFAULT_LORA_TARGETS
 from sana_wm.training.lora import (
     LoraError,
     add_lora,
@@ -180,9 +180,9 @@ def test_merge_command_writes_a_loadable_full_checkpoint(tmp_path, capsys):
 
 
 def test_lora_fine_tuning_run_saves_adapters_with_the_base_hash_and_exports(tmp_path):
+    from sana_wm.testing.training import TINY_CPU_OVERRIDES, compose_train_config, write_tiny_latent_shards
     from sana_wm.training.export import export_training_checkpoint
     from sana_wm.training.launch import train
-    from sana_wm.training.testing import TINY_CPU_OVERRIDES, compose_train_config, write_tiny_latent_shards
 
     base = _base()
     bfile = save_checkpoint(base, tmp_path / "base.safetensors")

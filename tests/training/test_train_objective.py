@@ -7,10 +7,10 @@ import torch
 
 from data.schema import collate
 from data.webdataset import make_latent_dataset
-from sana_wm.config import EncoderConfig, ModelConfig, ObjectiveConfig, OptimConfig
+from sana_wm.testing.training import write_tiny_latent_shards
+from sana_wm.training.config import EncoderConfig, ModelConfig, ObjectiveConfig, OptimConfig
 from sana_wm.training.module import _TAG_TRAIN, SanaWMLitModule
 from sana_wm.training.optim import build_optimizer
-from sana_wm.training.testing import write_tiny_latent_shards
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +166,8 @@ def test_video_batch_without_encoders_is_a_clear_error():
 def test_validation_videos_go_through_the_pipeline_and_leave_the_model_as_it_was(batch, tmp_path):
     from types import SimpleNamespace
 
+    from sana_wm.inference.video import read_mp4
     from sana_wm.training.callbacks import ValidationVideos
-    from sana_wm.video import read_mp4
 
     m = SanaWMLitModule(ModelConfig(preset="tiny"), encoders=EncoderConfig(kind="tiny_random", dtype="float32"))
     m.model.train()

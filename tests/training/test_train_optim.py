@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sana_wm import SanaWM
-from sana_wm.config import OptimConfig
-from sana_wm.flops import model_flops
+from sana_wm.models.flops import model_flops
 from sana_wm.training.callbacks import ThroughputMonitor
+from sana_wm.training.config import OptimConfig
 from sana_wm.training.ema import EMA
 from sana_wm.training.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
 
@@ -108,7 +108,7 @@ def test_throughput_monitor_reports_tokens_samples_and_mfu():
 def test_fsdp_clips_through_the_root_module_and_other_strategies_through_lightning():
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
-    from sana_wm.config import ModelConfig
+    from sana_wm.training.config import ModelConfig
     from sana_wm.training.module import SanaWMLitModule
 
     m = SanaWMLitModule(ModelConfig(preset="tiny"), optim=OptimConfig(grad_clip=0.5))
@@ -125,7 +125,7 @@ def test_fsdp_clips_through_the_root_module_and_other_strategies_through_lightni
 
 
 def test_the_logged_lr_comes_from_the_scheduler_when_there_is_one():
-    from sana_wm.config import ModelConfig
+    from sana_wm.training.config import ModelConfig
     from sana_wm.training.module import SanaWMLitModule
 
     m = SanaWMLitModule(ModelConfig(preset="tiny"))

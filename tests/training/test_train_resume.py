@@ -10,9 +10,9 @@ import torch
 
 from sana_wm import SanaWM
 from sana_wm.checkpoint import load_checkpoint
+from sana_wm.testing.training import TINY_CPU_OVERRIDES, compose_train_config, write_tiny_latent_shards
 from sana_wm.training import launch
 from sana_wm.training.data import ResumableLoader
-from sana_wm.training.testing import TINY_CPU_OVERRIDES, compose_train_config, write_tiny_latent_shards
 
 
 class _Record(L.Callback):

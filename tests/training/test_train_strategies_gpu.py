@@ -19,7 +19,7 @@ import torch
 
 from sana_wm import SanaWM
 from sana_wm.checkpoint import load_checkpoint
-from sana_wm.training.testing import free_port, write_tiny_latent_shards
+from sana_wm.testing.training import free_port, write_tiny_latent_shards
 
 pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from sana_wm.training.testing import run_in_process_group
+from sana_wm.testing.training import run_in_process_group
 
 SCRIPT = r"""
 import os, sys
@@ -59,7 +59,7 @@ print("ZERO3-GATHER-OK")
 
 
 def test_checkpoint_wrapping_inside_deepspeed_zero_init():
-    """Full checkpointing only: `selective` under ZeRO-3 is refused by the config (see sana_wm.config), because
+    """Full checkpointing only: `selective` under ZeRO-3 is refused by the config (see sana_wm.training.config), because
     DeepSpeed's replacement of F.linear breaks selective recompute (this script with "selective" gives 2x-off grads)."""
     pytest.importorskip("deepspeed")
     r = run_in_process_group(["-c", SCRIPT, "full"])

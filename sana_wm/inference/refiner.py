@@ -27,7 +27,7 @@ Refinement of the stage-1 latent z (B, C, T, h, w), normalised as the stage-1 Di
   because nothing the sink computes depends on the current frames.
 
 The decoded sink frame is dropped by the caller (161 → 160 frames, c2w aligned as c2w[1:]); see
-:meth:`sana_wm.pipeline.SanaWMPipeline.generate`.
+:meth:`sana_wm.inference.pipeline.SanaWMPipeline.generate`.
 
 Memory: the audio half of the LTX-2 checkpoint is loaded (so the released weights load unchanged) but never run and
 never moved to the accelerator. With ``offload=True`` the Gemma-3 language model, the connectors and the transformer
@@ -37,10 +37,8 @@ live on the offload device and are moved to the execution device only while they
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -53,8 +51,6 @@ __all__ = [
     "plan_blocks",
     "is_audio_only",
     "move_module",
-    "tiny_refiner_components",
-    "save_tiny_refiner",
 ]
 
 #: The 3-step distilled σ schedule of the released refiner (ends with the terminal 0).
@@ -197,7 +193,7 @@ class LTX2Refiner:
     ) -> LTX2Refiner:
         """Load from a local refiner folder (``transformer/``, ``connectors/``, ``text_encoder/`` + tokenizer).
 
-        ``refiner_root`` is a path or a :class:`sana_wm.model_root.RefinerPaths`. Weights are read on the CPU and
+        ``refiner_root`` is a path or a :class:`sana_wm.inference.model_root.RefinerPaths`. Weights are read on the CPU and
         moved to ``device`` unless ``offload``.
         """
         from diffusers.models.transformers.transformer_sana_wm_refiner import (
@@ -206,7 +202,7 @@ class LTX2Refiner:
         from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
         from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
-        from sana_wm.model_root import RefinerPaths, resolve_refiner_paths
+        from sana_wm.inference.model_root import RefinerPaths, resolve_refiner_paths
 
         paths = refiner_root if isinstance(refiner_root, RefinerPaths) else resolve_refiner_paths(refiner_root)
         transformer = SanaWMLTX2RefinerTransformer3DModel.from_pretrained(
@@ -417,79 +413,3 @@ class LTX2Refiner:
         finally:
             self._release("refiner.transformer", self.transformer, skip=is_audio_only)
         return out
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Tiny random components (tests, `bench/generate.py --quick`)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def tiny_refiner_components(latent_channels: int = 8, seed: int = 0, text_max_sequence_length: int = 64):
-    """Random, CPU-sized stand-ins with the real class layout: (transformer, connectors, text_encoder, tokenizer).
-
-    Gemma-3 with 2 layers of width 32 (+ a 1-layer SigLIP tower so ``Gemma3ForConditionalGeneration`` loads like
-    the release), connectors mapping 32 × 3 stacked states to 32 channels with 16 registers, a 2-layer refiner
-    transformer of width 16. ``text_max_sequence_length`` must be a multiple of the 16 registers.
-    """
-    from diffusers.models.transformers.transformer_sana_wm_refiner import SanaWMLTX2RefinerTransformer3DModel
-    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
-    from transformers import (
-        Gemma3Config,
-        Gemma3ForConditionalGeneration,
-        Gemma3TextConfig,
-        SiglipVisionConfig,
-    )
-
-    from sana_wm.encoders.testing import tiny_tokenizer
-
-    if text_max_sequence_length % 16:
-        raise ValueError("text_max_sequence_length must be a multiple of 16 (the tiny connectors' registers)")
-    tokenizer = tiny_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        text_cfg = Gemma3TextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=2048,
-            sliding_window=64, pad_token_id=0, eos_token_id=1, bos_token_id=2,
-        )
-        vision_cfg = SiglipVisionConfig(
-            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
-        )
-        text_encoder = Gemma3ForConditionalGeneration(
-            Gemma3Config(
-                text_config=text_cfg.to_dict(), vision_config=vision_cfg.to_dict(), mm_tokens_per_image=4,
-                image_token_index=5, boi_token_index=6, eoi_token_index=7,
-            )
-        ).eval()
-        connectors = LTX2TextConnectors(
-            caption_channels=32, text_proj_in_factor=3,
-            video_connector_num_attention_heads=2, video_connector_attention_head_dim=16,
-            video_connector_num_layers=1, video_connector_num_learnable_registers=16,
-            audio_connector_num_attention_heads=2, audio_connector_attention_head_dim=16,
-            audio_connector_num_layers=1, audio_connector_num_learnable_registers=16,
-            video_hidden_dim=16, audio_hidden_dim=16,
-        ).eval()
-        transformer = SanaWMLTX2RefinerTransformer3DModel(
-            in_channels=latent_channels, out_channels=latent_channels, num_attention_heads=2, attention_head_dim=8,
-            cross_attention_dim=16, num_layers=2, caption_channels=32, audio_in_channels=8, audio_out_channels=8,
-            audio_num_attention_heads=2, audio_attention_head_dim=8, audio_cross_attention_dim=16,
-        ).eval()
-    return transformer, connectors, text_encoder, tokenizer
-
-
-def save_tiny_refiner(directory: str | os.PathLike, latent_channels: int = 8, seed: int = 0,
-                      text_max_sequence_length: int = 64) -> Path:
-    """Write :func:`tiny_refiner_components` in the release layout ``<directory>/{transformer,connectors,
-    text_encoder,tokenizer}/`` plus a ``model_index.json`` carrying ``text_max_sequence_length``."""
-    import json
-
-    root = Path(directory)
-    transformer, connectors, text_encoder, tokenizer = tiny_refiner_components(
-        latent_channels, seed, text_max_sequence_length
-    )
-    transformer.save_pretrained(root / "transformer")
-    connectors.save_pretrained(root / "connectors")
-    text_encoder.save_pretrained(root / "text_encoder")
-    tokenizer.save_pretrained(root / "tokenizer")
-    (root / "model_index.json").write_text(json.dumps({"text_max_sequence_length": text_max_sequence_length}))
-    return root

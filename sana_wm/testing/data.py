@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
-from .schema import C2W_KEY, CAPTION_KEY, FRAMES_KEY, INTRINSICS_KEY, META_KEY, SCHEMA_VERSION, VIDEO_KEY
-from .video import encode_mp4
+from data.schema import C2W_KEY, CAPTION_KEY, FRAMES_KEY, INTRINSICS_KEY, META_KEY, SCHEMA_VERSION, VIDEO_KEY
+from data.video import encode_mp4
 
 __all__ = ["npy_bytes", "tiny_video_clip", "raw_video_sample", "write_raw_shard"]
 

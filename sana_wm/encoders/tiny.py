@@ -1,4 +1,7 @@
-"""Tiny, randomly initialised stand-ins for the frozen encoders, for tests and the CPU demo.
+"""The encoders' `tiny` presets: seeded, randomly initialised LTX-2 VAE, Gemma-2 and tokenizer.
+
+Used by `encoders.kind=tiny_random` (CPU training configs), the demo and the tests, the way `SanaWM`'s `tiny`
+preset is: a real architecture at a size a laptop CPU runs.
 
 Everything is built in-process and offline: an LTX-2 VAE with a few thousand parameters per block,
 a 2-layer Gemma-2, and a byte-level BPE tokenizer trained on a handful of strings. Shapes and

@@ -11,7 +11,7 @@ Used by ``infer.py``, the training sample callback and evaluation. Stages (REFER
             device); frame 0 replaced by the image latent and held at t = 0; flow-Euler (LTX per-frame timesteps)
             or DPM-Solver++ over the σ grid of ``inference_sigmas(steps, shift)``, CFG [uncond, cond].
             The latent state stays float32; the DiT runs in its own dtype.
-6. stage 2  optional LTX-2 refiner (:mod:`sana_wm.refiner`) on the stage-1 latent.
+6. stage 2  optional LTX-2 refiner (:mod:`sana_wm.inference.refiner`) on the stage-1 latent.
 7. decode   LTX-2 VAE decode (frame-wise tiled by default) → uint8 frames. After the refiner the sink frame is
             dropped: 161 → 160 frames, and c2w / intrinsics are returned aligned as [1:F]. Without the refiner all
             F frames are kept (the diffusers port's stage-1 behaviour).
@@ -39,8 +39,8 @@ from torch import nn
 
 from sana_wm.camera import as_fxfycxcy, crop_intrinsics, prepare_camera, snap_num_frames, validate_c2w
 from sana_wm.diffusion import CFGDenoiser, dpm_solver_pp, flow_euler, inference_sigmas
-from sana_wm.refiner import LTX2Refiner, move_module
-from sana_wm.video import image_to_tensor, load_image, resize_center_crop, video_to_uint8
+from sana_wm.inference.refiner import LTX2Refiner, move_module
+from sana_wm.inference.video import image_to_tensor, load_image, resize_center_crop, video_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class SanaWMPipeline:
         dit: :class:`sana_wm.models.SanaWM` (any dtype; its parameters' dtype is the compute dtype).
         codec: :class:`sana_wm.encoders.LatentCodec` (LTX-2 VAE).
         text_encoder: :class:`sana_wm.encoders.GemmaTextEncoder`; may be None if every call passes prompt_embeds.
-        refiner: optional :class:`sana_wm.refiner.LTX2Refiner`.
+        refiner: optional :class:`sana_wm.inference.refiner.LTX2Refiner`.
         height, width: model resolution in pixels (704 × 1280 released; multiples of 32).
         flow_shift: default σ-grid shift (9.8 released).
         device: execution device (default CUDA if present).
@@ -231,7 +231,7 @@ class SanaWMPipeline:
         width: int | None = None,
         **kwargs: Any,
     ) -> SanaWMPipeline:
-        """Load every component from local folders (see :mod:`sana_wm.model_root` for the layouts).
+        """Load every component from local folders (see :mod:`sana_wm.inference.model_root` for the layouts).
 
         ``dtype`` defaults to bfloat16 on CUDA and float32 elsewhere (DiT, Gemma-2, VAE and refiner alike).
         Remaining keyword arguments go to the constructor (offload flags, vae_tiling, …).
@@ -239,7 +239,7 @@ class SanaWMPipeline:
         from sana_wm.checkpoint import load_checkpoint
         from sana_wm.encoders import GemmaTextEncoder, LatentCodec
         from sana_wm.encoders.text import CHI_PROMPT
-        from sana_wm.model_root import load_inference_config, resolve_model_paths
+        from sana_wm.inference.model_root import load_inference_config, resolve_model_paths
         from sana_wm.models import SanaWM
 
         paths = resolve_model_paths(

@@ -337,7 +337,7 @@ class CheckpointConfig:
 
 @dataclass
 class ValidationConfig:
-    """Periodic validation videos through `sana_wm.pipeline` (needs encoders). every_n_steps: 0 disables."""
+    """Periodic validation videos through `sana_wm.inference.pipeline` (needs encoders). every_n_steps: 0 disables."""
 
     every_n_steps: int = 0
     prompts: list[str] = field(default_factory=lambda: ["A first-person walk through a quiet room."])

@@ -90,7 +90,7 @@ def compose_train_config(overrides: list[str] | None = None):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from sana_wm.config import register_configs
+    from sana_wm.training.config import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
