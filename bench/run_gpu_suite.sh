@@ -12,7 +12,7 @@
 set -u
 OUT=${OUT:-bench_out}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # keep the caller's (e.g. carried wheels)
 case "${1:-}" in
 tests)
   timeout 560 python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/ops/test_short_conv.py \

@@ -24,7 +24,7 @@ def refiner(parts):
 
 def _oracle(parts):
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from diffusers.pipelines.sana_wm.inference.refiner import SanaWMLTX2Refiner
+    from diffusers.pipelines.sana_wm.refiner import SanaWMLTX2Refiner
 
     tr, conn, te, tok = parts
     pipe = SanaWMLTX2Refiner(transformer=tr, connectors=conn, tokenizer=tok, text_encoder=te,
