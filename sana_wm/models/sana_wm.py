@@ -151,7 +151,7 @@ class TimestepEmbedder(nn.Module):
 
 
 class CaptionEmbedder(nn.Module):
-    """Text MLP (fc1 → GELU(tanh) → fc2) plus the learned null-caption table used for caption dropout."""
+    """Text MLP (fc1 → GELU(tanh) → fc2) plus the null-caption table for caption dropout (a buffer: saved, not trained)."""
 
     def __init__(self, in_channels: int, hidden: int, length: int):
         super().__init__()
