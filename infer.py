@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--prompt", required=True, help="UTF-8 text file with the prompt")
     i.add_argument("--negative_prompt", default="", help="negative prompt text (default empty)")
     cam = i.add_mutually_exclusive_group()
-    cam.add_argument("--action", help='action DSL, e.g. "w-60,wl-40,none-8" (REFERENCE §6.1A)')
+    cam.add_argument("--action", help='action DSL, e.g. "w-60,wl-40,none-8" (docs/inference.md)')
     cam.add_argument("--camera", help="(F, 4, 4) OpenCV camera-to-world .npy")
     i.add_argument("--action_scheme", choices=["release", "unified"], default="release",
                    help="key mapping of --action; 'unified' (a/d yaw, j/l strafe, smoothing) is opt-in")
@@ -181,7 +181,7 @@ def _intrinsics(args, image, num_frames: int) -> np.ndarray:
 
 
 def estimate_intrinsics(image) -> np.ndarray:
-    """Hook for automatic intrinsics (Pi3X, REFERENCE §6.3) from the annotation package.
+    """Hook for automatic intrinsics (Pi3X, docs/design/camera.md §9) from the annotation package.
 
     Expected provider: ``annotation.intrinsics.estimate_intrinsics(image: PIL.Image) -> (3, 3) K`` in pixels of the
     given (uncropped) image. Until it exists the user must pass ``--intrinsics``.

@@ -1,6 +1,6 @@
 """DiT step benchmark: our SANA-WM vs the diffusers port, same random weights, one GPU, bf16, 704×1280 latents.
 
-Cases (PERFORMANCE.md §4 B1/B2, issue 6):
+Cases (docs/design/flops.md §6, issue 6):
   fwd21    inference forward, 21 latent frames (161 f), B=2 (one CFG step)
   fwd121   inference forward, 121 latent frames (961 f), B=1
   train21  forward+backward with per-block activation checkpointing, 21 latent frames, B=1

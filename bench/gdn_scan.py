@@ -1,4 +1,4 @@
-"""GDN kernel benchmark (PERFORMANCE.md B3): our frame-wise bidirectional GDN op vs cuDNN softmax SDPA at the same N.
+"""GDN kernel benchmark: our frame-wise bidirectional GDN op vs cuDNN softmax SDPA at the same N (docs/design/flops.md).
 
 For T latent frames of S = 880 tokens, H = 20 heads, D = 112, B = 1: times the main-branch op (`bidirectional_gdn`,
 num + den) and the camera op (`bidirectional_delta`): the forward through the fused Triton kernels (transitions +

@@ -12,7 +12,7 @@ Two kinds of WebDataset shard exist (full description in ``data/README.md``):
 
   A clip without camera annotation sets ``"camera": false`` in its json and omits both arrays; the
   loader then uses identity poses and K = [W, H, W/2, H/2] (target pixels), i.e. the reference's
-  [W_lat, H_lat, W_lat/2, H_lat/2] in latent units (REFERENCE.md §7.4).
+  [W_lat, H_lat, W_lat/2, H_lat/2] in latent units (docs/design/camera.md §3).
 
 * **latent shards** (schema ``sana-wm-latent-shard/1``) — pre-encoded, so pre-training neither
   decodes video nor runs the VAE or the text encoder::
@@ -242,8 +242,8 @@ class Sample:
         c2w: ``(F, 4, 4)`` float32 OpenCV camera-to-world, relative to frame 0 and in metres
             (translations multiplied by the clip's metric scale).
         intrinsics: ``(F, 4)`` float32 [fx, fy, cx, cy] in pixels of the H×W target frames.
-        camera_conditions: ``(T, 20)`` float32 (REFERENCE.md §2.1 step 3).
-        chunk_plucker: ``(48, T, h, w)`` float32 (REFERENCE.md §2.1 step 4).
+        camera_conditions: ``(T, 20)`` float32 (docs/design/camera.md §4).
+        chunk_plucker: ``(48, T, h, w)`` float32 (docs/design/camera.md §5).
         caption: caption text.
         fps: frame rate of the sampled frames.
         frame_indices: ``(F,)`` int64 indices of the sampled frames in the source clip.

@@ -439,7 +439,7 @@ def render_depth(scene: Scene, c2w: np.ndarray, K: np.ndarray, height: int, widt
 # Trajectories
 # --------------------------------------------------------------------------------------------------
 
-# Segment vocabulary of the random DSL strings (keys of the release scheme, REFERENCE §6.1A).
+# Segment vocabulary of the random DSL strings (keys of the release scheme, docs/design/camera.md §8).
 _DSL_SEGMENTS = ("w", "w", "wl", "wj", "l", "j", "a", "d", "s", "wa", "wd", "i", "k", "none", "dl", "aj")
 _KEY_PHRASES = {"w": "forward", "s": "backward", "a": "left", "d": "right"}
 _ROT_PHRASES = {"j": "turning left", "l": "turning right", "i": "tilting up", "k": "tilting down"}

@@ -4,7 +4,7 @@ Everything geometric is delegated to :mod:`sana_wm.camera` (the single owner of 
 convention); this module only decides *which* frames and arrays go in and turns defects into
 :class:`data.errors.SampleError` with a skip reason.
 
-Order of operations for a video clip (REFERENCE.md §2.1, §6.2, §7.4):
+Order of operations for a video clip (the maths of each step: docs/design/camera.md §3–§5):
 
 1. pick F = 8k+1 frame indices at the target fps (:func:`sample_frame_indices`);
 2. aspect-preserving resize + centre crop of those frames to H×W (:func:`resize_center_crop`), the
@@ -255,7 +255,7 @@ def validate_intrinsics_array(intrinsics: Any, num_frames: int, field: str = "in
 
 
 def default_intrinsics(target_h: int, target_w: int, num_frames: int) -> np.ndarray:
-    """Intrinsics for a clip without camera: [W, H, W/2, H/2] in target pixels (REFERENCE §7.4) → (F, 4)."""
+    """Intrinsics for a clip without camera: [W, H, W/2, H/2] in target pixels (the released loader's) → (F, 4)."""
     return np.tile(np.array([target_w, target_h, target_w / 2.0, target_h / 2.0], dtype=np.float64), (num_frames, 1))
 
 

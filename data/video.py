@@ -1,4 +1,4 @@
-"""Video bytes in and out: H.264 encoding with PyAV, decoding with decord (DEPENDENCIES.md §8).
+"""Video bytes in and out: H.264 encoding with PyAV, decoding with decord (docs/design/libraries.md §3).
 
 decord reads straight from the bytes webdataset hands over (``VideoReader(io.BytesIO(...))``) and
 ``get_batch(sorted_indices)`` is about 10× faster than indexing frames one by one, so the loader

@@ -1,6 +1,7 @@
 """Checkpoint I/O for the SANA-WM DiT: NVIDIA's official layout and the diffusers layout, through one key map.
 
-Official layout (`dit/sana_wm_1600m_720p.safetensors`, REFERENCE §9.3) is our native state dict. The loader accepts:
+Official layout (`dit/sana_wm_1600m_720p.safetensors`, key list in docs/design/architecture.md §12) is our native
+state dict. The loader accepts:
   * optional wrappers: a top-level `generator` or `state_dict` dict (`.pt`/`.pth` training checkpoints);
   * a leading `model.` prefix on every key (FSDP/Accelerate saves), and a stray `pos_embed` (dropped);
   * the diffusers layout (`SanaWMTransformer3DModel`): `t_embedder.linear_1/2` instead of `t_embedder.mlp.0/2`, no

@@ -8,8 +8,9 @@ sharding (`fully_shard` per block, then the root) over a device mesh. The traine
 `LightningModule.configure_model` for checkpointing and compile only: its strategies (DDP, Lightning's FSDP, DeepSpeed)
 wrap the model themselves, after it. The FSDP2 part (`fsdp_mesh`) is for loops of one's own.
 
-Not implemented yet: context parallelism over the latent-time axis (REFERENCE §7.3: distributed prefix scan of the
-GDN states, halo exchange of the short convs). `parallelize` raises if asked for it rather than silently ignoring it.
+Not implemented yet: context parallelism over the latent-time axis (docs/design/training-recipe.md §3: distributed
+prefix scan of the GDN states, halo exchange of the short convs). `parallelize` raises if asked for it rather than
+silently ignoring it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Keyboard-action DSL → camera trajectory (issue 5; REFERENCE §6.1A is authoritative).
+"""Keyboard-action DSL → camera trajectory (issue 5; docs/design/camera.md §8 derives it).
 
 Syntax: comma-separated segments ``<keys>-<frames>`` (full-width ``，`` also separates; whitespace
 is ignored; keys are case-insensitive and duplicates count once). ``none-N`` holds the pose for N
@@ -16,7 +16,7 @@ d     strafe right               l     yaw right
 ====  =========================  ====  ===========================
 
 with 0.05 units and 1.2° per frame, no smoothing, and a step that would take |pitch| past 85° is
-dropped whole. Opt-in scheme ``"unified"`` (REFERENCE §6.1, NVIDIA's later CLI): a/d yaw, j/l strafe,
+dropped whole. Opt-in scheme ``"unified"`` (NVIDIA's later CLI): a/d yaw, j/l strafe,
 0.025 units and 0.6° per frame, exponential velocity smoothing (snap on a fresh key press, ease with
 τ = 0.45 s toward a non-zero target and 1.0 s toward zero at 16 fps), pitch clamped to ±60°.
 
@@ -204,7 +204,7 @@ def action_to_c2w(
         action: DSL string, see :func:`parse_action`.
         translation_speed: units per frame; None → 0.05 (release) or 0.025 (unified).
         rotation_speed_deg: degrees per frame; None → 1.2 (release) or 0.6 (unified).
-        scheme: ``"release"`` (default, REFERENCE §6.1A) or ``"unified"`` (§6.1, opt-in).
+        scheme: ``"release"`` (default, the project's specification) or ``"unified"`` (opt-in).
 
     Returns:
         ``(N + 1, 4, 4)`` float32 camera-to-world poses for N DSL frames, pose 0 = identity. The

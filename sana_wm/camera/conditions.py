@@ -2,7 +2,7 @@
 
 The LTX-2 VAE compresses time 8× with a causal first frame, so a video of F = 8k + 1 pixel frames has
 T_lat = k + 1 latent frames; latent frame i covers pixel frames 8i − 7 … 8i (frame 0 alone for i = 0).
-The two camera inputs of SANA-WM (REFERENCE §2.1) follow that mapping:
+The two camera inputs of SANA-WM (docs/design/camera.md §4–§5) follow that mapping:
 
 - ``camera_conditions`` (T_lat, 20): the pose of pixel frame 8i (the *last* frame of latent i's
   group) as a row-major 4×4 relative c2w, then that frame's latent-unit (fx, fy, cx, cy). Feeds the
@@ -63,7 +63,7 @@ def snap_num_frames(n: int, max_frames: int | None = None, temporal_stride: int 
 
     ``n`` is first clipped to ``max_frames`` (e.g. the trajectory length), then rounded to the nearest
     valid count with ties going up; if that exceeds ``max_frames`` it is rounded down instead
-    (REFERENCE §4.1). The result is ≥ 1.
+    (as NVIDIA's CLI and the diffusers pipeline snap). The result is ≥ 1.
 
     Args:
         n: requested number of pixel frames (≥ 1).
@@ -235,7 +235,7 @@ def prepare_camera(
     num_frames: int | None = None,
     temporal_stride: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Build both DiT camera inputs from a raw trajectory (REFERENCE §2.1).
+    """Build both DiT camera inputs from a raw trajectory (docs/design/camera.md §1–§5).
 
     Steps: take the first ``num_frames`` poses; check F = stride·k + 1, finiteness and rigidity of the
     poses and fx, fy > 0; make the poses relative to frame 0; convert the intrinsics from pixels of the

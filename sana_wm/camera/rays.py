@@ -1,4 +1,4 @@
-"""Per-token ray frames for the UCPE camera-attention branch (REFERENCE §2.2, PORT-CHECK §3.2).
+"""Per-token ray frames for the UCPE camera-attention branch (docs/design/camera.md §6).
 
 Every latent token (frame f, row v, column u) gets a rigid transform ``P = ray←world`` built from the
 20-d camera conditions of its frame (row-major relative c2w, then latent-unit fx, fy, cx, cy):

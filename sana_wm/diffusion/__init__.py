@@ -1,7 +1,7 @@
 """Flow-matching diffusion process: pure maths (`flow`), σ schedules (`timesteps`) and samplers.
 
 Nothing here knows about the network: samplers loop over a ``denoise(x, timestep) -> velocity``
-callable (STYLE.md principle 7).
+callable, so a sampler runs the DiT, a guidance wrapper or a test function alike.
 """
 
 from .flow import broadcast_sigma, flow_loss, interpolate, shift_sigma, velocity_target

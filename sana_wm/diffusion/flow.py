@@ -1,6 +1,6 @@
 """Rectified-flow (flow-matching) maths as pure functions.
 
-Convention (REFERENCE.md §4.2, §7.1): a noisy latent at noise level σ ∈ [0, 1] is
+Convention (docs/design/diffusion.md §1): a noisy latent at noise level σ ∈ [0, 1] is
 
     x_σ = (1 − σ)·x₀ + σ·ε,      ε ~ N(0, I),
 
@@ -114,10 +114,10 @@ def flow_loss(
     Normalisation: without a mask this is the plain mean over all elements (NVIDIA's ``mean_flat``
     followed by the batch mean, identical when every sample has the same size). With a mask it is
     Σ mask·(pred − target)² / Σ mask, both sums over the whole batch and all channels/pixels, i.e.
-    the mean over the *unmasked* elements. REFERENCE §10.5 leaves open whether the original divides
-    by all elements or by unmasked ones; we divide by unmasked ones so that the loss scale does not
-    depend on how many frames are conditioning (a 2-frame clip with one clean frame would otherwise
-    get half the loss). If every element is masked the loss is 0 (not NaN), with a gradient of 0.
+    the mean over the *unmasked* elements. NVIDIA's published loss code predates the mask, so whether it
+    divides by all elements or by unmasked ones is not known; we divide by unmasked ones so that the loss
+    scale does not depend on how many frames are conditioning (a 2-frame clip with one clean frame would
+    otherwise get half the loss). If every element is masked the loss is 0 (not NaN), with a gradient of 0.
     """
     if pred.shape != target.shape:
         raise ValueError(f"flow_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must match")

@@ -5,7 +5,7 @@ A sampler never sees the network. It calls ``denoise(x, timestep) -> v`` with
     timestep: (B, T) float32 per-frame timestep on the 0–1000 scale (1000·σ; the DiT truncates it);
 and expects the velocity v ≈ ε − x₀ with the shape of x.
 
-Image conditioning (REFERENCE.md §3.1, §4.2): when ``condition_latent`` (B, C, K, H, W) is given,
+Image conditioning (docs/design/diffusion.md §5): when ``condition_latent`` (B, C, K, H, W) is given,
 the first K latent frames (K = 1 for the first image) are overwritten with it before the first
 call, get timestep 0 at every call and are never updated, so they come back bit-identical.
 
@@ -13,7 +13,7 @@ Samplers:
 - :func:`flow_euler`: the released ``LTXFlowEuler`` (x ← x + (σ_next − σ)·v per frame).
 - :func:`dpm_solver_pp`: DPM-Solver++ multistep, order 2, in the data-prediction form
   x̂₀ = x − σ·v (NVIDIA's ``flow_dpm-solver`` option; not in the diffusers port).
-- :class:`CFGDenoiser`: classifier-free guidance around a batched model call (REFERENCE §3.3).
+- :class:`CFGDenoiser`: classifier-free guidance around a batched model call (docs/design/diffusion.md §6).
 
 Precision: the latent state is kept in the dtype of ``noise`` (the port keeps bf16 latents in a bf16
 pipeline and re-rounds after every step); each update is computed in float32 (float64 if the state
@@ -141,7 +141,7 @@ def flow_euler(
     condition_latent: torch.Tensor | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """LTX-style per-frame Euler sampler (the released ``flow_euler_ltx``, REFERENCE §4.2).
+    """LTX-style per-frame Euler sampler (the released ``flow_euler_ltx``).
 
     For i = 0..n−1: v = denoise(x, t_i) with t_i = 1000·σ_i on every frame (0 on conditioning frames),
     then x ← x + (σ_{i+1} − σ_i)·v on the non-conditioning frames.
@@ -241,7 +241,7 @@ class CFGDenoiser:
     """Classifier-free guidance wrapper that turns a batched model call into a ``denoise(x, t)``.
 
     Calls ``model_fn(x, timestep, **kwargs)`` once per step with the batch doubled as
-    [uncond, cond] (the released order, REFERENCE §3.3), then returns v_u + s·(v_c − v_u).
+    [uncond, cond] (the released order), then returns v_u + s·(v_c − v_u).
     With ``scale == 1`` it makes a single conditional call on the undoubled batch.
 
     Args:

@@ -1,10 +1,10 @@
 """Noise-level (σ) schedules: training-time sampling and the inference grid.
 
-Training (REFERENCE.md §7.1): a discrete table σ_i = i/1000, i = 0..999, shifted as a whole with
+Training (docs/design/diffusion.md §2): a discrete table σ_i = i/1000, i = 0..999, shifted as a whole with
 s = 9.95; the index is drawn as i = ⌊1000·u⌋ with u = sigmoid(N(mean, std)) ("logit-normal").
 The model sees timestep 1000·σ′ (a float; the model truncates it).
 
-Inference (REFERENCE.md §4.2, PORT-CHECK §3.2): the σ grid of diffusers'
+Inference (docs/design/diffusion.md §4): the σ grid of diffusers'
 ``FlowMatchEulerDiscreteScheduler(shift=s).set_timesteps(n)``, reproduced here without diffusers,
 including its quirk that the low end is shifted twice (σ_min = shift(shift(0.001)) after the
 linspace) and the appended terminal 0.
@@ -49,7 +49,7 @@ def sample_training_sigmas(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Draw training noise levels σ′ (REFERENCE §7.1).
+    """Draw training noise levels σ′ (the released recipe: s = 9.95, logit-normal).
 
     u ~ sigmoid(N(mean, std)) for ``scheme="logit_normal"`` (or U[0, 1) for ``"uniform"``);
     i = clamp(⌊1000·u⌋, 0, 999); σ = i/1000; σ′ = shift(σ).
@@ -95,7 +95,7 @@ def sample_training_sigmas(
 def apply_image_condition(
     sigmas: torch.Tensor, prob: float = 0.9, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image-to-video training condition (REFERENCE §3.1, ``ltx_image_condition_prob``).
+    """Image-to-video training condition (NVIDIA's ``ltx_image_condition_prob``, 0.9 released).
 
     With probability ``prob`` per sample, latent frame 0 is kept clean (σ = 0, so timestep 0) and
     excluded from the loss; otherwise the sample is trained as plain video generation.

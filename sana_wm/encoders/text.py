@@ -1,6 +1,6 @@
 """Frozen stage-1 text encoder: Gemma-2 (``gemma-2-2b-it``), last hidden state, SANA prompt recipe.
 
-Recipe (REFERENCE.md §3.2, checked against the diffusers port in PORT-CHECK §2.2):
+Recipe (docs/design/pipeline.md §3; our tests compare it with the diffusers port's encoding):
 
 * Tokeniser padding on the **right**; the decoder stack's last hidden state (after the final
   RMSNorm, 2304-d for Gemma-2-2B) is the embedding; the attention mask comes from the tokeniser.
@@ -188,7 +188,7 @@ class GemmaTextEncoder(nn.Module):
         """Encoding of the empty caption "" without the chi prefix: (1, L, D), (1, L); cached.
 
         This is the negative prompt used for CFG at inference, and the natural initialisation of the
-        DiT's null-caption table for caption dropout (REFERENCE §3.3). Whether NVIDIA's training
+        DiT's null-caption table for caption dropout. Whether NVIDIA's training
         script encoded "" with or without the prefix is not documented; we use the inference form.
         """
         if self._null is None or self._null[0].device != self.device or self._null[0].dtype != self.dtype:

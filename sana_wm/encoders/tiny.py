@@ -51,7 +51,8 @@ def tiny_ltx2_vae(
 ):
     """A ~2 M-parameter ``AutoencoderKLLTX2Video`` with the real 32× spatial / 8× temporal layout.
 
-    Config from DEPENDENCIES.md §6.2 (the decoder channels must double per stage). The compression
+    The decoder channels must double per stage: its up-sampling halves them (docs/design/libraries.md §1). The
+    compression
     ratios are passed explicitly (diffusers would otherwise record 64/16).
 
     Args:

@@ -5,14 +5,14 @@ Pixel video (B, 3, F, H, W) in [−1, 1], F = 8k + 1, H and W multiples of 32
     ⇄ normalised latent (B, C, T, H/32, W/32) with T = (F − 1)/8 + 1 and C = 128 for the real VAE.
 
 The VAE is causal in time: latent frame 0 encodes pixel frame 0 alone, latent frame i ≥ 1 encodes
-pixel frames 8i − 7 … 8i (REFERENCE.md §4.4). A single image is the F = 1 case.
+pixel frames 8i − 7 … 8i (docs/design/camera.md §2). A single image is the F = 1 case.
 
-Normalisation (REFERENCE §3.1, PORT-CHECK §2.1), per channel c, using the posterior *mode*:
+Normalisation (docs/design/pipeline.md §4), per channel c, using the posterior *mode*:
     z = (z_raw − latents_mean[c]) · scaling_factor / latents_std[c]
 and its inverse before decoding. ``latents_mean``/``latents_std`` are buffers stored in the VAE
 checkpoint, ``scaling_factor`` is a VAE config key. The normalisation is computed in float32.
 
-Pitfall handled here (DEPENDENCIES.md §6.2 / §10.9): diffusers derives
+Pitfall handled here (docs/design/libraries.md §1): diffusers derives
 ``spatial/temporal_compression_ratio`` as 64/16 for the LTX-2 layout when the config leaves them
 unset, and its tiling code reads those attributes. :class:`LatentCodec` derives the true ratios from
 the down-sampling layout (32/8 for LTX-2) and writes them into the VAE explicitly.
@@ -125,7 +125,7 @@ class LatentCodec(nn.Module):
                     f"LatentCodec: VAE config sets {key}={stored} but its layout compresses by {true}; "
                     "fix the config (diffusers' default for an unset value is wrong for LTX-2)"
                 )
-        # Force the real ratios: diffusers' tiling code reads these attributes (pitfall §10.9).
+        # Force the real ratios: diffusers' tiling code reads these attributes.
         vae.spatial_compression_ratio = spatial
         vae.temporal_compression_ratio = temporal
         vae.requires_grad_(False).eval()
@@ -288,7 +288,7 @@ class LatentCodec(nn.Module):
     def enable_framewise_tiling(self, tile_frames: int = 96, stride_frames: int = 64) -> None:
         """Encode/decode long videos in overlapping temporal tiles (blended), to bound memory.
 
-        NVIDIA's CLI uses 96-frame tiles with stride 64 (REFERENCE §4.3); the diffusers port leaves
+        NVIDIA's CLI uses 96-frame tiles with stride 64; the diffusers port leaves
         tiling off, so tiled output is *not* bit-identical to the port's single-pass decode. Tiling
         only kicks in for clips longer than one tile. diffusers 0.42.1 gates its tiled *encode* on the
         decoding flag, so this switches both.

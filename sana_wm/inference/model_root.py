@@ -2,7 +2,7 @@
 
 Everything is read from local disk; nothing is ever downloaded. Two ways to name the stage-1 model:
 
-* the official release layout (``Efficient-Large-Model/SANA-WM_bidirectional``, REFERENCE §9.4)::
+* the official release layout (``Efficient-Large-Model/SANA-WM_bidirectional``, docs/design/pipeline.md §6)::
 
       <model_root>/config.yaml                    model / vae / text_encoder / scheduler sections
       <model_root>/dit/*.safetensors              the DiT (sana_wm_1600m_720p.safetensors)
@@ -55,7 +55,7 @@ __all__ = [
 
 #: NVIDIA's model-registry names (config.yaml ``model.model``) → our presets.
 REGISTRY_TO_PRESET = {"SanaMSVideoCamCtrl_1600M_P1_D20": "sana_wm_1600m_720p"}
-#: config.yaml ``model.image_size`` → the fixed (H, W) the pipeline crops to (REFERENCE §1.1).
+#: config.yaml ``model.image_size`` → the fixed (H, W) the pipeline crops to (the 720p release: 704 × 1280).
 IMAGE_SIZE_TO_HW = {720: (704, 1280)}
 #: Released keys that map one-to-one onto SanaWMConfig fields.
 _YAML_TO_FIELD = {
@@ -180,7 +180,7 @@ def resolve_refiner_paths(refiner_root: str | os.PathLike) -> RefinerPaths:
             f"missing refiner tokenizer: none of {list(_TOKENIZER_FILES)} in {str(root / 'tokenizer')!r} "
             f"or {str(parts['text_encoder'])!r}"
         )
-    max_len = 1024  # the released refiner's Gemma-3 window (REFERENCE §5.1)
+    max_len = 1024  # the released refiner's Gemma-3 window
     index = root / "model_index.json"
     if index.is_file():
         try:

@@ -4,7 +4,7 @@ The controls are *derived from the poses*, not from the action string, so the ov
 files. For frame k the motion is the step from pose k to pose k + 1 (the last frame repeats the previous step):
 
 * translation Δt = t_{k+1} − t_k is split along the new camera's horizontal forward and right axes (the axes the
-  DSL moves along, REFERENCE §6.1A): forward > thr lights W, < −thr lights S; right > thr lights D, < −thr lights A;
+  DSL moves along): forward > thr lights W, < −thr lights S; right > thr lights D, < −thr lights A;
 * heading ψ = atan2(f_x, f_z) and elevation θ = atan2(−f_y, ‖f_xz‖) of the forward axis f = R[:, 2]
   (OpenCV: +Y down, so looking up means f_y < 0): Δψ > thr lights L (yaw right), < −thr J; Δθ > thr lights I
   (pitch up), < −thr K.

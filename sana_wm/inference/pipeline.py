@@ -1,6 +1,6 @@
 """The one inference path: (first image, prompt, camera trajectory, intrinsics) → video.
 
-Used by ``infer.py``, the training sample callback and evaluation. Stages (REFERENCE §3–§5, §9.6):
+Used by ``infer.py``, the training sample callback and evaluation. Stages (docs/design/pipeline.md §1):
 
 1. inputs   c2w (F₀, 4, 4) → F = 8k + 1 frames (clipped to the trajectory, snapped, with a notice); image →
             resize + centre crop to H × W; intrinsics (input-image pixels) → crop-adjusted (F, 4).

@@ -1,13 +1,13 @@
-"""Stage 2: the LTX-2 refiner (REFERENCE §5, PORT-CHECK §4), driven through diffusers' model classes.
+"""Stage 2: the LTX-2 refiner (docs/design/pipeline.md §5), driven through diffusers' model classes.
 
 The heavy modules are diffusers' / transformers' own — ``SanaWMLTX2RefinerTransformer3DModel`` (an LTX-2 DiT with a
 video-only forward and an explicit K/V cache), ``LTX2TextConnectors`` and Gemma-3 — loaded from local folders only.
 The refinement loop, the prompt packing and the device placement are ours.
 
-Prompt (REFERENCE §5.1): the raw user prompt (stripped, no chi prefix), Gemma-3 tokenizer, **left** padding to
+Prompt: the raw user prompt (stripped, no chi prefix), Gemma-3 tokenizer, **left** padding to
 ``text_max_sequence_length`` (1024). All hidden states (embedding output + every layer) are stacked to
 (1, L, D, n_layers + 1) and handed to the connectors, which apply the per-layer masked mean / range normalisation (×8)
-once (diffusers' pipeline normalises twice, an idempotent no-op up to rounding, PORT-CHECK §4.1) and return the
+once (diffusers' pipeline normalises twice, an idempotent no-op up to rounding) and return the
 cross-attention memory (1, L, D_model) and its mask. No CFG.
 
 Refinement of the stage-1 latent z (B, C, T, h, w), normalised as the stage-1 DiT sees it:
@@ -21,7 +21,7 @@ Refinement of the stage-1 latent z (B, C, T, h, w), normalised as the stage-1 Di
   Its queries attend to [sink K/V re-RoPE'd at offset (start − history − 1) | history K/V (post-RoPE) | the block].
   After the block, a σ = 0 pass captures its post-RoPE K/V into the history, trimmed to ``kv_max_frames − 1`` frames.
   This is the mode the released refiner was trained with and the only one in diffusers' port.
-* ``block_size=None`` is NVIDIA's single-shot "sink-bidirectional" pass (REFERENCE §5.2, the CLI default when
+* ``block_size=None`` is NVIDIA's single-shot "sink-bidirectional" pass (the CLI default when
   ``--refiner_block_size`` is unset): one block holding every non-sink frame, so current queries see the sink and all
   current frames, sink queries only the sink, and one ε covers the whole clip. The sink K/V are exact for that mask
   because nothing the sink computes depends on the current frames.

@@ -1,6 +1,6 @@
 """Pixels in and out: first-frame loading with the release's resize + centre crop, and H.264 mp4 writing (PyAV).
 
-Image preparation (REFERENCE §3.1, PORT-CHECK §2.1): scale = max(H/h, W/w), resized size max(target, round(src·scale))
+Image preparation (docs/design/pipeline.md §2): scale = max(H/h, W/w), resized size max(target, round(src·scale))
 per axis (Python rounding), LANCZOS, then a centre crop with offsets ⌊(resized − target)/2⌋. The geometry comes from
 :func:`sana_wm.camera.resize_crop_geometry`, the single owner of that bookkeeping, so intrinsics follow the pixels
 exactly (:func:`sana_wm.camera.crop_intrinsics`).

@@ -1,6 +1,6 @@
 """SANA-WM attention layers: the dual-branch hybrid self-attention and the text cross-attention.
 
-Self-attention (REFERENCE §1.5, §2.2) has a *main* branch — frame-wise bidirectional Gated DeltaNet in most blocks,
+Self-attention (docs/design/architecture.md) has a *main* branch — frame-wise bidirectional Gated DeltaNet in most blocks,
 full softmax attention in every 4th — and a *camera* branch (UCPE: per-ray SE(3) transforms on half of each head,
 re-sliced RoPE on the other half) of the same kind. Both share the gates β and g, the output gate and `proj`:
 
@@ -9,7 +9,7 @@ re-sliced RoPE on the other half) of the same kind. Both share the gates β and 
 Parameter names follow NVIDIA's checkpoint (`dit/sana_wm_1600m_720p.safetensors`); softmax blocks carry the same
 parameters minus the two short convolutions, so both block kinds load the same keys.
 
-Numerics follow the released function (PORT-CHECK §1 item 4): gates, scans, the num/den division and the output-gate
+Numerics follow the released function (architecture.md §10): gates, scans, the num/den division and the output-gate
 SiLU in float32; everything else in the working dtype. With `reference_numerics` (the default) the softmax paths cast
 q, k, v to bf16 exactly like the reference port, so float32 parity with it is exact; turn it off for pure-fp32 maths.
 
@@ -56,7 +56,7 @@ class RMSNorm(nn.Module):
 
 class BidirectionalShortConv(nn.Module):
     """Depthwise temporal conv made non-causal: the causal K-tap kernel run forwards and on reversed time, minus the
-    shared centre tap — a symmetric (2K−1)-tap filter with tied weights (REFERENCE §1.5.2 step 2).
+    shared centre tap — a symmetric (2K−1)-tap filter with tied weights (docs/design/architecture.md §5.2).
 
     Weight layout (C, 1, K) as fla's ShortConvolution (the checkpoint's `conv_k`); weight[..., K−1] is the centre tap.
     The op (`sana_wm.ops.short_conv`) runs along frames with S tokens per step on the [B, T, S, C] tokens as they
@@ -98,7 +98,7 @@ class AttentionContext:
         return self.rays is not None
 
 
-# Explicit backend order for the self-attention SDPA on CUDA (PERFORMANCE.md §2): cuDNN is 1.5–1.7× faster than
+# Explicit backend order for the self-attention SDPA on CUDA (docs/design/flops.md §5): cuDNN is 1.5–1.7× faster than
 # FlashAttention-2 at these sizes and takes head dim 112 natively; torch falls through the list if one can't run.
 CUDA_SDPA_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 
@@ -208,7 +208,7 @@ class HybridSelfAttention(nn.Module):
         key_scale = self.head_dim**-0.5 * S**-0.5 if self.use_gdn else 1.0
         # Per token and head (sana_wm.ops.ucpe, one fused op each): RMSNorm (+ ReLU and the key scale in GDN blocks),
         # then UCPE for the relative ray-to-ray geometry q′ᵀk′ = qᵀ P_i P_j⁻¹ k, then the RMS clamp back to the
-        # pre-UCPE RMS (REFERENCE §2.2 step 4). The key's op also returns its squared norm inflation ‖k′‖²/‖k‖².
+        # pre-UCPE RMS (architecture.md §6.1). The key's op also returns its squared norm inflation ‖k′‖²/‖k‖².
         cos, sin = ctx.cam_rope
         Hd = self.num_heads
         qu, _ = ucpe_clamp(q, ctx.rays_T, cos, sin, Hd, self.q_norm_cam.weight, self.use_gdn, 1.0, self.q_norm_cam.eps)
@@ -217,7 +217,7 @@ class HybridSelfAttention(nn.Module):
         vu, _ = ucpe_clamp(v, ctx.rays_inv, cos, sin, Hd)
         qu, ku, vu = self._heads(qu), self._heads(ku), self._heads(vu)
         if self.use_gdn:
-            # Dynamic β discount by the frame-mean key inflation (REFERENCE §2.2 step 5).
+            # Dynamic β discount by the frame-mean key inflation (docs/design/architecture.md §6.1).
             infl = self._frames(infl, ctx.grid).mean(dim=2, keepdim=True)  # [B, T, 1, Hd]
             beta_cam = (beta / infl.clamp_min(1.0)).to(beta.dtype)
             f = lambda t: self._frames(t, ctx.grid)

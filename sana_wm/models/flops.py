@@ -1,13 +1,13 @@
-"""Model-FLOP accounting for SANA-WM (PERFORMANCE.md §3), used for MFU by the trainer and the benchmarks.
+"""Model-FLOP accounting for SANA-WM, used for MFU by the trainer and the benchmarks (docs/design/flops.md).
 
 Per sample and forward pass, with C width, L blocks, L_s softmax blocks, N = T·H·W tokens, D head dim, L_txt text:
   linear   2·N·24·C²·L  per-token GEMMs: qkv 3, proj 1, output gate 1, camera q/k/v/out 4, cross q + proj 2,
-           FFN (2r + r)·C² = 9 at r = 3, temporal conv 3, Plücker proj 1 (PERFORMANCE.md counts 23: it omits the
-           output gate) + cross-attention K/V over the text 2·L_txt·2C²·L + embedders.
+           FFN (2r + r)·C² = 9 at r = 3, temporal conv 3, Plücker proj 1; plus cross-attention K/V over the
+           text 2·L_txt·2C²·L and the embedders.
   softmax  2 branches (main + camera) × L_s × 4·N²·C (QKᵀ and PV).
   cross    L × 4·N·L_txt·C.
   gdn      per GDN block: main num/den transitions and reads ≈ 10·N·C·D, camera ≈ 6·N·C·D, plus the D×D state
-           recurrences 2 directions × 3 scans × 2·T·H·D³.
+           recurrences 2 directions × 3 scans × 2·T·heads·D³.
 Training counts 3× the forward (activation recomputation is not model FLOPs). H100 SXM dense bf16 peak: 989.4 TFLOP/s.
 """
 

@@ -4,10 +4,10 @@ Head dim d = 112 splits into a time band of d − 2·2⌊d/6⌋ = 40 real dims a
 (20 + 18 + 18 complex pairs). Each axis uses ω_i = 10000^(−2i/dim_axis); a token at (f, h, w) gets the angles
 [ω^t·f | ω^h·h | ω^w·w] and channel pairs (2j, 2j+1) rotate as complex numbers (interleaved convention).
 
-Precision (REFERENCE §0, PORT-CHECK WRONG 1): the released port builds the table in float32 and rotates in float32,
-casting back to the working dtype; we do the same so that float32 parity is exact. The camera branch keeps the first
-10 / 9 / 9 complex entries of the full-head time / height / width bands (the highest frequencies; not recomputed for
-a 56-dim head).
+Precision (docs/design/architecture.md §8): the released port builds the table in float32 and rotates in
+float32, casting back to the working dtype; we do the same so that float32 parity is exact. The camera branch keeps
+the first 10 / 9 / 9 complex entries of the full-head time / height / width bands (the highest frequencies; not
+recomputed for a 56-dim head).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     helpers → embedders → FFN → block → final layer → SanaWM → presets
 
-Reference: REFERENCE.md §1–§2 (architecture), §1.10 (initialisation), §9.3 (checkpoint names). Every latent voxel is
+Design notes: docs/design/architecture.md (§11 initialisation, §12 checkpoint names). Every latent voxel is
 one token (patch 1×1×1), tokens are frame-major then row then column, and each block is
 
     a = LN(x)·(1 + scale_msa_f) + shift_msa_f                      per-frame AdaLN-single modulation
@@ -38,7 +38,7 @@ from .rope import cached_camera_table, cached_rope_table
 
 @dataclass(frozen=True)
 class SanaWMConfig:
-    """Hyper-parameters of the DiT. Defaults are the released `SanaMSVideoCamCtrl_1600M_P1_D20` (REFERENCE §1.1).
+    """Hyper-parameters of the DiT. Defaults are the released `SanaMSVideoCamCtrl_1600M_P1_D20`.
 
     in_channels / out_channels: latent channels (128, LTX-2 VAE). hidden_size: C (2240). depth: blocks (20).
     num_heads: self/cross-attention heads (20 → head dim 112). mlp_ratio: FFN hidden = ratio·C (3 → 6720).
@@ -125,7 +125,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features [cos | sin] of raw timesteps t [...] → [..., dim] float32 (REFERENCE §1.3)."""
+    """Sinusoidal features [cos | sin] of raw timesteps t [...] → [..., dim] float32."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[..., None] * freqs
@@ -151,7 +151,7 @@ class TimestepEmbedder(nn.Module):
 
 
 class CaptionEmbedder(nn.Module):
-    """Text MLP (fc1 → GELU(tanh) → fc2) plus the learned null-caption table used for caption dropout."""
+    """Text MLP (fc1 → GELU(tanh) → fc2) plus the null-caption table for caption dropout (a buffer: saved, not trained)."""
 
     def __init__(self, in_channels: int, hidden: int, length: int):
         super().__init__()
@@ -171,7 +171,7 @@ class CaptionEmbedder(nn.Module):
 
 
 class GLUMBConvTemp(nn.Module):
-    """Mix-FFN with a dense temporal conv (REFERENCE §1.8).
+    """Mix-FFN with a dense temporal conv (docs/design/architecture.md §9).
 
     1×1 → SiLU → depthwise 3×3 → GLU(value ⊙ SiLU(gate)) → 1×1 (no bias), then y ← y + TConv(y) where TConv is a
     dense C→C conv over (t−1, t, t+1) with zero padding. The temporal conv is three GEMMs on the token layout.
@@ -297,7 +297,7 @@ class SanaWM(nn.Module):
 
     def is_unused_parameter(self, name: str) -> bool:
         """Parameters kept only so NVIDIA's checkpoint loads: the raymap embedder (skipped when Plücker injection is
-        on, REFERENCE §2.3) and the GDN gates of softmax blocks (§1.5.3). They are frozen at construction."""
+        on) and the GDN gates of softmax blocks. They are frozen at construction."""
         if name.startswith("raymap_embedder."):
             return True
         parts = name.split(".")
@@ -316,7 +316,7 @@ class SanaWM(nn.Module):
             raise ValueError(f"unknown SanaWMConfig field(s) {unknown}; valid fields: {sorted(valid)}")
         return cls(replace(PRESETS[name], **overrides))
 
-    # -- initialisation (REFERENCE §1.10) --------------------------------------------------------------------------
+    # -- initialisation (docs/design/architecture.md §11) --------------------------------------------------------
     @torch.no_grad()
     def initialize_weights(self) -> None:
         """NVIDIA's training init. One decision per line; consequence: the camera branch contributes exactly zero and
@@ -421,7 +421,7 @@ class SanaWM(nn.Module):
         text = self.attention_y_norm(self.y_embedder(y.to(dtype)))  # [B, L, C]
         rays = None
         if camera_conditions is not None:
-            # Ray geometry in float32 whatever the model dtype (PORT-CHECK OMITTED 2: bf16 geometry moves fx).
+            # Ray geometry in float32 whatever the model dtype: bf16 geometry moves fx (docs/design/camera.md).
             frames = ray_frames(camera_conditions.float(), H, W)
             # Contiguous once here: every block's fused UCPE op reads whole 4×4 rows per token.
             rays = frames.P, frames.P_T.contiguous(), frames.P_inv.contiguous()

@@ -305,6 +305,6 @@ class ValidationVideos(L.Callback):
             if isinstance(lg, WandbLogger):
                 import wandb
 
-                # An mp4 path, not an array: wandb.Video(ndarray) needs moviepy (DEPENDENCIES.md §5).
+                # An mp4 path, not an array: wandb.Video(ndarray) needs moviepy, which we do not install.
                 lg.experiment.log({"val/video": wandb.Video(str(path), format="mp4", caption=f"{action}: {prompt}"),
                                    "trainer/global_step": step})

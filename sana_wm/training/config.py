@@ -7,7 +7,7 @@ types cannot express (a strategy name, a probability in [0, 1]) are checked by :
 the key, the bad value and what was expected.
 
 `OmegaConf.to_object(cfg)` turns a composed config into these dataclasses; modules receive dataclasses, never a
-DictConfig (STYLE.md §10 principle 8).
+DictConfig, so a module's inputs are typed and documented where it is defined.
 
 Groups (see configs/): model, data, trainer, strategy, logger, experiment. The other sections (objective, optim,
 ema, lora, encoders, checkpoint, validation, monitor, paths) are plain keys with defaults from the schema.
@@ -108,7 +108,7 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Rectified-flow training objective (REFERENCE §7.1, §3.1, §3.3).
+    """Rectified-flow training objective (docs/design/diffusion.md §2–§3).
 
     flow_shift: σ′ = sσ/(1+(s−1)σ) on the training table (9.95 released; 3.0 in the SANA-Video base recipe).
     timestep_sampling: ``logit_normal`` (u = sigmoid(N(logit_mean, logit_std))) or ``uniform``.
@@ -128,7 +128,7 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with parameter groups and a warm-up + constant/cosine schedule (REFERENCE §7.2 defaults).
+    """AdamW with parameter groups and a warm-up + constant/cosine schedule (defaults: the released recipe).
 
     weight_decay applies to matrices only: biases, norms, AdaLN tables and gate parameters (names containing one of
     ``no_decay``) get 0. grad_clip: global-norm clipping (0 or null disables). scheduler: ``constant`` or

@@ -111,7 +111,7 @@ def build_strategy(s: StrategyConfig, cfg: TrainConfig | None = None):
         ac = cfg is not None and cfg.model.activation_checkpointing
         return FSDPStrategy(
             process_group_backend=s.process_group_backend, timeout=timeout,
-            auto_wrap_policy={SanaWMBlock},  # one FSDP unit per block (REFERENCE §7.3 wraps the same unit)
+            auto_wrap_policy={SanaWMBlock},  # one FSDP unit per block, the unit NVIDIA's FSDP2 recipe wraps
             activation_checkpointing_policy={SanaWMBlock} if ac else None,
             sharding_strategy=s.fsdp_sharding, state_dict_type=s.fsdp_state_dict,
             cpu_offload=s.fsdp_cpu_offload, limit_all_gathers=s.fsdp_limit_all_gathers, use_orig_params=True,

@@ -1,6 +1,6 @@
 """`SanaWMLitModule`: rectified-flow training of the SANA-WM DiT (pre-training and LoRA fine-tuning).
 
-One training step (REFERENCE §7.1, §3.1, §3.3), for a batch of cached latents x₀ [B, C, T, H, W] (or video encoded on
+One training step (docs/design/diffusion.md) for a batch of cached latents x₀ [B, C, T, H, W] (or video encoded on
 the fly by the frozen LTX-2 VAE and Gemma-2):
 
     σ  ~ shift(⌊1000·sigmoid(N(μ, s))⌋ / 1000)          one per sample, or one per latent frame (diffusion forcing)
@@ -166,7 +166,7 @@ class SanaWMLitModule(L.LightningModule):
         caption_len, caption_dim = net.y_embedder.y_embedding.shape
         null_mask = torch.ones(caption_len, dtype=torch.bool)
         if self.encoders.text is not None and encoders.set_null_embedding and not model.init_checkpoint:
-            # A fresh model: the null caption is the text encoder's encoding of "" (REFERENCE §3.3). A loaded
+            # A fresh model: the null caption is the text encoder's encoding of "" (as NVIDIA's). A loaded
             # checkpoint keeps its trained table.
             emb, mask = self.encoders.text.null_embedding()
             if emb.shape[1:] != (caption_len, caption_dim):

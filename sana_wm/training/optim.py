@@ -1,6 +1,6 @@
 """AdamW with parameter groups, and the warm-up + constant/cosine learning-rate schedule.
 
-Parameter groups (REFERENCE §7.2 uses weight decay 0, so this only matters for recipes that turn decay on): weight
+Parameter groups (the released recipe has weight decay 0; this only matters for recipes that turn decay on): weight
 decay applies to weight matrices; biases, norm scales, the AdaLN `scale_shift_table`s and gate parameters (GDN
 `A_log`, `dt_bias`, `gate_proj`, `output_gate`, …) are excluded — decaying a gate or a norm towards 0 changes what the
 layer computes rather than regularising it. Frozen parameters (checkpoint-only tensors, the LoRA base) are left out.

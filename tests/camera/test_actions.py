@@ -1,5 +1,5 @@
-"""Tests for the action DSL (sana_wm.camera.actions): REFERENCE §6.1A semantics, the opt-in unified
-scheme of §6.1, error messages, and equality with the diffusers port's `action_string_to_c2w`."""
+"""Tests for the action DSL (sana_wm.camera.actions): the release-scheme semantics, the opt-in unified
+scheme (docs/design/camera.md §8), error messages, and equality with the diffusers port's `action_string_to_c2w`."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_parse_action_rejects_non_string():
 
 
 # ---------------------------------------------------------------------------------------------
-# release scheme (§6.1A)
+# release scheme
 # ---------------------------------------------------------------------------------------------
 
 
@@ -164,7 +164,7 @@ def test_release_long_trajectory_differs_from_port_only_by_the_spec_eps():
 
 
 # ---------------------------------------------------------------------------------------------
-# unified scheme (§6.1, opt-in)
+# unified scheme (opt-in)
 # ---------------------------------------------------------------------------------------------
 
 

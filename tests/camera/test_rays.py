@@ -139,7 +139,7 @@ def test_nan_rays_become_identity_and_do_not_leak():
 
 
 def test_bf16_geometry_stays_bf16_and_reproduces_focal_rounding():
-    # PORT-CHECK OMITTED 2: in bf16 the FOV round trip moves fx = 31.25 to 31.125.
+    # In bf16 the FOV round trip moves fx = 31.25 to 31.125 (docs/design/camera.md §6).
     f = _focal_round_trip(torch.tensor([31.25], dtype=torch.bfloat16), 40, 40)
     assert f.dtype == torch.bfloat16 and f.item() == 31.125
     assert abs(_focal_round_trip(torch.tensor([31.25]), 40, 40).item() - 31.25) < 1e-4

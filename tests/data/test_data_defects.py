@@ -149,7 +149,7 @@ def test_clip_without_camera_gets_identity_and_default_intrinsics(clip, tmp_path
     url = write_raw_shard(tmp_path / "nocam.tar", [s])
     (out,) = list(make_video_dataset(url, num_frames=F, height=H, width=W, strict=True))
     assert torch.equal(out.c2w, torch.eye(4).repeat(F, 1, 1))
-    # K = [W_lat, H_lat, W_lat/2, H_lat/2] in latent units (REFERENCE §7.4) = [W, H, W/2, H/2] / 32
+    # K = [W_lat, H_lat, W_lat/2, H_lat/2] in latent units (docs/design/camera.md §3) = [W, H, W/2, H/2] / 32
     assert out.camera_conditions[0, 16:].tolist() == [W / 32, H / 32, W / 64, H / 64]
 
 

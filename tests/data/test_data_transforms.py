@@ -112,6 +112,6 @@ def test_projected_point_lands_on_its_pixel_after_resize_and_crop(tmp_path, targ
         fx, fy, cx, cy = s.intrinsics[i].double().tolist()
         projected = np.array([fx * cam[0] / cam[2] + cx, fy * cam[1] / cam[2] + cy])
         errs.append(np.abs(projected - _magenta_centroid(s.video[i].numpy())).max())
-    # The pinhole model on integer pixel centres with cx·s scaling (REFERENCE §6.2) is exact up to the
+    # The pinhole model on integer pixel centres with cx·s scaling (docs/design/camera.md §3) is exact up to the
     # half-pixel convention of the resize, |s − 1| / 2 px, plus the blob-centroid error.
     assert max(errs) < 0.5, f"max reprojection error {max(errs):.3f} px"

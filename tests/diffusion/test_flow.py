@@ -13,7 +13,8 @@ from sana_wm.diffusion.timesteps import (
     sigma_to_timestep,
 )
 
-# PORT-CHECK.md §3.2: the 61 σ values of FlowMatchEulerDiscreteScheduler(shift=9.8), 60 steps (6 decimals).
+# The 61 σ values of diffusers' FlowMatchEulerDiscreteScheduler(shift=9.8), 60 steps (6 decimals), read from the
+# scheduler itself (docs/design/diffusion.md §4).
 PORT_SIGMAS_9P8_60 = [
     1.000000,
     0.998261,
@@ -87,7 +88,7 @@ def test_shift_sigma_endpoints_identity_and_reference_examples():
     assert torch.allclose(shift_sigma(s, 1.0), s)
     out = shift_sigma(s, 9.95)
     assert out[0] == 0 and out[-1] == 1 and bool((out[1:] > out[:-1]).all())
-    # REFERENCE §7.1: u = 0.25 / 0.5 / 0.75 → σ′ ≈ 0.768 / 0.909 / 0.968 for s = 9.95.
+    # docs/design/diffusion.md §2: u = 0.25 / 0.5 / 0.75 → σ′ ≈ 0.768 / 0.909 / 0.968 for s = 9.95.
     got = [shift_sigma(u, 9.95) for u in (0.25, 0.5, 0.75)]
     assert got == pytest.approx([0.768, 0.909, 0.968], abs=1e-3)
     with pytest.raises(ValueError, match="shift"):
@@ -213,7 +214,7 @@ def test_inference_sigmas_match_port_check_literal_list():
     # The low end is shifted twice (σ_min = shift(shift(0.001)) ≈ 0.0877), not shift(0.001) ≈ 0.0097.
     assert ours[-2].item() == pytest.approx(shift_sigma(shift_sigma(0.001, 9.8), 9.8), rel=1e-6)
     assert inference_sigmas(60, 8.0)[-2].item() == pytest.approx(0.060207, abs=1e-6)
-    # Integers the DiT embeds after truncating float32 1000·σ (PORT-CHECK: ..., 307, 210, 87).
+    # Integers the DiT embeds after truncating float32 1000·σ (the port's: ..., 307, 210, 87).
     assert (ours[:-1].float() * 1000).long()[-3:].tolist() == [307, 210, 87]
 
 

@@ -117,7 +117,7 @@ def test_cli_with_our_checkpoint_file(files, tmp_path, capsys):
 
 
 def test_cli_dsl_signs(files, tmp_path, capsys):
-    """REFERENCE §6.1A sign checks through the CLI: d → +x, w → +z, l turns toward +x, i looks up (−y)."""
+    """The DSL sign checks (docs/design/camera.md §8) through the CLI: d → +x, w → +z, l turns toward +x, i looks up (−y)."""
     rc = infer.main(argv(files, tmp_path, "--action", "d-8,w-8,l-8,i-8", "--num_frames", "33", "--no_refiner",
                          "--step", "1", "--no_action_overlay"))
     assert rc == 0, capsys.readouterr().err

@@ -19,7 +19,7 @@ from sana_wm.inference.video import (
 
 
 def test_resize_center_crop_matches_release_geometry():
-    # 1920x1080 → 1280x720, then 8 rows cropped top and bottom (PORT-CHECK §2.1).
+    # 1920x1080 → 1280x720, then 8 rows cropped top and bottom (docs/design/camera.md §3).
     img = np.zeros((1080, 1920, 3), np.uint8)
     img[:, :960] = 255  # left half white: the crop must keep the boundary at the centre column
     out, geom = resize_center_crop(img, 704, 1280)
@@ -67,7 +67,7 @@ def test_video_to_uint8_layout():
 
 
 def test_controls_recover_dsl_keys_and_signs():
-    """§6.1A sign checks, read back from the poses alone: l = yaw right, i = look up, d = +x, w = +z."""
+    """The DSL sign checks, read back from the poses alone: l = yaw right, i = look up, d = +x, w = +z."""
     action = "w-6,d-6,l-6,i-6,a-6,s-6,j-6,k-6,wl-4,sa-3,none-3,wdi-5"
     c2w = action_to_c2w(action)
     controls = derive_controls(c2w)

@@ -67,7 +67,7 @@ def test_gdn_camera_matches_naive(shape):
 
 
 def test_single_frame_is_relu_linear_attention():
-    """REFERENCE §9.7: T = 1, β ≡ 1 gives num = V K̃ᵀ Q̃ and den = 1ᵀ Kᵀ Q (the backward pass is empty)."""
+    """T = 1, β ≡ 1 (docs/design/architecture.md §5.2) gives num = V K̃ᵀ Q̃ and den = 1ᵀ Kᵀ Q (the backward pass is empty)."""
     q, k, q_rot, k_rot, v, _, decay = _inputs(1, 1, 9, 2, 4)
     beta = torch.ones(1, 1, 9, 2, dtype=torch.float64)
     out = bidirectional_gdn(q, k, q_rot, k_rot, v, beta, decay)

@@ -37,7 +37,7 @@ def test_adamw_uses_the_recipe_hyper_parameters():
     opt = build_optimizer(SanaWM.from_preset("tiny"), OptimConfig())
     g = opt.param_groups[0]
     assert isinstance(opt, torch.optim.AdamW)
-    assert (g["lr"], g["betas"], g["eps"]) == (1e-5, (0.9, 0.999), 1e-10)  # REFERENCE §7.2
+    assert (g["lr"], g["betas"], g["eps"]) == (1e-5, (0.9, 0.999), 1e-10)  # the released recipe
 
 
 def test_schedule_warmup_constant_and_cosine():

@@ -1,7 +1,7 @@
 """Float64 reference of SANA-WM's frame-wise bidirectional Gated DeltaNet scans — the spec, not a fast path.
 
-Written straight from REFERENCE.md §1.5.2 (main branch, steps 8–10) and §2.2 step 6 (camera single path),
-one head and one frame at a time, with the *flip-and-shift* formulation of the backward pass that NVIDIA's
+Written straight from docs/design/architecture.md §5.2 (main branch, steps 7–9) and §6.1 step 7 (camera single
+path), one head and one frame at a time, with the *flip-and-shift* formulation of the backward pass that NVIDIA's
 code uses. The fast implementation in `torch_scan.py` uses the explicit original-time recurrence instead,
 so agreement between the two checks both readings of the maths.
 
@@ -64,7 +64,7 @@ def naive_bidirectional_gdn(
     g: torch.Tensor,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """Main-branch frame-wise bidirectional GDN with the normaliser (REFERENCE §1.5.2 steps 8–10).
+    """Main-branch frame-wise bidirectional GDN with the normaliser (docs/design/architecture.md §5.2).
 
     num = (S_fwd + S_bwd) Q̃ on rotated keys/queries; den = (z_fwd + z_bwd)ᵀ Q on unrotated ones, where z is the
     delta rule with target 1; out = num / (den + eps). Returns [B, T, S, H, D] in float64.
@@ -87,7 +87,7 @@ def naive_bidirectional_gdn(
 def naive_bidirectional_delta(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: torch.Tensor
 ) -> torch.Tensor:
-    """Camera-branch single-path rule (REFERENCE §2.2 step 6): o_t = (S_fwd,t + S_bwd,t) Q_t, no normaliser.
+    """Camera-branch single-path rule (docs/design/architecture.md §6.1): o_t = (S_fwd,t + S_bwd,t) Q_t, no normaliser.
 
     Returns [B, T, S, H, Dv] in float64.
     """

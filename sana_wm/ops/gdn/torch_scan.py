@@ -4,7 +4,7 @@ Because SANA-WM writes a whole frame (S tokens) into the D×D state in one step,
 of the state, S_t = S_{t-1} W_t + U_t with W_t = g_t (I - A_t), A_t = K_tᵀ B_t K_t and U_t = V_tᵀ B_t K_t. All A_t and
 U_t come from one batched GEMM over the S tokens; only the T-step recurrence over D×D states is sequential, and the
 outputs come from one more batched GEMM against the per-frame states. The backward (exclusive) direction is written
-directly in original time: S^b_t = S^b_{t+1} W_{t+1} + U_{t+1}, S^b_{T-1} = 0 (REFERENCE §1.5.2 step 9).
+directly in original time: S^b_t = S^b_{t+1} W_{t+1} + U_{t+1}, S^b_{T-1} = 0 (docs/design/architecture.md §5.2).
 
 All maths runs in float32 whatever the input dtype (the released model's `fp32_attention`); outputs are float32.
 The T-step recurrences are `scan.bidirectional_scan` (both directions in one op, exact custom backward; one Triton

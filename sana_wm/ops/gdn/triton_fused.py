@@ -328,7 +328,7 @@ def transitions(k: torch.Tensor, v: torch.Tensor | None, beta: torch.Tensor, wan
     U = torch.empty(B * H, T, DV, D, device=dev, dtype=torch.float32) if v is not None else A
     Z = torch.empty(B * H, T, 1, D, device=dev, dtype=torch.float32) if want_z else A
     BLOCK_D = max(16, triton.next_power_of_2(D))
-    # Tile configs from an H200 sweep at the model's shapes (D = 112, S = 880; bench/RESULTS.md, 2026-12-01):
+    # Tile configs from an H200 sweep at the model's shapes (D = 112, S = 880; bench/RESULTS.md, "Kernel design log"):
     # with values 64 tokens × 128 columns, 8 warps, 3 stages; the normaliser (no values) 64 × 64, 4 warps, 3 stages.
     BLOCK_N, warps = (min(128, BLOCK_D), 8) if v is not None else (min(64, BLOCK_D), 4)
     grid = (B * H, T, triton.cdiv(D, BLOCK_N))
@@ -376,9 +376,9 @@ def readout(q: torch.Tensor, states: torch.Tensor, q_den: torch.Tensor | None = 
     return out
 
 
-# The backward tiles were swept (H200, bench/RESULTS.md run 12) for bf16 inputs, whose products run as split-bf16
-# tensor-core MMAs. Other inputs take "ieee" float32 dots instead; at the swept 128-token transitions tile the float32 GPU
-# test did not finish within 115 s (run 17), so they keep the first tiles, which passed the float64 tests (runs 9-10).
+# The backward tiles were swept on an H200 for bf16 inputs, whose products run as split-bf16 tensor-core MMAs. Other
+# inputs take "ieee" float32 dots instead, far slower at the swept 128-token transitions tile, so they keep smaller
+# tiles (bench/RESULTS.md, "Kernel design log").
 _FP32_BWD_TILES = {"transitions": (64, 8, 1), "readout": (64, 64, 8, 2)}
 
 

@@ -1,40 +1,18 @@
 """The FFN's SiLU → depthwise 3×3 → GLU middle (`GLUMBConvTemp`), as one stateless op.
 
 `silu_depthwise_glu` runs SiLU, the depthwise conv on a channels-last view of the token layout (cuDNN/ATen; no copy)
-and the GLU, which autograd and Inductor handle (Inductor fuses the SiLU and the GLU into its element-wise kernels
-around the conv). `naive.py` is the reference. When training on CUDA, the conv runs without its bias and the GLU's
-backward is one Triton pass (`triton_glu.py`) that adds the bias, writes both halves of the conv's output gradient and
-sums the bias gradient on the way: −8.5 ms per 161-frame training step against Inductor's `cat` kernel plus its
-two-kernel bias reduction (bench/RESULTS.md run 31). `SANA_WM_FUSED_GLU_BWD=0` switches it off.
+and the GLU, which autograd and Inductor handle: Inductor fuses the SiLU and the GLU into its element-wise kernels
+around the conv, and cuDNN's depthwise conv was faster than each Triton conv written for it, so neither hand-fused
+Triton forwards nor a Triton conv beat this path in the compiled model. `naive.py` is the reference.
 
-Three fused Triton forwards were tried on 2026-12-01 and removed, none faster than this path in the compiled model on
-an H200 (bench/RESULTS.md): SiLU evaluated per tap (+≈460 ms per 961-frame forward: nine SiLUs per element bind the
-special-function units); SiLU outside and the nine taps gathered per output tile from L1/L2 (3.5 ms per 961-frame
-call vs cuDNN's 5.3 ms for the conv alone, yet the model no faster, 3320.0 vs 3296.7 ms); and one pass walking image
-rows with SiLU once per element and the horizontal taps as 0/1 shift MMAs (7.1 ms per call, latency-bound; model
-3359.5 vs 3368.0 ms). In the compiled model Inductor already folds the SiLU and the GLU into neighbouring kernels.
+Training on CUDA changes two things, each because the default was slower:
+* the GLU's backward is one Triton pass (`triton_glu.py`) that adds the conv's bias, writes both halves of the conv's
+  output gradient and sums the bias gradient on the way, instead of Inductor's `cat` kernel and its two-kernel bias
+  reduction; `SANA_WM_FUSED_GLU_BWD=0` switches it off;
+* the conv's input gradient is a forward conv with the flipped kernel (`_DepthwiseConv3x3`), which cuDNN runs faster
+  than its data-gradient kernel.
 
-A training pair was tried in the sixth session of 2026-12-01 and removed (commit 41e61c8 has it, with GPU tests): the
-tap-gather forward plus a backward of two Triton kernels (GLU adjoint writing dz; transposed conv with per-frame
-float32 weight and bias partials). Its float32 and three of four bf16 cases matched float64 on the GPU, but in the
-compiled 161-frame training step its kernels took ≈ 125 ms against ≈ 91 ms for this path's cuDNN conv, dgrad, wgrad
-and Inductor kernels (forward 0.80 ms per call vs 0.49 + 0.19, the dgrad/wgrad kernel 2.6 ms vs 0.88 + 0.53 + 0.34;
-bench/RESULTS.md run 26).
-
-A plain Triton depthwise conv in place of cuDNN's, forward (also serving the flipped-tap data gradient) and weight
-gradient, was tried on 2026-12-02 and removed (commits d6faa94 and bf2154f have it, with CPU wiring tests and GPU
-tests that passed on an H200): at 161 frames on an H200, cuDNN's forward without bias takes 0.50 ms (≈ 2 TB/s of
-minimum traffic); the nine-tap gather kernel took 0.70–0.90 ms over ten tiles, a row-sliding kernel (three loads per
-input row, the vertical taps carried in registers) 0.58 ms at best, and the weight gradient 0.69 ms against
-cuDNN's 0.69–0.71. In the compiled training step the gather form cost +14 ms (920.2 / 920.9 against 906.6 ms, same
-process; bench/RESULTS.md runs 46–47). The gather form's time is what its L2 traffic would take if each of the nine
-overlapping tap loads went to L2 (≈ 4.5 GB per call), a guess that no profile checked.
-
-In training, the conv's input gradient is a forward conv with the flipped kernel (`_DepthwiseConv3x3`): −8 ms per
-161-frame step (run 29). Writing the whole backward as nine shifted multiply-adds for Inductor instead (the input gradient
-fused into the SiLU adjoint, weight and bias gradients as reductions over positions) was slower on an H200: 8.57 vs
-6.43 ms per forward + backward at 161 frames, +17.5 ms per training step (bench/RESULTS.md run 30; the fused input
-gradient kernel alone took 1.77 ms per call).
+Measurements, and the log of the variants tried and removed: bench/RESULTS.md, "Kernel design log", FFN.
 """
 
 from __future__ import annotations
@@ -72,7 +50,7 @@ class _DepthwiseConv3x3(torch.autograd.Function):
     spatially flipped kernel: the same sums, since a stride-1 "same" convolution's transpose is the correlation with
     the flipped taps. cuDNN's forward kernel for this shape runs at about twice the speed of its data-gradient kernel
     (0.49 vs 0.92 ms per call at 161 frames on an H200), which saves ≈ 8 ms per 161-frame training step (bench/
-    RESULTS.md run 29). The weight and bias gradients stay cuDNN's (`convolution_backward` without the data part).
+    RESULTS.md, "Kernel design log"). The weight and bias gradients stay cuDNN's (`convolution_backward` without the data part).
     A plain autograd.Function: torch.compile traces it into the block graph, and selective checkpointing sees the
     `aten.convolution` inside as any other op; plain checkpointing under torch 2.11 does not, which is why compiled
     "full" checkpointing goes through the selective path (`sana_wm.parallel._recompute_all_context`)."""

@@ -4,14 +4,10 @@ z is the conv's output before its bias, in the token layout [rows, 2h]; value = 
 b[h:], out = value · SiLU(gate). One program owns ROWS rows × BLOCK_C channel pairs: it reads value, gate and dout once,
 writes both halves of dz, and keeps the column sums of dz (the bias gradient) in registers, written once as a float32
 partial row per program (summed by the caller: deterministic, no atomics). Inductor's kernel for the same adjoint is a
-`cat` of the two halves whose every element loads through masks (0.66 ms per call at 161 frames on an H200, ≈ 2.6 TB/s
-counting the reads both halves repeat), and the bias gradient was a second pass over dz (two reduction kernels,
-0.34 ms per call; bench/RESULTS.md run 29). In the training step this kernel saved 8.5 ms (run 31).
+`cat` of the two halves whose every element loads through masks, and the bias gradient a second pass over dz.
 
-The tile comes from a sweep at 161 frames on an H200 (`bench/ffn_ops.py`, run 32): 128 rows × 16 per step × 64
-channel pairs, 4 warps, takes 0.42 ms per call (≈ 3 TB/s); the first tile (64 × 16 × 256) took 0.67 ms, since its
-32 elements per thread and two float32 accumulators needed 251 registers and left 8 warps per SM. Tiles of 8 elements
-per thread (72 registers) all ran at 0.42–0.48 ms.
+The tile (128 rows × 16 per step × 64 channel pairs, 4 warps) keeps 8 elements per thread: wider tiles need so many
+registers that too few warps fit per SM. The sweep that chose it: bench/RESULTS.md, "Kernel design log", GLU backward.
 """
 
 from __future__ import annotations

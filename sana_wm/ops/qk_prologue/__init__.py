@@ -5,9 +5,8 @@ both: y in the normaliser stream, y_rot in the numerator). On CUDA it is a regis
 are each one Triton pass over token rows (`triton_prologue.py`); elsewhere, and with the kernels off, the PyTorch
 composition in `naive.py`, which is the reference (its adjoint, written out, is the op's backward off CUDA).
 
-Why a hand kernel: at 961 frames Inductor's fusion of this chain was a looped-reduction kernel of 2.9 ms per GDN block
-writing float32 rotations, plus two 0.66 ms copies to bf16, against a memory floor of ≈ 0.7 ms (bench/RESULTS.md,
-fourth session). As a registered op it is also one node that selective checkpointing can keep (`sana_wm.parallel`),
+Why a hand kernel: Inductor's fusion of this chain was a looped-reduction kernel writing float32 rotations plus two
+copies to bf16, about five times the chain's memory floor at 961 frames (bench/RESULTS.md, "Kernel design log"). As a registered op it is also one node that selective checkpointing can keep (`sana_wm.parallel`),
 so training does not recompute it. `SANA_WM_FUSED_PROLOGUE=0` runs the composition on CUDA too.
 """
 

@@ -4,8 +4,8 @@
 shifted adds elsewhere; `naive.py` is the reference. It is a registered custom op so that `torch.compile` keeps it
 as one opaque node. Why not let Inductor fuse the shifted adds into their consumers: it did, and recomputed the seven
 taps inside every kernel that reads the convolved keys (the RMS-norm statistics and normalising passes of the main and
-camera keys). At 961 frames the four kernels carrying the pad-and-shift code took 7.0 ms per GDN block (run 8 profile in
-bench/RESULTS.md); the Triton pass takes 0.47 ms per key and the norms then read a plain tensor.
+camera keys), several times the cost of one pass; with the Triton pass the norms read a plain tensor (bench/RESULTS.md,
+"Kernel design log").
 
 The filter is symmetric, so its adjoint is itself: dx = conv(dy). The weight gradient is the correlation of dy with
 the shifted inputs, written as PyTorch sums that Inductor fuses.

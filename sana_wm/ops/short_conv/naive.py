@@ -12,7 +12,8 @@ def naive_bidirectional_short_conv(x: torch.Tensor, weight: torch.Tensor) -> tor
         out[t] = w[:, K−1]·x[t] + Σ_{d=1}^{K−1} w[:, K−1−d]·(x[t−d] + x[t+d]),   x = 0 outside 0 ≤ t < T
 
     i.e. the causal K-tap depthwise conv run forwards and on reversed time, minus the shared centre tap: a symmetric
-    (2K−1)-tap filter with tied weights (REFERENCE §1.5.2 step 2). Shifted adds over the frame axis in x's dtype.
+    (2K−1)-tap filter with tied weights (docs/design/architecture.md §5.2 step 2). Shifted adds over the frame axis
+    in x's dtype.
     """
     w = weight.to(x.dtype)
     K, T = w.shape[1], x.shape[1]

@@ -3,9 +3,8 @@ key's squared norm ratio — as one differentiable op, and the plain `ucpe` tran
 
 `ucpe_clamp(x, mat, cos, sin, num_heads, weight, relu, scale, norm_eps)` is a registered op with one Triton pass
 forward and one backward on CUDA (`triton_ucpe.py`); elsewhere, and with the kernels off, it is the PyTorch composition
-in `naive.py`, which is the reference, with its adjoint written out (the op's backward off CUDA). Why a hand kernel: at 961 frames Inductor's kernels for this chain took about 5 ms per block with float32
-UCPE intermediates against a memory floor of ≈ 0.7 ms, and in training the chain ran again in the backward (bench/
-RESULTS.md, fourth and fifth sessions). As a registered op it is also one node that selective checkpointing keeps
+in `naive.py`, which is the reference, with its adjoint written out (the op's backward off CUDA). Why a hand kernel: Inductor's kernels for this chain wrote float32 UCPE intermediates and took several times its
+memory floor, and in training the chain ran again in the backward (bench/RESULTS.md, "Kernel design log"). As a registered op it is also one node that selective checkpointing keeps
 (`sana_wm.parallel`). `SANA_WM_FUSED_UCPE=0` runs the composition on CUDA too.
 """
 

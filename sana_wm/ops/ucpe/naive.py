@@ -9,7 +9,7 @@ import torch
 
 from sana_wm.ops.qk_prologue.naive import rms_backward, rms_relu_scale, rotate_pairs
 
-CLAMP_EPS = 1e-6  # ε of the RMS clamp and of the norm ratio (REFERENCE §2.2 steps 4–5)
+CLAMP_EPS = 1e-6  # ε of the RMS clamp and of the norm ratio (docs/design/architecture.md §6.1 steps 5–6)
 
 
 def ucpe(x: torch.Tensor, mat: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -51,7 +51,7 @@ def naive_ucpe_clamp(x: torch.Tensor, mat: torch.Tensor, cos: torch.Tensor, sin:
 
         a     = x, or ReLU?(RMSNorm(x)·weight)·scale when a norm weight is given
         xu    = clamp_to_reference_rms(a, UCPE(a))              per head
-        ratio = (max(‖xu‖, ε) / max(‖a‖, ε))²                   per head; the key's inflation (REFERENCE §2.2 step 5)
+        ratio = (max(‖xu‖, ε) / max(‖a‖, ε))²                   per head; the key's inflation (β discount)
     """
     a = _prenorm(x, weight, relu, scale, norm_eps).unflatten(-1, (num_heads, -1))
     xu = clamp_to_reference_rms(a, ucpe(a, mat, cos, sin))

@@ -3,28 +3,23 @@
 One program owns one token row of C = Hd·D channels and walks it in chunks of HC heads, each held as four
 [heads × groups] component tiles: component j of group g of head h is channel h·D + 4g + j. In that layout the geometry
 half's 4×4 products are scalar multiply-adds across the four tiles, the RoPE half's pairs are components (0, 1) and
-(2, 3) of a group, and per-head sums are tile-row sums. Chunks keep the live state small: the first version held the
-whole row as [32 × 32] tiles (55 % padding at Hd = 20, D = 112), which capped each SM at two rows in flight and ran at
-≈ 0.4 TB/s (0.78 ms forward at 161 frames, slower than Inductor's 0.43 ms; bench/RESULTS.md). The RMS norm's
+(2, 3) of a group, and per-head sums are tile-row sums. Chunks keep the live state small, so that many rows are in
+flight per SM (whole-row [32 × 32] tiles would be 55 % padding at Hd = 20, D = 112). The RMS norm's
 statistic is a first pass over the row; the row stays in L1/L2 for the passes after it. So the norm, ReLU, scale,
 UCPE, RMS clamp and the key's norm ratio are one pass that reads the projection once and writes the result once;
 Inductor's kernels for the same chain wrote float32 UCPE intermediates and, in training, ran it again in the backward.
 
 The backward recomputes the row and applies the adjoints of `naive_ucpe_clamp_backward`. With a norm it walks the row
 twice, since the RMS norm's Jacobian needs a row sum of the first walk's gradient: the first walk stores that gradient
-in a float32 scratch row per program and the second reads it back with x, rather than recomputing the whole chain
-(0.91 → 0.65 ms per call at 161 frames, bf16, H200, op level; bench/RESULTS.md run 28). The norm weight's gradient is
-a float32 partial row per program (summed by the caller: deterministic, no atomics). Read-modify-writing it once per
-token row costs 8 bytes per channel of L2 traffic; a variant that instead summed it in registers, walking the
-program's rows chunk by chunk in its second pass, was slower (0.85 vs 0.63 ms per call in the 161-frame training step,
-bench/RESULTS.md run 26; commit 41e61c8): the rows no longer stayed in L1 between the passes.
+in a float32 scratch row per program and the second reads it back with x, rather than recomputing the whole chain.
+The norm weight's gradient is a float32 partial row per program (summed by the caller: deterministic, no atomics),
+read-modify-written once per token row: summing it in registers instead means walking the program's rows chunk by
+chunk in the second pass, and then the rows no longer stay in L1 between the passes.
 
-The kernels are bound by instructions and latency, not bytes (0.44 ms per backward call with a norm at 161 frames
-moves ≈ 0.25 GB). Three changes cut the backward with a norm from 0.73 to 0.44 ms per call and the one without from
-0.43 to 0.42 ms (2.01 → 1.34 ms at 961 frames; run 32, same process): each group's four components are one vector
-load or store instead of four strided ones; the token's 4×4 matrix and RoPE angles are loaded once per row instead of
-once per chunk (they were 20 of the 29 loads per chunk); and the autotuner's key includes the norm and its list
-holds tiles of two groups per thread (it picks 4 heads × 2 warps for all four kernels on an H200).
+The kernels are bound by instructions and latency, not bytes. Hence each group's four components are one vector load
+or store, the token's 4×4 matrix and RoPE angles are loaded once per row rather than once per chunk, and the
+autotuner's list holds tiles of two groups per thread. Measurements and the variants removed: bench/RESULTS.md,
+"Kernel design log", camera prologue.
 """
 
 from __future__ import annotations
