@@ -114,6 +114,19 @@ def tiny_reference_step(seed: int = 0):
     return model, inputs, out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
+def float64_gradients(model, inputs) -> dict:
+    """The gradients of :func:`tiny_reference_step`'s loss for a float64 copy of `model`: the oracle against which a
+    wrapped or compiled float32 copy is judged in units of the plain float32 step's own error (some tiny-model
+    gradients cancel so much that plain float32 is 2e-3 away from float64, so a fixed bound against float32 is not a
+    property of the wrapper)."""
+    import copy
+
+    m64 = copy.deepcopy(model).double()
+    m64.zero_grad(set_to_none=True)
+    m64(*(t.double() for t in inputs)).square().mean().backward()
+    return {n: p.grad for n, p in m64.named_parameters() if p.grad is not None}
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 now: a rendezvous port for a test's process group."""
     with socket.socket() as s:

@@ -15,11 +15,12 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 from sana_wm import SanaWM
 from sana_wm.parallel import apply_activation_checkpointing, apply_compile, apply_fsdp, parallelize
-from sana_wm.testing.training import tiny_reference_step
+from sana_wm.testing.training import float64_gradients, tiny_reference_step
 
 dist.init_process_group("gloo")
 mesh = init_device_mesh("cpu", (1,))
 ref, (x, t, y), out_ref, grads = tiny_reference_step()
+grads64 = float64_gradients(ref, (x, t, y))
 for mode in ("checkpointed", "compiled"):
     model = SanaWM.from_preset("tiny")
     model.load_state_dict(ref.state_dict())
@@ -41,7 +42,10 @@ for mode in ("checkpointed", "compiled"):
     for n, p in model.named_parameters():
         n = n.replace("_checkpoint_wrapped_module.", "")
         if n in grads:
-            assert rel(p.grad.full_tensor(), grads[n]) < 1e-4, (mode, n)
+            # No further from float64 than 1.5x the plain float32 step (measured ratio 0.99 at worst for the
+            # compiled blocks, whose decomposed ops round differently); a missing or doubled path is off by O(1).
+            err, own = rel(p.grad.full_tensor(), grads64[n]), rel(grads[n], grads64[n])
+            assert err <= 1.5 * own + 1e-6, (mode, n, err, own)
     print("FSDP2-OK", mode)
 dist.destroy_process_group()
 """
