@@ -21,21 +21,41 @@ intrinsics input (``as_fxfycxcy``)     (4,), (3, 3), (F, 4) or (F, 3, 3) → (F,
 ``ray_frames``                         RayFrames(P, P_T, P_inv), each (B, T·H·W, 4, 4)
 =====================================  ====================================================
 
-Modules: ``convention`` (SE(3) helpers, validation), ``intrinsics`` (normalisation, crop, latent
-units), ``conditions`` (DiT camera inputs), ``rays`` (UCPE per-token frames), ``actions`` (DSL).
+Modules: ``convention`` (SE(3) helpers, validation, yaw/pitch/roll signs and the ground plane),
+``intrinsics`` (normalisation, K from a field of view, crop, latent units), ``conditions`` (DiT camera
+inputs), ``rays`` (UCPE per-token frames), ``actions`` (DSL and its key maps).
 """
 
-from .actions import ACTION_KEYS, ACTION_SCHEMES, action_to_c2w, parse_action
+from .actions import ACTION_KEYMAPS, ACTION_KEYS, ACTION_SCHEMES, KeyMap, action_to_c2w, parse_action
 from .conditions import (
     camera_conditions,
+    camera_tensors,
     chunk_plucker,
     num_latent_frames,
     plucker_map,
     prepare_camera,
     snap_num_frames,
 )
-from .convention import invert_se3, relative_to_first, scale_translation, validate_c2w
-from .intrinsics import CropGeometry, as_fxfycxcy, crop_intrinsics, resize_crop_geometry, to_latent_units
+from .convention import (
+    ground_axes,
+    invert_se3,
+    look_angles,
+    pitch_matrix,
+    relative_to_first,
+    roll_matrix,
+    scale_translation,
+    validate_c2w,
+    yaw_matrix,
+)
+from .intrinsics import (
+    CropGeometry,
+    as_fxfycxcy,
+    crop_intrinsics,
+    intrinsics_matrix,
+    pinhole_intrinsics,
+    resize_crop_geometry,
+    to_latent_units,
+)
 from .rays import RayFrames, ray_frames, ray_matrices
 
 __all__ = [
@@ -44,9 +64,16 @@ __all__ = [
     "relative_to_first",
     "validate_c2w",
     "scale_translation",
+    "yaw_matrix",
+    "pitch_matrix",
+    "roll_matrix",
+    "look_angles",
+    "ground_axes",
     # intrinsics
     "CropGeometry",
     "as_fxfycxcy",
+    "intrinsics_matrix",
+    "pinhole_intrinsics",
     "resize_crop_geometry",
     "crop_intrinsics",
     "to_latent_units",
@@ -57,6 +84,7 @@ __all__ = [
     "plucker_map",
     "chunk_plucker",
     "prepare_camera",
+    "camera_tensors",
     # rays
     "RayFrames",
     "ray_matrices",
@@ -64,6 +92,8 @@ __all__ = [
     # actions
     "ACTION_KEYS",
     "ACTION_SCHEMES",
+    "ACTION_KEYMAPS",
+    "KeyMap",
     "parse_action",
     "action_to_c2w",
 ]

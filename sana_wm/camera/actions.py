@@ -31,13 +31,37 @@ from __future__ import annotations
 
 import math
 import re
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["ACTION_KEYS", "ACTION_SCHEMES", "parse_action", "action_to_c2w"]
+from .convention import pitch_matrix, yaw_matrix
 
+__all__ = ["ACTION_KEYS", "ACTION_SCHEMES", "ACTION_KEYMAPS", "KeyMap", "parse_action", "action_to_c2w"]
+
+
+class KeyMap(NamedTuple):
+    """The key that drives each motion in one scheme (``left`` / ``right`` strafe; yaw and pitch turn)."""
+
+    forward: str
+    back: str
+    left: str
+    right: str
+    yaw_left: str
+    yaw_right: str
+    pitch_up: str
+    pitch_down: str
+
+
+#: Keys per scheme. The rollouts below and the overlay that reads keys back from poses both use this table.
+ACTION_KEYMAPS: dict[str, KeyMap] = {
+    "release": KeyMap(forward="w", back="s", left="a", right="d", yaw_left="j", yaw_right="l", pitch_up="i",
+                      pitch_down="k"),
+    "unified": KeyMap(forward="w", back="s", left="j", right="l", yaw_left="a", yaw_right="d", pitch_up="i",
+                      pitch_down="k"),
+}
 ACTION_KEYS: frozenset[str] = frozenset("wasdijkl")
-ACTION_SCHEMES: tuple[str, ...] = ("release", "unified")
+ACTION_SCHEMES: tuple[str, ...] = tuple(ACTION_KEYMAPS)
 
 # (translation per frame, rotation degrees per frame) when the caller passes None.
 _DEFAULT_SPEEDS = {"release": (0.05, 1.2), "unified": (0.025, 0.6)}
@@ -101,18 +125,11 @@ def parse_action(action: str) -> list[frozenset[str]]:
     return frames
 
 
-def _rot_x(a: float) -> np.ndarray:
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-
-
-def _rot_y(a: float) -> np.ndarray:
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
 def _horizontal(axis: np.ndarray) -> np.ndarray:
-    """Project a world direction onto the horizontal (y = 0) plane and normalise with the spec's eps."""
+    """Project a world direction onto the horizontal (y = 0) plane and normalise with the spec's eps.
+
+    Not :func:`sana_wm.camera.convention.ground_axes`: the rollout must divide by ‖h‖ + eps exactly as
+    specified, one vector at a time, to reproduce the reference trajectories to the last bit."""
     h = np.array([axis[0], 0.0, axis[2]])
     n = float(np.linalg.norm(h))
     return h / (n + _HORIZONTAL_EPS) if n > 0 else h
@@ -132,7 +149,7 @@ def _resolve_speed(value: float | None, default: float, name: str) -> float:
 
 def _step_pose(R: np.ndarray, t: np.ndarray, yaw: float, pitch: float, fwd: float, strafe: float):
     """One integration step: R ← R_y(yaw)·R·R_x(pitch); t += fwd·forward_h + strafe·right_h (new R)."""
-    R_new = _rot_y(yaw) @ R @ _rot_x(pitch)
+    R_new = yaw_matrix(yaw) @ R @ pitch_matrix(pitch)
     t_new = t + fwd * _horizontal(R_new[:, 2]) + strafe * _horizontal(R_new[:, 0])
     return R_new, t_new
 
@@ -146,16 +163,17 @@ def _pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def _rollout_release(frames: list[frozenset[str]], v: float, omega: float) -> list[np.ndarray]:
     limit = math.radians(_RELEASE_PITCH_LIMIT_DEG)
+    k = ACTION_KEYMAPS["release"]
     R, t, pitch = np.eye(3), np.zeros(3), 0.0
     poses = [_pose(R, t)]
     for held in frames:
-        d_pitch = omega * ("i" in held) - omega * ("k" in held)
+        d_pitch = omega * (k.pitch_up in held) - omega * (k.pitch_down in held)
         if abs(pitch + d_pitch) > limit:
             d_pitch = 0.0  # the whole pitch step is rejected, not clamped
         pitch += d_pitch
-        d_yaw = omega * ("l" in held) - omega * ("j" in held)
-        fwd = v * (("w" in held) - ("s" in held))
-        strafe = v * (("d" in held) - ("a" in held))
+        d_yaw = omega * (k.yaw_right in held) - omega * (k.yaw_left in held)
+        fwd = v * ((k.forward in held) - (k.back in held))
+        strafe = v * ((k.right in held) - (k.left in held))
         R, t = _step_pose(R, t, d_yaw, d_pitch, fwd, strafe)
         poses.append(_pose(R, t))
     return poses
@@ -166,6 +184,7 @@ def _rollout_unified(frames: list[frozenset[str]], v: float, omega: float) -> li
     dt = 1.0 / _UNIFIED_FPS
     alpha_press = 1.0 - math.exp(-dt / _UNIFIED_TAU_PRESS)
     alpha_coast = 1.0 - math.exp(-dt / _UNIFIED_TAU_COAST)
+    k = ACTION_KEYMAPS["unified"]
     R, t, pitch = np.eye(3), np.zeros(3), 0.0
     vel = np.zeros(4)  # (forward, strafe right, yaw right, pitch up) per frame
     prev: frozenset[str] = frozenset()
@@ -173,10 +192,10 @@ def _rollout_unified(frames: list[frozenset[str]], v: float, omega: float) -> li
     for held in frames:
         target = np.array(
             [
-                v * (("w" in held) - ("s" in held)),
-                v * (("l" in held) - ("j" in held)),
-                omega * (("d" in held) - ("a" in held)),
-                omega * (("i" in held) - ("k" in held)),
+                v * ((k.forward in held) - (k.back in held)),
+                v * ((k.right in held) - (k.left in held)),
+                omega * ((k.yaw_right in held) - (k.yaw_left in held)),
+                omega * ((k.pitch_up in held) - (k.pitch_down in held)),
             ]
         )
         if held - prev:  # a fresh key press takes effect immediately

@@ -32,6 +32,7 @@ __all__ = [
     "plucker_map",
     "chunk_plucker",
     "prepare_camera",
+    "camera_tensors",
 ]
 
 
@@ -238,9 +239,7 @@ def prepare_camera(
     """Build both DiT camera inputs from a raw trajectory (docs/design/camera.md §1–§5).
 
     Steps: take the first ``num_frames`` poses; check F = stride·k + 1, finiteness and rigidity of the
-    poses and fx, fy > 0; make the poses relative to frame 0; convert the intrinsics from pixels of the
-    ``pixel_hw`` crop to latent units; build :func:`camera_conditions` and :func:`chunk_plucker`.
-    Geometry is computed in float64 and returned as float32 on the CPU.
+    poses and fx, fy > 0; then :func:`camera_tensors`.
 
     Args:
         c2w: ``(F₀, 4, 4)`` OpenCV camera-to-world poses (array or tensor), any world frame.
@@ -255,10 +254,7 @@ def prepare_camera(
         ``(camera_conditions, chunk_plucker)``: float32 tensors of shape ``(T_lat, 20)`` and
         ``(6·stride, T_lat, h, w)`` with T_lat = (F − 1) // stride + 1.
     """
-    if isinstance(c2w, torch.Tensor):
-        poses = c2w.detach().to("cpu", torch.float64).numpy()
-    else:
-        poses = np.asarray(c2w, dtype=np.float64)
+    poses = _poses_f64(c2w)
     if poses.ndim != 3 or poses.shape[1:] != (4, 4) or poses.shape[0] < 1:
         raise ValueError(f"`c2w` must have shape (F, 4, 4) with F >= 1; got {poses.shape}.")
     if num_frames is None:
@@ -267,11 +263,46 @@ def prepare_camera(
     if n > poses.shape[0]:
         raise ValueError(f"`num_frames` = {n} exceeds the {poses.shape[0]} poses in `c2w`.")
     poses = poses[:n]
-    t_lat = num_latent_frames(n, temporal_stride)
+    num_latent_frames(n, temporal_stride)
     validate_c2w(poses, "c2w")
     intr_px = as_fxfycxcy(intrinsics_px, n, name="intrinsics_px")
+    return camera_tensors(poses, intr_px, pixel_hw, latent_hw, temporal_stride)
+
+
+def camera_tensors(
+    c2w: Any,
+    intrinsics_px: Any,
+    pixel_hw: tuple[int, int],
+    latent_hw: tuple[int, int],
+    temporal_stride: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both DiT camera inputs from poses and intrinsics that are already checked.
+
+    For callers that validated their inputs once up front (the inference pipeline); everyone else calls
+    :func:`prepare_camera`, which checks first. Steps: make the poses relative to frame 0; convert the
+    intrinsics from pixels of the ``pixel_hw`` crop to latent units; build :func:`camera_conditions`
+    and :func:`chunk_plucker`. Geometry is computed in float64 and returned as float32 on the CPU.
+
+    Args:
+        c2w: ``(F, 4, 4)`` rigid OpenCV camera-to-world poses (see :func:`validate_c2w`), F = stride·k + 1.
+        intrinsics_px: ``(F, 4)`` [fx, fy, cx, cy] with fx, fy > 0 (see :func:`as_fxfycxcy`), in pixels of
+            the model-resolution image.
+        pixel_hw, latent_hw, temporal_stride: as :func:`prepare_camera`.
+
+    Returns:
+        ``(camera_conditions, chunk_plucker)`` as :func:`prepare_camera`.
+    """
+    poses = _poses_f64(c2w)
+    t_lat = num_latent_frames(poses.shape[0], temporal_stride)
+    intr_px = np.asarray(intrinsics_px, dtype=np.float64)
     rel = torch.from_numpy(relative_to_first(poses))
     intr_lat = torch.from_numpy(to_latent_units(intr_px, pixel_hw, latent_hw))
     cond = camera_conditions(rel, intr_lat, t_lat, temporal_stride)
     plk = chunk_plucker(rel, intr_lat, t_lat, latent_hw[0], latent_hw[1], temporal_stride)
     return cond.float(), plk.float()
+
+
+def _poses_f64(c2w: Any) -> np.ndarray:
+    if isinstance(c2w, torch.Tensor):
+        return c2w.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(c2w, dtype=np.float64)

@@ -20,12 +20,23 @@ transforms, ``(F, 4, 4)`` for a trajectory of F frames.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["invert_se3", "relative_to_first", "validate_c2w", "scale_translation"]
+__all__ = [
+    "invert_se3",
+    "relative_to_first",
+    "validate_c2w",
+    "scale_translation",
+    "yaw_matrix",
+    "pitch_matrix",
+    "roll_matrix",
+    "look_angles",
+    "ground_axes",
+]
 
 
 def _is_torch(x: Any) -> bool:
@@ -176,3 +187,79 @@ def scale_translation(c2w: np.ndarray | torch.Tensor, scale: float) -> np.ndarra
     out = c2w.clone() if _is_torch(c2w) else np.array(c2w, copy=True)
     out[..., :3, 3] = out[..., :3, 3] * s
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Turning the camera: the signs of yaw, pitch and roll, and the ground plane the camera walks on.
+# The action DSL, the overlay that reads keys back from poses and the synthetic world all use these, so
+# "turn right" and "look up" mean the same rotation everywhere. The world's +Y axis points down (the
+# first camera's +Y), so the ground plane is y = 0 and yaw turns about world Y.
+# ---------------------------------------------------------------------------------------------------
+
+
+def yaw_matrix(angle: float) -> np.ndarray:
+    """``(3, 3)`` float64 rotation by ``angle`` radians about the world +Y axis.
+
+    Positive yaw turns right: the forward axis +Z rotates toward +X, so a camera with rotation
+    ``yaw_matrix(a)`` looks along ``(sin a, 0, cos a)``. Pre-multiply a camera rotation to turn it.
+    """
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def pitch_matrix(angle: float) -> np.ndarray:
+    """``(3, 3)`` float64 rotation by ``angle`` radians about the camera's +X axis.
+
+    Positive pitch looks up: the forward axis +Z gains −Y (up, since +Y is down), giving
+    ``(0, −sin a, cos a)``. Post-multiply a camera rotation to tilt it about its own X axis.
+    """
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def roll_matrix(angle: float) -> np.ndarray:
+    """``(3, 3)`` float64 rotation by ``angle`` radians about the optical axis +Z.
+
+    Positive roll turns the camera's right axis +X toward +Y: its right side dips down. A camera
+    rotation ``yaw_matrix(y) @ pitch_matrix(p) @ roll_matrix(r)`` has :func:`look_angles` ``(y, p)``
+    for −π < y ≤ π and |p| < π/2.
+    """
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def look_angles(c2w: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Yaw and pitch (radians) of each camera's optical axis f = R[:, 2], signed as :func:`yaw_matrix`
+    and :func:`pitch_matrix`: yaw = atan2(f_x, f_z) (positive = turned right), pitch =
+    atan2(−f_y, ‖(f_x, f_z)‖) (positive = looking up). Roll does not change them.
+
+    Args:
+        c2w: ``(..., 4, 4)`` or ``(..., 3, 3)`` camera-to-world poses or rotations.
+
+    Returns:
+        ``(yaw, pitch)``, each of shape ``(...)``, float64.
+    """
+    f = np.asarray(c2w, dtype=np.float64)[..., :3, 2]
+    return np.arctan2(f[..., 0], f[..., 2]), np.arctan2(-f[..., 1], np.linalg.norm(f[..., [0, 2]], axis=-1))
+
+
+def _ground_unit(v: np.ndarray) -> np.ndarray:
+    h = v.copy()
+    h[..., 1] = 0.0
+    n = np.linalg.norm(h, axis=-1, keepdims=True)
+    return np.where(n > 1e-12, h / np.maximum(n, 1e-12), 0.0)
+
+
+def ground_axes(c2w: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Each camera's forward (+Z) and right (+X) axes projected onto the ground plane y = 0 and normalised:
+    the directions "forward" and "strafe right" move the camera in the action DSL.
+
+    Args:
+        c2w: ``(..., 4, 4)`` or ``(..., 3, 3)`` camera-to-world poses or rotations.
+
+    Returns:
+        ``(forward, right)``, each ``(..., 3)`` float64 unit vectors with y = 0 (zero where the axis is
+        vertical).
+    """
+    R = np.asarray(c2w, dtype=np.float64)[..., :3, :3]
+    return _ground_unit(R[..., :, 2]), _ground_unit(R[..., :, 0])

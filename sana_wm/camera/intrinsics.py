@@ -16,13 +16,22 @@ with no +0.5 offset). The pipeline is:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CropGeometry", "as_fxfycxcy", "resize_crop_geometry", "crop_intrinsics", "to_latent_units"]
+__all__ = [
+    "CropGeometry",
+    "as_fxfycxcy",
+    "intrinsics_matrix",
+    "pinhole_intrinsics",
+    "resize_crop_geometry",
+    "crop_intrinsics",
+    "to_latent_units",
+]
 
 
 def _k_to_vec(K: np.ndarray, name: str) -> np.ndarray:
@@ -100,6 +109,29 @@ def as_fxfycxcy(intrinsics: Any, num_frames: int, name: str = "intrinsics") -> n
             f"`{name}` frame {bad} has fx = {float(vec[bad, 0])}, fy = {float(vec[bad, 1])}; focal lengths must be > 0 (pixels)."
         )
     return np.ascontiguousarray(vec)
+
+
+def intrinsics_matrix(fxfycxcy: Any) -> np.ndarray:
+    """``(..., 4)`` [fx, fy, cx, cy] → ``(..., 3, 3)`` pinhole K ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``.
+
+    The inverse of what :func:`as_fxfycxcy` reads from a K. Returns a numpy array in the input's floating
+    dtype (float64 for integer input).
+    """
+    f = fxfycxcy.detach().cpu().numpy() if isinstance(fxfycxcy, torch.Tensor) else np.asarray(fxfycxcy)
+    if f.ndim < 1 or f.shape[-1] != 4:
+        raise ValueError(f"`fxfycxcy` must have shape (..., 4) [fx, fy, cx, cy]; got {f.shape}.")
+    K = np.zeros((*f.shape[:-1], 3, 3), dtype=f.dtype if np.issubdtype(f.dtype, np.floating) else np.float64)
+    K[..., 0, 0], K[..., 1, 1] = f[..., 0], f[..., 1]
+    K[..., 0, 2], K[..., 1, 2] = f[..., 2], f[..., 3]
+    K[..., 2, 2] = 1.0
+    return K
+
+
+def pinhole_intrinsics(height: int, width: int, fov_x_deg: float) -> np.ndarray:
+    """``(3, 3)`` float64 K with square pixels, horizontal field of view ``fov_x_deg`` and the principal point
+    at the image centre ((W − 1)/2, (H − 1)/2) of the integer pixel grid (pixel centres at integers)."""
+    f = (width / 2.0) / math.tan(math.radians(fov_x_deg) / 2.0)
+    return intrinsics_matrix(np.array([f, f, (width - 1) / 2.0, (height - 1) / 2.0]))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from sana_wm.camera import action_to_c2w, parse_action, validate_c2w
+from sana_wm.camera import ACTION_KEYMAPS, action_to_c2w, look_angles, parse_action, validate_c2w
 
 cam_utils = pytest.importorskip("diffusers.pipelines.sana_wm.cam_utils")
 
@@ -208,3 +208,18 @@ def test_unified_pitch_clamps_at_60_degrees():
 def test_unknown_scheme_rejected():
     with pytest.raises(ValueError, match=r"`scheme` must be one of \['release', 'unified'\]; got 'v2'"):
         action_to_c2w("w-1", scheme="v2")
+
+
+@pytest.mark.parametrize("scheme", ["release", "unified"])
+def test_each_scheme_moves_as_its_key_map_names(scheme):
+    """One frame per key: the key map's name for the key is the motion the rollout makes."""
+    k = ACTION_KEYMAPS[scheme]
+    moves = {k.forward: (2, +1), k.back: (2, -1), k.right: (0, +1), k.left: (0, -1)}  # (axis of t, sign)
+    turns = {k.yaw_right: (0, +1), k.yaw_left: (0, -1), k.pitch_up: (1, +1), k.pitch_down: (1, -1)}  # (yaw|pitch)
+    assert sorted(moves | turns) == sorted("wasdijkl")
+    for key, (axis, sign) in moves.items():
+        t = action_to_c2w(f"{key}-1", scheme=scheme)[1, :3, 3]
+        assert sign * t[axis] > 0 and np.count_nonzero(t) == 1, (key, t)
+    for key, (which, sign) in turns.items():
+        angles = look_angles(action_to_c2w(f"{key}-1", scheme=scheme)[1])
+        assert sign * angles[which] > 0 and abs(angles[1 - which]) < 1e-7, (key, angles)

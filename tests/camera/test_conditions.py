@@ -16,9 +16,12 @@ from sana_wm.camera import (
     CropGeometry,
     as_fxfycxcy,
     camera_conditions,
+    camera_tensors,
     chunk_plucker,
     crop_intrinsics,
+    intrinsics_matrix,
     num_latent_frames,
+    pinhole_intrinsics,
     plucker_map,
     prepare_camera,
     resize_crop_geometry,
@@ -275,3 +278,29 @@ def test_prepare_camera_num_frames_and_errors():
     bad_intr[4, 0] = -1.0
     with pytest.raises(ValueError, match="`intrinsics_px` frame 4 has fx = -1.0"):
         prepare_camera(c2w, bad_intr, (64, 96), (2, 3), num_frames=9)
+
+
+def test_intrinsics_matrix_and_pinhole_intrinsics():
+    v = np.array([[80.0, 81.0, 47.5, 31.5], [70.0, 72.0, 40.0, 30.0]])
+    K = intrinsics_matrix(v)
+    assert K.shape == (2, 3, 3) and K.dtype == np.float64
+    np.testing.assert_array_equal(K[1], [[70.0, 0.0, 40.0], [0.0, 72.0, 30.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(as_fxfycxcy(K, 2), v)  # the inverse of what as_fxfycxcy reads
+    assert intrinsics_matrix(v[0].astype(np.float32)).dtype == np.float32
+    assert intrinsics_matrix(torch.tensor([1, 2, 3, 4])).dtype == np.float64
+    with pytest.raises(ValueError, match=r"must have shape \(\.\.\., 4\) \[fx, fy, cx, cy\]; got \(3, 3\)"):
+        intrinsics_matrix(np.eye(3))
+    # 90° horizontal FOV over 224 px: f = 112; the principal point is the centre of the integer pixel grid
+    np.testing.assert_allclose(
+        pinhole_intrinsics(128, 224, 90.0), [[112.0, 0.0, 111.5], [0.0, 112.0, 63.5], [0.0, 0.0, 1.0]], rtol=1e-15
+    )
+
+
+def test_camera_tensors_are_prepare_camera_without_the_checks():
+    c2w = random_c2w(17, seed=11).astype(np.float32)
+    intr = realistic_intrinsics(17, 64, 96, seed=2)
+    for x, y in zip(camera_tensors(c2w, intr, (64, 96), (2, 3)), prepare_camera(c2w, intr, (64, 96), (2, 3)),
+                    strict=True):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match=r"8k\+1"):
+        camera_tensors(c2w[:12], intr[:12], (64, 96), (2, 3))

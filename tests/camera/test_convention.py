@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from sana_wm.camera import invert_se3, relative_to_first, scale_translation, validate_c2w
+from sana_wm.camera import (
+    ground_axes,
+    invert_se3,
+    look_angles,
+    pitch_matrix,
+    relative_to_first,
+    roll_matrix,
+    scale_translation,
+    validate_c2w,
+    yaw_matrix,
+)
 
 
 def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -128,3 +138,47 @@ def test_scale_translation(as_torch):
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="`scale` must be a finite positive number"):
             scale_translation(P, bad)
+
+
+def test_yaw_pitch_roll_signs():
+    """Positive yaw turns right (forward gains +X), positive pitch looks up (forward gains −Y, +Y is down),
+    positive roll dips the right axis (+X gains +Y); all are proper rotations."""
+    a = 0.3
+    np.testing.assert_array_equal(yaw_matrix(a)[:, 2], [np.sin(a), 0.0, np.cos(a)])
+    np.testing.assert_array_equal(pitch_matrix(a)[:, 2], [0.0, -np.sin(a), np.cos(a)])
+    np.testing.assert_array_equal(roll_matrix(a)[:, 0], [np.cos(a), np.sin(a), 0.0])
+    np.testing.assert_array_equal(roll_matrix(a)[:, 2], [0.0, 0.0, 1.0])  # roll keeps the optical axis
+    np.testing.assert_array_equal(yaw_matrix(a)[:, 1], [0.0, 1.0, 0.0])  # yaw keeps world up/down
+    P = np.tile(np.eye(4), (3, 1, 1))
+    P[:, :3, :3] = [yaw_matrix(a), pitch_matrix(-a), roll_matrix(2 * a)]
+    validate_c2w(P, atol=1e-12)
+    np.testing.assert_allclose(yaw_matrix(a) @ yaw_matrix(-a), np.eye(3), atol=1e-15)
+
+
+def test_look_angles_invert_yaw_then_pitch_and_ignore_roll():
+    rng = np.random.default_rng(0)
+    yaw = rng.uniform(-3.1, 3.1, 20)
+    pitch = rng.uniform(-1.5, 1.5, 20)
+    roll = rng.uniform(-3.1, 3.1, 20)
+    P = np.tile(np.eye(4), (20, 1, 1))
+    P[:, :3, :3] = [yaw_matrix(y) @ pitch_matrix(p) @ roll_matrix(r) for y, p, r in zip(yaw, pitch, roll, strict=True)]
+    P[:, :3, 3] = rng.normal(size=(20, 3))
+    got_yaw, got_pitch = look_angles(P)
+    assert got_yaw.shape == got_pitch.shape == (20,)
+    np.testing.assert_allclose(got_yaw, yaw, atol=1e-12)
+    np.testing.assert_allclose(got_pitch, pitch, atol=1e-12)
+    y0, p0 = look_angles(P[3, :3, :3])  # a single rotation
+    assert y0.shape == () and abs(float(y0) - yaw[3]) < 1e-12 and abs(float(p0) - pitch[3]) < 1e-12
+
+
+def test_ground_axes_are_the_horizontal_forward_and_right():
+    y, p = 0.7, -0.4
+    fwd, right = ground_axes(yaw_matrix(y) @ pitch_matrix(p))
+    np.testing.assert_allclose(fwd, [np.sin(y), 0.0, np.cos(y)], atol=1e-15)  # pitch does not tilt the walk
+    np.testing.assert_allclose(right, [np.cos(y), 0.0, -np.sin(y)], atol=1e-15)
+    P = np.tile(np.eye(4), (2, 1, 1))
+    P[1, :3, :3] = pitch_matrix(np.pi / 2)  # looking straight up: no horizontal forward
+    fwd, right = ground_axes(P)
+    assert fwd.shape == right.shape == (2, 3)
+    np.testing.assert_array_equal(fwd, [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(right, [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
