@@ -3,15 +3,15 @@
 The controls are *derived from the poses*, not from the action string, so the overlay also works for ``--camera``
 files. For frame k the motion is the step from pose k to pose k + 1 (the last frame repeats the previous step):
 
-* translation Δt = t_{k+1} − t_k is split along the new camera's horizontal forward and right axes (the axes the
-  DSL moves along): forward > thr lights W, < −thr lights S; right > thr lights D, < −thr lights A;
-* heading ψ = atan2(f_x, f_z) and elevation θ = atan2(−f_y, ‖f_xz‖) of the forward axis f = R[:, 2]
-  (OpenCV: +Y down, so looking up means f_y < 0): Δψ > thr lights L (yaw right), < −thr J; Δθ > thr lights I
-  (pitch up), < −thr K.
+* translation Δt = t_{k+1} − t_k is split along the new camera's ground-plane forward and right axes
+  (:func:`sana_wm.camera.ground_axes`, the axes the DSL moves along): forward > thr lights W,
+  < −thr lights S; right > thr lights D, < −thr lights A;
+* yaw ψ and pitch θ of the optical axis (:func:`sana_wm.camera.look_angles`, signed as the DSL turns): Δψ > thr
+  lights L (yaw right), < −thr J; Δθ > thr lights I (pitch up), < −thr K.
 
 Thresholds are relative to the trajectory's own motion (30 % of the 95th percentile of the per-frame magnitude, with a
 small absolute floor), so a DSL rollout reproduces its held keys exactly and small jitter in a real trajectory stays
-dark. With ``scheme="unified"`` the same motions are labelled with that scheme's keys (J/L strafe, A/D yaw).
+dark. Keys come from the scheme's :data:`sana_wm.camera.ACTION_KEYMAPS` entry (``unified``: J/L strafe, A/D yaw).
 
 Drawing: a WASD key cluster bottom-left (translation) and a joystick bottom-right whose knob shows the look rate
 (yaw → x, pitch up → up), ringed by the rotation keys; held keys are lit. Each distinct control state is rendered
@@ -25,13 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Controls", "derive_controls", "draw_overlay", "SCHEME_KEYS"]
+from sana_wm.camera import ACTION_KEYMAPS, ground_axes, look_angles
 
-#: Key labels per scheme: (forward, back, strafe left, strafe right, yaw left, yaw right, pitch up, pitch down).
-SCHEME_KEYS = {
-    "release": ("w", "s", "a", "d", "j", "l", "i", "k"),
-    "unified": ("w", "s", "j", "l", "a", "d", "i", "k"),
-}
+__all__ = ["Controls", "derive_controls", "draw_overlay"]
+
 _REL_THRESHOLD = 0.3
 _TRANSLATION_FLOOR = 1e-6
 _ROTATION_FLOOR = math.radians(0.01)
@@ -59,14 +56,6 @@ class Controls:
         return Controls(self.keys[item], self.move[item], self.look[item], self.scheme)
 
 
-def _horizontal_unit(v: np.ndarray) -> np.ndarray:
-    """(F, 3) world directions → unit vectors in the y = 0 plane (zero where the projection vanishes)."""
-    h = v.copy()
-    h[:, 1] = 0.0
-    n = np.linalg.norm(h, axis=1, keepdims=True)
-    return np.where(n > 1e-12, h / np.maximum(n, 1e-12), 0.0)
-
-
 def _scale(values: np.ndarray, floor: float) -> float:
     mags = np.abs(values[np.abs(values) > floor])
     return float(np.percentile(mags, 95)) if mags.size else 0.0
@@ -82,21 +71,20 @@ def derive_controls(c2w: np.ndarray, scheme: str = "release") -> Controls:
     Returns:
         :class:`Controls` with F entries.
     """
-    if scheme not in SCHEME_KEYS:
-        raise ValueError(f"scheme must be one of {sorted(SCHEME_KEYS)}; got {scheme!r}")
+    if scheme not in ACTION_KEYMAPS:
+        raise ValueError(f"scheme must be one of {sorted(ACTION_KEYMAPS)}; got {scheme!r}")
     P = np.asarray(c2w, dtype=np.float64)
     if P.ndim != 3 or P.shape[1:] != (4, 4) or P.shape[0] < 1:
         raise ValueError(f"c2w must have shape (F, 4, 4); got {P.shape}")
     F = P.shape[0]
     if F == 1:
         return Controls([frozenset()], np.zeros((1, 2), np.float32), np.zeros((1, 2), np.float32), scheme)
-    R, t = P[:, :3, :3], P[:, :3, 3]
-    f = R[:, :, 2]  # forward axis per pose (world)
-    heading = np.arctan2(f[:, 0], f[:, 2])
-    elevation = np.arctan2(-f[:, 1], np.linalg.norm(f[:, [0, 2]], axis=1))
+    t = P[:, :3, 3]
+    heading, elevation = look_angles(P)
+    forward_axis, right_axis = ground_axes(P[1:])  # the axes of the pose each step arrives at
     dt = t[1:] - t[:-1]  # (F-1, 3)
-    fwd = np.einsum("fi,fi->f", dt, _horizontal_unit(R[1:, :, 2]))
-    right = np.einsum("fi,fi->f", dt, _horizontal_unit(R[1:, :, 0]))
+    fwd = np.einsum("fi,fi->f", dt, forward_axis)
+    right = np.einsum("fi,fi->f", dt, right_axis)
     d_yaw = (heading[1:] - heading[:-1] + math.pi) % (2 * math.pi) - math.pi
     d_pitch = elevation[1:] - elevation[:-1]
 
@@ -104,26 +92,26 @@ def derive_controls(c2w: np.ndarray, scheme: str = "release") -> Controls:
     s_r = _scale(np.concatenate([d_yaw, d_pitch]), _ROTATION_FLOOR)
     thr_t = max(_TRANSLATION_FLOOR, _REL_THRESHOLD * s_t)
     thr_r = max(_ROTATION_FLOOR, _REL_THRESHOLD * s_r)
-    k_fwd, k_back, k_left, k_right, k_yl, k_yr, k_up, k_down = SCHEME_KEYS[scheme]
+    k = ACTION_KEYMAPS[scheme]
     keys = []
     for i in range(F - 1):
         held = set()
         if fwd[i] > thr_t:
-            held.add(k_fwd)
+            held.add(k.forward)
         elif fwd[i] < -thr_t:
-            held.add(k_back)
+            held.add(k.back)
         if right[i] > thr_t:
-            held.add(k_right)
+            held.add(k.right)
         elif right[i] < -thr_t:
-            held.add(k_left)
+            held.add(k.left)
         if d_yaw[i] > thr_r:
-            held.add(k_yr)
+            held.add(k.yaw_right)
         elif d_yaw[i] < -thr_r:
-            held.add(k_yl)
+            held.add(k.yaw_left)
         if d_pitch[i] > thr_r:
-            held.add(k_up)
+            held.add(k.pitch_up)
         elif d_pitch[i] < -thr_r:
-            held.add(k_down)
+            held.add(k.pitch_down)
         keys.append(frozenset(held))
     keys.append(keys[-1])  # the last pose has no next step: show the previous one
 
@@ -181,10 +169,10 @@ def _render(H: int, W: int, held: frozenset[str], look: tuple[float, float], sch
     img = Image.new("RGBA", (W, H - top), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
     font = _font(int(0.55 * u))
-    k_fwd, k_back, k_left, k_right, k_yl, k_yr, k_up, k_down = SCHEME_KEYS[scheme]
+    k = ACTION_KEYMAPS[scheme]
     x0, y0 = g["cluster"][0], g["cluster"][1] - top
     pad = max(1, u // 12)
-    cells = {k_fwd: (1, 0), k_left: (0, 1), k_back: (1, 1), k_right: (2, 1)}
+    cells = {k.forward: (1, 0), k.left: (0, 1), k.back: (1, 1), k.right: (2, 1)}
     for key, (cx, cy) in cells.items():
         box = (x0 + cx * u + pad, y0 + cy * u + pad, x0 + (cx + 1) * u - pad, y0 + (cy + 1) * u - pad)
         lit = key in held
@@ -199,11 +187,11 @@ def _render(H: int, W: int, held: frozenset[str], look: tuple[float, float], sch
     kr = max(2, int(0.35 * u))
     travel = r - kr
     kx, ky = sx + look[0] * travel, sy - look[1] * travel  # pitch up moves the knob up
-    active = bool({k_yl, k_yr, k_up, k_down} & held)
+    active = bool({k.yaw_left, k.yaw_right, k.pitch_up, k.pitch_down} & held)
     draw.ellipse((kx - kr, ky - kr, kx + kr, ky + kr), fill=_LIT if active else (200, 200, 200, 220), outline=_EDGE)
     small = _font(int(0.4 * u))
     off = r + max(3, int(0.3 * u))
-    for key, (dx, dy) in {k_up: (0, -1), k_down: (0, 1), k_yl: (-1, 0), k_yr: (1, 0)}.items():
+    for key, (dx, dy) in {k.pitch_up: (0, -1), k.pitch_down: (0, 1), k.yaw_left: (-1, 0), k.yaw_right: (1, 0)}.items():
         lit = key in held
         draw.text((sx + dx * off, sy + dy * off), key.upper(), font=small,
                   fill=_LIT if lit else _TEXT_UNLIT, anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0, 255))

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sana_wm.camera import action_to_c2w, crop_intrinsics, parse_action
+from sana_wm.camera import (
+    ACTION_KEYMAPS,
+    action_to_c2w,
+    crop_intrinsics,
+    ground_axes,
+    parse_action,
+    pitch_matrix,
+    yaw_matrix,
+)
 from sana_wm.inference.overlay import derive_controls, draw_overlay
 from sana_wm.inference.video import (
     image_to_tensor,
@@ -97,6 +105,36 @@ def test_controls_from_camera_file_in_another_world_frame():
 def test_unified_scheme_relabels_keys():
     c2w = action_to_c2w("a-4,l-4", scheme="unified")  # unified: a = yaw left, l = strafe right
     assert derive_controls(c2w, scheme="unified").keys[:-1] == parse_action("a-4,l-4")
+
+
+@pytest.mark.parametrize("scheme", ["release", "unified"])
+def test_controls_name_motions_as_sana_wm_camera_does(scheme):
+    """Trajectories built from sana_wm.camera's yaw/pitch rotations and ground axes, not from the DSL: the overlay
+    lights the key that sana_wm.camera's key map gives each motion. Fails if the overlay read yaw, pitch or the
+    walking axes with other signs than the camera module, or carried its own key table."""
+    keys = ACTION_KEYMAPS[scheme]
+    base = yaw_matrix(0.6) @ pitch_matrix(-0.2)  # not the identity: a camera file in another world frame
+    fwd, right = ground_axes(base)
+    step = np.radians(1.5)
+
+    def path(rotations, positions):
+        P = np.tile(np.eye(4), (len(rotations), 1, 1))
+        P[:, :3, :3], P[:, :3, 3] = rotations, positions
+        return P
+
+    still, n = [base] * 7, np.arange(7)[:, None]
+    cases = {
+        keys.yaw_right: path([yaw_matrix(i * step) @ base for i in range(7)], 0 * n),
+        keys.yaw_left: path([yaw_matrix(-i * step) @ base for i in range(7)], 0 * n),
+        keys.pitch_up: path([base @ pitch_matrix(i * step) for i in range(7)], 0 * n),
+        keys.pitch_down: path([base @ pitch_matrix(-i * step) for i in range(7)], 0 * n),
+        keys.forward: path(still, 0.05 * n * fwd),
+        keys.back: path(still, -0.05 * n * fwd),
+        keys.right: path(still, 0.05 * n * right),
+        keys.left: path(still, -0.05 * n * right),
+    }
+    for key, c2w in cases.items():
+        assert derive_controls(c2w, scheme=scheme).keys == [frozenset(key)] * 7, key
 
 
 def test_draw_overlay_lights_held_keys():
