@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 class Inputs:
     image: object  # PIL.Image
     prompt: str
-    c2w: np.ndarray  # (F0, 4, 4)
+    c2w: np.ndarray  # (F0, 4, 4), the whole trajectory (the overlay reads the pose after the last frame)
     intrinsics: np.ndarray  # (F, 4) in input-image pixels
     num_frames: int
     output_dir: Path
@@ -145,39 +145,26 @@ def _load_npy(path: str, flag: str) -> np.ndarray:
     return arr
 
 
-def _trajectory(args) -> np.ndarray:
-    from sana_wm.camera import action_to_c2w, validate_c2w
+def _trajectory(args) -> tuple[np.ndarray, str]:
+    """The trajectory as given (checked later, by the pipeline's plan) and how messages name it."""
+    from sana_wm.camera import action_to_c2w
 
     if args.action is None and args.camera is None:
         raise InputError("one of --action (DSL string) or --camera (.npy of (F, 4, 4) c2w) is required")
     if args.action is not None:
         try:
-            return action_to_c2w(args.action, args.translation_speed, args.rotation_speed_deg, scheme=args.action_scheme)
+            c2w = action_to_c2w(args.action, args.translation_speed, args.rotation_speed_deg, scheme=args.action_scheme)
         except (TypeError, ValueError) as err:
             raise InputError(f"--action: {err}") from None
-    c2w = _load_npy(args.camera, "--camera")
-    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
-        raise InputError(f"--camera {args.camera!r}: expected shape (F, 4, 4) camera-to-world poses, got {c2w.shape}")
-    try:
-        validate_c2w(c2w, "--camera")
-    except ValueError as err:
-        raise InputError(str(err)) from None
-    return c2w.astype(np.float64)
+        return c2w, "--action"
+    return _load_npy(args.camera, "--camera").astype(np.float64), f"--camera {args.camera!r}"
 
 
-def _intrinsics(args, image, num_frames: int) -> np.ndarray:
-    from sana_wm.camera import as_fxfycxcy
-
+def _intrinsics(args, image) -> tuple[np.ndarray, str]:
+    """The intrinsics as given or estimated (checked later, by the pipeline's plan) and how messages name them."""
     if args.intrinsics is None:
-        arr = estimate_intrinsics(image)
-        source = "estimated intrinsics"
-    else:
-        arr = _load_npy(args.intrinsics, "--intrinsics")
-        source = f"--intrinsics {args.intrinsics!r}"
-    try:
-        return as_fxfycxcy(arr, num_frames, name=source)
-    except (TypeError, ValueError) as err:
-        raise InputError(str(err)) from None
+        return estimate_intrinsics(image), "estimated intrinsics"
+    return _load_npy(args.intrinsics, "--intrinsics"), f"--intrinsics {args.intrinsics!r}"
 
 
 def estimate_intrinsics(image) -> np.ndarray:
@@ -210,12 +197,16 @@ def _output_dir(path: str) -> Path:
 
 
 def check_inputs(args) -> Inputs:
-    """Validate every user input (cheap: no model is loaded). Raises :class:`InputError` with a one-line reason."""
-    from sana_wm.camera import snap_num_frames
+    """Validate every user input (cheap: no model is loaded). Raises :class:`InputError` with a one-line reason.
+
+    The trajectory, intrinsics and frame count are checked by the pipeline's own
+    :func:`~sana_wm.inference.pipeline.plan_trajectory` (named by their flags here), so the CLI and the library
+    accept exactly the same inputs; a trajectory shorter than --num_frames is an error here, not clipped.
+    """
+    from sana_wm.inference.pipeline import InputNames, plan_trajectory
     from sana_wm.inference.video import load_image
 
     for flag, value, ok, want in (
-        ("--num_frames", args.num_frames, args.num_frames >= 1, ">= 1"),
         ("--fps", args.fps, args.fps > 0, "> 0"),
         ("--step", args.step, args.step >= 1, ">= 1"),
         ("--cfg_scale", args.cfg_scale, args.cfg_scale >= 0, ">= 0"),
@@ -239,24 +230,18 @@ def check_inputs(args) -> Inputs:
         image = load_image(args.image)
     except ValueError as err:
         raise InputError(str(err)) from None
-    c2w = _trajectory(args)
-    source = "--action" if args.action is not None else f"--camera {args.camera!r}"
-    if c2w.shape[0] < args.num_frames:
-        raise InputError(
-            f"{source} gives {c2w.shape[0]} poses but --num_frames is {args.num_frames}; lengthen the trajectory "
-            f"or pass --num_frames {c2w.shape[0]} or less"
-        )
-    notices = []
-    F = snap_num_frames(args.num_frames, max_frames=c2w.shape[0])
-    if F != args.num_frames:
-        notices.append(f"--num_frames {args.num_frames} snapped to {F} (the VAE needs 8k+1 frames)")
-    if not args.no_refiner and F < 9:
-        raise InputError(f"the refiner needs at least 9 frames, got {F}; raise --num_frames or pass --no_refiner")
-    intr = _intrinsics(args, image, F)
+    c2w, c2w_source = _trajectory(args)
+    intrinsics, intrinsics_source = _intrinsics(args, image)
+    names = InputNames(c2w=c2w_source, intrinsics=intrinsics_source, num_frames="--num_frames", no_refine="--no_refiner")
+    try:
+        plan = plan_trajectory(c2w, intrinsics, args.num_frames, refine=not args.no_refiner, clip_to_trajectory=False,
+                               names=names)
+    except (TypeError, ValueError) as err:
+        raise InputError(str(err)) from None
     stem = args.output_name or Path(args.image).stem
     if not stem or os.sep in stem:
         raise InputError(f"--output_name must be a plain file stem; got {stem!r}")
-    return Inputs(image, prompt, c2w, intr, F, output_dir, stem, notices)
+    return Inputs(image, prompt, c2w, plan.intrinsics, plan.num_frames, output_dir, stem, list(plan.notices))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 Used by ``infer.py``, the training sample callback and evaluation. Stages (docs/design/pipeline.md §1):
 
-1. inputs   c2w (F₀, 4, 4) → F = 8k + 1 frames (clipped to the trajectory, snapped, with a notice); image →
-            resize + centre crop to H × W; intrinsics (input-image pixels) → crop-adjusted (F, 4).
+1. inputs   :func:`plan_trajectory` checks c2w, intrinsics and the frame count (the only place they are checked;
+            ``infer.py`` calls it before loading any model): c2w (F₀, 4, 4) → F = 8k + 1 frames (clipped to the
+            trajectory, snapped, with a notice); image → resize + centre crop to H × W; intrinsics (input-image
+            pixels) → crop-adjusted (F, 4).
 2. text     Gemma-2: prompt with the chi prefix (300 tokens) and the negative prompt without it.
 3. image    LTX-2 VAE encode of the first frame → normalised latent (1, C, 1, h, w).
-4. camera   :func:`sana_wm.camera.prepare_camera` → camera_conditions (T, 20), chunk_plucker (48, T, h, w).
+4. camera   :func:`sana_wm.camera.camera_tensors` → camera_conditions (T, 20), chunk_plucker (48, T, h, w).
 5. stage 1  noise (1, C, T, h, w) from a CPU generator seeded ``seed`` (so a seed means the same video on any
             device); frame 0 replaced by the image latent and held at t = 0; flow-Euler (LTX per-frame timesteps)
             or DPM-Solver++ over the σ grid of ``inference_sigmas(steps, shift)``, CFG [uncond, cond].
@@ -37,7 +39,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from sana_wm.camera import as_fxfycxcy, crop_intrinsics, prepare_camera, snap_num_frames, validate_c2w
+from sana_wm.camera import (
+    as_fxfycxcy,
+    camera_tensors,
+    crop_intrinsics,
+    intrinsics_matrix,
+    snap_num_frames,
+    validate_c2w,
+)
 from sana_wm.diffusion import CFGDenoiser, dpm_solver_pp, flow_euler, inference_sigmas
 from sana_wm.inference.refiner import LTX2Refiner, move_module
 from sana_wm.inference.video import image_to_tensor, load_image, resize_center_crop, video_to_uint8
@@ -49,6 +58,9 @@ __all__ = [
     "VAE_TILING",
     "ModulePlacement",
     "GenerationResult",
+    "InputNames",
+    "TrajectoryPlan",
+    "plan_trajectory",
     "SanaWMPipeline",
     "default_device",
     "save_result_arrays",
@@ -111,6 +123,105 @@ class GenerationResult:
     peak_memory: dict[str, int] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     stage1_video: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class InputNames:
+    """How error messages and notices of :func:`plan_trajectory` name the inputs (``infer.py`` passes its flags)."""
+
+    c2w: str = "c2w"
+    intrinsics: str = "intrinsics"
+    num_frames: str = "num_frames"
+    no_refine: str = "refine=False"
+
+
+@dataclass(frozen=True)
+class TrajectoryPlan:
+    """The checked camera inputs of one generation.
+
+    c2w: (F, 4, 4) float32, the trajectory's first F poses (input world frame). intrinsics: (F, 4) float64
+    [fx, fy, cx, cy] in the caller's pixels. num_frames: F = 8k + 1. notices: adjustments made (frame snapping).
+    """
+
+    c2w: np.ndarray
+    intrinsics: np.ndarray
+    num_frames: int
+    notices: tuple[str, ...]
+
+
+def plan_trajectory(
+    c2w: Any,
+    intrinsics: Any,
+    num_frames: int,
+    *,
+    refine: bool,
+    temporal_stride: int = 8,
+    clip_to_trajectory: bool = True,
+    names: InputNames = InputNames(),
+) -> TrajectoryPlan:
+    """Check a generation's trajectory, intrinsics and frame count and choose the frames to generate.
+
+    Needs no model, so a caller can check inputs before loading weights. Checks, in order: c2w is a rigid OpenCV
+    trajectory (:func:`sana_wm.camera.validate_c2w`); ``num_frames`` is a positive integer; with
+    ``clip_to_trajectory=False`` the trajectory has at least ``num_frames`` poses; the frame count snapped to
+    ``stride·k + 1`` within the trajectory (:func:`sana_wm.camera.snap_num_frames`) leaves the refiner at least two
+    latent frames; the intrinsics have a usable shape and fx, fy > 0 (:func:`sana_wm.camera.as_fxfycxcy`).
+
+    Args:
+        c2w: (F₀, 4, 4) camera-to-world poses (numpy, torch or nested lists).
+        intrinsics: (4,), (3, 3), (F, 4) or (F, 3, 3).
+        num_frames: requested frames.
+        refine: whether stage 2 will run.
+        temporal_stride: the VAE's temporal compression (8).
+        clip_to_trajectory: True → a request past the trajectory's end is clipped to it (with a notice); False → an
+            error.
+        names: how messages name the inputs.
+
+    Returns:
+        :class:`TrajectoryPlan`.
+
+    Raises:
+        ValueError (TypeError for non-numeric arrays): naming the input, the bad value and the expected form.
+    """
+    poses = c2w.detach().cpu().numpy() if isinstance(c2w, torch.Tensor) else np.asarray(c2w)
+    validate_c2w(poses, names.c2w)
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise ValueError(f"{names.num_frames} must be a positive integer (frames to generate); got {num_frames!r}")
+    requested, available = int(num_frames), poses.shape[0]
+    if requested > available and not clip_to_trajectory:
+        raise ValueError(
+            f"{names.c2w} gives {available} poses but {names.num_frames} is {requested}; lengthen the trajectory "
+            f"or pass {names.num_frames} {available} or less"
+        )
+    F = snap_num_frames(requested, max_frames=available, temporal_stride=temporal_stride)
+    clipped = f", at most the {available} poses of {names.c2w}" if requested > available else ""
+    notices = ()
+    if F != requested:
+        notices = (f"{names.num_frames} {requested} -> {F} (snapped to {F}: the VAE needs {temporal_stride}k+1 frames"
+                   f"{clipped})",)
+    if refine and F < temporal_stride + 1:
+        how = (f"{names.num_frames} is {requested}" if F == requested
+               else f"{names.num_frames} {requested} snapped to {temporal_stride}k+1{clipped}")
+        raise ValueError(
+            f"the refiner needs at least {temporal_stride + 1} frames; got {F} ({how}); raise {names.num_frames} "
+            f"or pass {names.no_refine}"
+        )
+    intr = as_fxfycxcy(intrinsics, F, name=names.intrinsics)
+    return TrajectoryPlan(poses[:F].astype(np.float32), intr, F, notices)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Output of the "prepare" stage: the planned poses and frame count, intrinsics in model-resolution pixels,
+    the first frame (None when a latent was passed in) and the DiT's camera inputs."""
+
+    c2w: np.ndarray
+    intrinsics: np.ndarray
+    num_frames: int
+    notices: tuple[str, ...]
+    pixels: torch.Tensor | None
+    camera_conditions: torch.Tensor
+    chunk_plucker: torch.Tensor
 
 
 class _Stages:
@@ -416,7 +527,50 @@ class SanaWMPipeline:
             progress: tqdm bars.
         """
         stages = _Stages(self.device)
-        notices: list[str] = []
+        refine = self._check_settings(sampler, num_steps, refine)
+        guidance = cfg_scale != 1.0
+        with stages("prepare"):
+            inputs = self._prepare_inputs(image, c2w, intrinsics, num_frames, refine, image_latent)
+        with stages("text_encoder"):
+            cond, uncond = self._text_embeddings(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance)
+        with stages("vae_encode"):
+            z0 = self._first_frame_latent(inputs.pixels, image_latent)
+        with stages("stage1"):
+            stage1 = self._stage1(inputs, z0, cond, uncond, cfg_scale=cfg_scale, sampler=sampler, seed=seed,
+                                  sigmas=sigmas, num_steps=num_steps, flow_shift=flow_shift, progress=progress)
+        final = stage1
+        if refine:
+            with stages("stage2"):
+                final = self._stage2(stage1, prompt, fps=fps, block_size=refiner_block_size,
+                                     kv_max_frames=refiner_kv_max_frames, seed=refiner_seed, progress=progress)
+        offset = 1 if refine else 0  # the refiner's sink frame is not part of the video
+        video = stage1_video = None
+        if decode:
+            with stages("vae_decode"):
+                video = video_to_uint8(self.decode(final))[offset:]
+            if decode_stage1 and refine:
+                with stages("vae_decode_stage1"):
+                    stage1_video = video_to_uint8(self.decode(stage1))
+
+        F = inputs.num_frames
+        return GenerationResult(
+            video=video,
+            latents=final,
+            stage1_latents=stage1,
+            c2w=inputs.c2w[offset:F],
+            intrinsics=np.asarray(inputs.intrinsics)[offset:F],
+            num_frames=F,
+            frame_offset=offset,
+            refined=refine,
+            fps=float(fps),
+            timings=stages.timings,
+            peak_memory=stages.memory(),
+            notices=list(inputs.notices),
+            stage1_video=stage1_video,
+        )
+
+    def _check_settings(self, sampler: str, num_steps: int, refine: bool | None) -> bool:
+        """Check the sampling settings; returns whether stage 2 runs."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}; got {sampler!r}")
         if not isinstance(num_steps, int) or num_steps < 1:
@@ -424,112 +578,86 @@ class SanaWMPipeline:
         refine = (self.refiner is not None) if refine is None else bool(refine)
         if refine and self.refiner is None:
             raise ValueError("refine=True but no refiner is loaded")
+        return refine
 
-        with stages("prepare"):
-            poses = c2w.detach().cpu().numpy() if isinstance(c2w, torch.Tensor) else np.asarray(c2w)
-            validate_c2w(poses, "c2w")
-            F = snap_num_frames(int(num_frames), max_frames=poses.shape[0], temporal_stride=self.codec.temporal_compression)
-            if F != num_frames:
-                notices.append(
-                    f"num_frames {num_frames} -> {F} (must be 8k+1 and at most the {poses.shape[0]}-pose trajectory)"
-                )
-            if refine and F < self.codec.temporal_compression + 1:
-                raise ValueError(f"the refiner needs at least {self.codec.temporal_compression + 1} frames; got {F}")
-            poses = poses[:F].astype(np.float32)
-            geom = None
-            if image_latent is None:
-                pixels, geom = self.prepare_image(image)
-            intr = as_fxfycxcy(intrinsics, F)
-            if geom is not None:
-                intr = crop_intrinsics(intr, geom)
-            H, W = self.height, self.width
-            h, w = H // self.codec.spatial_compression, W // self.codec.spatial_compression
-            cam, plucker = prepare_camera(poses, intr, (H, W), (h, w), num_frames=F,
-                                          temporal_stride=self.codec.temporal_compression)
-            T = cam.shape[0]
+    def _latent_hw(self) -> tuple[int, int]:
+        s = self.codec.spatial_compression
+        return self.height // s, self.width // s
 
-        guidance = cfg_scale != 1.0
-        with stages("text_encoder"):
-            cond, uncond = prompt_embeds, negative_prompt_embeds if guidance else None
-            if cond is None or (guidance and uncond is None):
-                if self.text_encoder is None:
-                    raise ValueError("no text encoder: pass prompt_embeds (and negative_prompt_embeds when cfg_scale != 1)")
-                enc_cond, enc_uncond = self.encode_prompt(
-                    prompt if cond is None else None, negative_prompt if guidance and uncond is None else None
-                )
-                cond = enc_cond if cond is None else cond
-                uncond = enc_uncond if uncond is None else uncond
+    def _prepare_inputs(self, image, c2w, intrinsics, num_frames, refine: bool, image_latent) -> _Prepared:
+        """Stage "prepare": the trajectory plan (the one place generation inputs are checked), the first frame at
+        model resolution, crop-adjusted intrinsics and the DiT's camera tensors."""
+        stride = self.codec.temporal_compression
+        plan = plan_trajectory(c2w, intrinsics, num_frames, refine=refine, temporal_stride=stride)
+        pixels = geom = None
+        if image_latent is None:
+            pixels, geom = self.prepare_image(image)
+        intr = plan.intrinsics if geom is None else crop_intrinsics(plan.intrinsics, geom)
+        cam, plucker = camera_tensors(plan.c2w, intr, (self.height, self.width), self._latent_hw(), stride)
+        return _Prepared(plan.c2w, intr, plan.num_frames, plan.notices, pixels, cam, plucker)
 
-        with stages("vae_encode"):
-            if image_latent is None:
-                self._onload("vae")
-                try:
-                    z0 = self.codec.encode(pixels.to(self.device))
-                finally:
-                    if self.offload_vae:
-                        self._offload("vae")
-            else:
-                z0 = image_latent
-            C = self.codec.latent_channels
-            if tuple(z0.shape) != (1, C, 1, h, w):
-                raise ValueError(f"image latent must be (1, {C}, 1, {h}, {w}); got {tuple(z0.shape)}")
-
-        with stages("stage1"):
-            self._onload("dit")
-            gen = torch.Generator(device="cpu").manual_seed(int(seed))
-            noise = torch.randn((1, C, T, h, w), generator=gen, dtype=torch.float32).to(self.device)
-            dev = self.device
-
-            def emb(pair):
-                return {"y": pair[0].to(dev), "mask": pair[1].to(dev)}
-
-            denoise = CFGDenoiser(
-                self.dit, cfg_scale, cond=emb(cond), uncond=emb(uncond) if guidance else None,
-                shared={"camera_conditions": cam[None].to(dev), "chunk_plucker": plucker[None].to(dev)},
+    def _text_embeddings(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance: bool):
+        """Stage "text_encoder": (cond, uncond) Gemma-2 embeddings, encoding only what was not passed in; uncond is
+        None without guidance."""
+        cond, uncond = prompt_embeds, negative_prompt_embeds if guidance else None
+        if cond is None or (guidance and uncond is None):
+            if self.text_encoder is None:
+                raise ValueError("no text encoder: pass prompt_embeds (and negative_prompt_embeds when cfg_scale != 1)")
+            enc_cond, enc_uncond = self.encode_prompt(
+                prompt if cond is None else None, negative_prompt if guidance and uncond is None else None
             )
-            if sigmas is None:
-                sigmas = inference_sigmas(num_steps, self.flow_shift if flow_shift is None else float(flow_shift))
-            latents = SAMPLERS[sampler](
-                denoise, noise, sigmas, condition_latent=z0.to(dev, torch.float32), progress=progress
-            )
-            stage1 = latents.float().cpu()
+            cond = enc_cond if cond is None else cond
+            uncond = enc_uncond if uncond is None else uncond
+        return cond, uncond
 
-        final = stage1
-        if refine:
-            with stages("stage2"):
-                if self.offload_refiner:
-                    for name in ("dit", "text_encoder", "vae"):
-                        self._offload(name)
-                final = self.refiner.refine(
-                    stage1, prompt, fps=fps, block_size=refiner_block_size, kv_max_frames=refiner_kv_max_frames,
-                    seed=refiner_seed, progress=progress,
-                ).float().cpu()
+    def _first_frame_latent(self, pixels: torch.Tensor | None, image_latent: torch.Tensor | None) -> torch.Tensor:
+        """Stage "vae_encode": the normalised latent (1, C, 1, h, w) of the first frame (or the one passed in)."""
+        if image_latent is None:
+            self._onload("vae")
+            try:
+                z0 = self.codec.encode(pixels.to(self.device))
+            finally:
+                if self.offload_vae:
+                    self._offload("vae")
+        else:
+            z0 = image_latent
+        C, (h, w) = self.codec.latent_channels, self._latent_hw()
+        if tuple(z0.shape) != (1, C, 1, h, w):
+            raise ValueError(f"image latent must be (1, {C}, 1, {h}, {w}); got {tuple(z0.shape)}")
+        return z0
 
-        video = stage1_video = None
-        offset = 1 if refine else 0
-        if decode:
-            with stages("vae_decode"):
-                pixels_out = self.decode(final)
-                video = video_to_uint8(pixels_out)[offset:]  # the refiner's sink frame is not part of the video
-            if decode_stage1 and refine:
-                with stages("vae_decode_stage1"):
-                    stage1_video = video_to_uint8(self.decode(stage1))
+    def _stage1(self, inputs: _Prepared, z0, cond, uncond, *, cfg_scale, sampler, seed, sigmas, num_steps, flow_shift,
+                progress) -> torch.Tensor:
+        """Stage 1: seeded CPU noise, frame 0 held at the image latent, CFG denoising with the camera inputs shared by
+        both branches. Returns (1, C, T, h, w) float32 CPU latents."""
+        self._onload("dit")
+        dev = self.device
+        C, (h, w), T = self.codec.latent_channels, self._latent_hw(), inputs.camera_conditions.shape[0]
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        noise = torch.randn((1, C, T, h, w), generator=gen, dtype=torch.float32).to(dev)
 
-        return GenerationResult(
-            video=video,
-            latents=final,
-            stage1_latents=stage1,
-            c2w=poses[offset:F],
-            intrinsics=np.asarray(intr)[offset:F],
-            num_frames=F,
-            frame_offset=offset,
-            refined=refine,
-            fps=float(fps),
-            timings=stages.timings,
-            peak_memory=stages.memory(),
-            notices=notices,
-            stage1_video=stage1_video,
+        def emb(pair):
+            return {"y": pair[0].to(dev), "mask": pair[1].to(dev)}
+
+        denoise = CFGDenoiser(
+            self.dit, cfg_scale, cond=emb(cond), uncond=emb(uncond) if cfg_scale != 1.0 else None,
+            shared={"camera_conditions": inputs.camera_conditions[None].to(dev),
+                    "chunk_plucker": inputs.chunk_plucker[None].to(dev)},
         )
+        if sigmas is None:
+            sigmas = inference_sigmas(num_steps, self.flow_shift if flow_shift is None else float(flow_shift))
+        latents = SAMPLERS[sampler](denoise, noise, sigmas, condition_latent=z0.to(dev, torch.float32), progress=progress)
+        return latents.float().cpu()
+
+    def _stage2(self, stage1: torch.Tensor, prompt, *, fps, block_size, kv_max_frames, seed, progress) -> torch.Tensor:
+        """Stage 2: the LTX-2 refiner on the stage-1 latents (stage-1 modules leave the accelerator first when
+        ``offload_refiner``). Returns float32 CPU latents of the same shape."""
+        if self.offload_refiner:
+            for name in ("dit", "text_encoder", "vae"):
+                self._offload(name)
+        return self.refiner.refine(
+            stage1, prompt, fps=fps, block_size=block_size, kv_max_frames=kv_max_frames, seed=seed, progress=progress,
+        ).float().cpu()
 
     __call__ = generate
 
@@ -537,10 +665,7 @@ class SanaWMPipeline:
 def save_result_arrays(result: GenerationResult, stem: str | os.PathLike) -> dict[str, Path]:
     """Write ``<stem>_c2w.npy`` (F_out, 4, 4) and ``<stem>_intrinsics.npy`` (F_out, 3, 3) K in output pixels."""
     stem = Path(stem)
-    K = np.zeros((len(result.intrinsics), 3, 3), dtype=np.float32)
-    K[:, 0, 0], K[:, 1, 1] = result.intrinsics[:, 0], result.intrinsics[:, 1]
-    K[:, 0, 2], K[:, 1, 2] = result.intrinsics[:, 2], result.intrinsics[:, 3]
-    K[:, 2, 2] = 1.0
+    K = intrinsics_matrix(result.intrinsics).astype(np.float32)
     out = {"c2w": stem.with_name(stem.name + "_c2w.npy"), "intrinsics": stem.with_name(stem.name + "_intrinsics.npy")}
     np.save(out["c2w"], result.c2w.astype(np.float32))
     np.save(out["intrinsics"], K)

@@ -10,7 +10,7 @@ import torch
 from sana_wm.camera import action_to_c2w
 from sana_wm.encoders import GemmaTextEncoder, LatentCodec
 from sana_wm.encoders.tiny import tiny_gemma2, tiny_ltx2_vae, tiny_tokenizer
-from sana_wm.inference.pipeline import ModulePlacement, SanaWMPipeline
+from sana_wm.inference.pipeline import InputNames, ModulePlacement, SanaWMPipeline, plan_trajectory
 from sana_wm.inference.refiner import LTX2Refiner
 from sana_wm.models import SanaWM
 from sana_wm.testing.refiner import tiny_refiner_components
@@ -139,6 +139,45 @@ def test_bad_inputs(parts, image):
         pipe.generate(image, "p", action_to_c2w("w-16"), np.array([0.0, 90, 60, 45]), num_frames=17, progress=False)
     with pytest.raises(ValueError, match="at least 9"):
         run(pipe, image, num_frames=1)
+
+
+def test_plan_trajectory_checks_snaps_and_names_inputs():
+    """The one place generation inputs are checked (generate and infer.py both call it, infer.py with its flags)."""
+    c2w = action_to_c2w("w-20")  # 21 poses
+    plan = plan_trajectory(c2w, K, 12, refine=False)
+    assert plan.num_frames == 9 and plan.c2w.dtype == np.float32
+    np.testing.assert_array_equal(plan.c2w, c2w[:9])
+    np.testing.assert_array_equal(plan.intrinsics, np.tile(K, (9, 1)))
+    assert plan.notices == ("num_frames 12 -> 9 (snapped to 9: the VAE needs 8k+1 frames)",)
+    assert plan_trajectory(c2w, K, 17, refine=True).notices == ()
+    clipped = plan_trajectory(c2w, K, 30, refine=True)
+    assert clipped.num_frames == 17
+    assert clipped.notices == ("num_frames 30 -> 17 (snapped to 17: the VAE needs 8k+1 frames, at most the 21 poses "
+                               "of c2w)",)
+    with pytest.raises(ValueError, match=r"^c2w gives 21 poses but num_frames is 30; lengthen the trajectory or "
+                                         r"pass num_frames 21 or less$"):
+        plan_trajectory(c2w, K, 30, refine=True, clip_to_trajectory=False)
+    for bad in (0, True, 9.0):
+        with pytest.raises(ValueError, match=rf"^num_frames must be a positive integer \(frames to generate\); "
+                                             rf"got {bad!r}$"):
+            plan_trajectory(c2w, K, bad, refine=False)
+    with pytest.raises(ValueError, match=r"^the refiner needs at least 9 frames; got 1 \(num_frames 4 snapped to "
+                                         r"8k\+1\); raise num_frames or pass refine=False$"):
+        plan_trajectory(c2w, K, 4, refine=True)
+    assert plan_trajectory(c2w, K, 4, refine=False).num_frames == 1
+
+    names = InputNames(c2w="--camera 'cam.npy'", intrinsics="--intrinsics 'K.npy'", num_frames="--num_frames",
+                       no_refine="--no_refiner")
+    bent = c2w.copy()
+    bent[3, :3, :3] *= 2.0
+    with pytest.raises(ValueError, match=r"^`--camera 'cam.npy'` frame 3 has a non-rigid rotation block"):
+        plan_trajectory(bent, K, 17, refine=True, names=names)
+    with pytest.raises(ValueError, match=r"^--camera 'cam.npy' gives 21 poses but --num_frames is 25;"):
+        plan_trajectory(c2w, K, 25, refine=True, clip_to_trajectory=False, names=names)
+    with pytest.raises(ValueError, match=r"\(--num_frames is 1\); raise --num_frames or pass --no_refiner$"):
+        plan_trajectory(c2w, K, 1, refine=True, names=names)
+    with pytest.raises(ValueError, match=r"^`--intrinsics 'K.npy'` has shape \(5, 4\): 5 per-frame entries for 17"):
+        plan_trajectory(c2w, np.tile(K, (5, 1)), 17, refine=True, names=names)
 
 
 class RecordingPlacement(ModulePlacement):
