@@ -6,7 +6,7 @@ Modules (see ``data/README.md`` for the shard format):
 * :mod:`data.webdataset` — ``make_video_dataset`` / ``make_latent_dataset`` (sharding, seeding, skips);
 * :mod:`data.transforms` — frame sampling, resize + crop, camera tensors (via ``sana_wm.camera``);
 * :mod:`data.errors` — skip reasons, ``SkipStats``, ``DataError``;
-* :mod:`data.synthetic` — procedural rooms, renderer, trajectories, ``build_default_dataset``;
+* :mod:`data.synthetic` — procedural rooms, renderer, trajectories, clips, ``build_default_dataset`` (a package);
 * :mod:`data.write_shards` — ``ShardSink``, ``write_video_sample``, ``write_latent_sample``, CLI;
 * :mod:`data.datamodule` — ``SanaWMDataModule`` (Lightning);
 * :mod:`data.video` — H.264 encode (PyAV) / decode (decord).

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import data.synthetic as syn
+import data.synthetic.raycast  # noqa: F401  (syn.raycast: the renderer's module, whose culling switch is patched)
 from data.synthetic import (
     Box,
     Material,
@@ -23,7 +24,7 @@ from data.synthetic import (
     smooth_trajectory,
 )
 from data.webdataset import make_video_dataset
-from sana_wm.camera import action_to_c2w, validate_c2w
+from sana_wm.camera import action_to_c2w, look_angles, validate_c2w
 
 
 def _pose(yaw: float, pitch: float, roll: float, t) -> np.ndarray:
@@ -82,7 +83,7 @@ def test_screen_space_culling_does_not_change_images(monkeypatch):
     K = pinhole_intrinsics(64, 96, 75.0)
     c2w, _ = smooth_trajectory(rng, scene, 9, 16.0)
     culled = [render(scene, c, K, 64, 96, 2) for c in c2w]
-    monkeypatch.setattr(syn, "_SCREEN_CULL", False)
+    monkeypatch.setattr(syn.raycast, "_SCREEN_CULL", False)
     full = [render(scene, c, K, 64, 96, 2) for c in c2w]
     assert all(np.array_equal(a, b) for a, b in zip(culled, full, strict=True))
 
@@ -122,6 +123,21 @@ def test_smooth_trajectory_is_rigid_smooth_and_inside(seed):
     angles = [np.degrees(np.arccos(np.clip((np.trace(a[:3, :3].T @ b[:3, :3]) - 1) / 2, -1, 1))) for a, b in zip(c2w[:-1], c2w[1:], strict=True)]
     assert max(angles) < 3.0  # < 48°/s
     assert not np.allclose(c2w[:, :3, :3], c2w[0, :3, :3])  # it does rotate (6-DoF, incl. roll)
+
+
+def test_smooth_captions_name_the_turn_sana_wm_camera_reads():
+    """The world turns its cameras with sana_wm.camera's yaw: a caption's "turning right" is a yaw increase as
+    sana_wm.camera (and so the overlay) reads the poses. Fails if the world used its own rotation convention."""
+    turns = {}
+    for index in range(3, 9):
+        clip = plan_clip(index, seed=0, num_frames=49, trajectory="smooth")
+        yaw, _ = look_angles(clip.c2w)
+        total = np.degrees(np.unwrap(yaw)[-1] - np.unwrap(yaw)[0])
+        for side, sign in (("right", 1), ("left", -1)):
+            if f"turning {side}" in clip.caption:
+                turns[index] = side
+                assert sign * total > 30, (index, side, total)
+    assert sorted(set(turns.values())) == ["left", "right"], turns  # both directions were checked
 
 
 def test_caption_describes_scene_and_motion():

@@ -1,0 +1,133 @@
+"""One synthetic clip: plan it (scene, trajectory, intrinsics, caption, metadata), then render its frames.
+
+Planning needs :mod:`sana_wm.camera` (imported when called); rendering needs numpy only, so a planned clip can be
+shipped to a light render worker process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..seeding import seed_for
+from .raycast import render
+from .scene import Scene, random_scene
+
+__all__ = ["RENDERER_VERSION", "SyntheticClip", "plan_clip", "render_clip", "make_clip"]
+
+RENDERER_VERSION = "sana-wm-synthetic/1"
+
+
+@dataclass
+class SyntheticClip:
+    """One rendered clip.
+
+    Attributes:
+        key: sample key.
+        frames: ``(F, H, W, 3)`` uint8, or None for a planned, not yet rendered clip.
+        c2w: ``(F, 4, 4)`` float64 exact world camera-to-world (metres).
+        K: ``(3, 3)`` float64 intrinsics in pixels of the frames.
+        caption: scene + motion description.
+        meta: json metadata (schema fields are filled by the shard writer).
+        scene: the :class:`Scene`.
+        height, width: frame size in pixels.
+    """
+
+    key: str
+    frames: np.ndarray | None
+    c2w: np.ndarray
+    K: np.ndarray
+    caption: str
+    meta: dict[str, Any]
+    scene: Scene
+    height: int
+    width: int
+
+
+def plan_clip(
+    index: int,
+    seed: int = 0,
+    num_frames: int = 33,
+    height: int = 128,
+    width: int = 224,
+    fps: float = 16.0,
+    trajectory: str = "mixed",
+) -> SyntheticClip:
+    """Everything about clip ``index`` except its pixels (``frames`` is None): scene, poses, K, caption.
+
+    Deterministic in (``seed``, ``index``). See :func:`make_clip` for the arguments.
+
+    Args:
+        index: clip number; with ``trajectory='mixed'`` even clips follow DSL paths, odd ones smooth paths.
+        seed: dataset seed.
+        num_frames: 8k+1 frames.
+        height, width: frame size (even; multiples of 32 avoid any resize in the loader).
+        fps: frame rate of the clip.
+        trajectory: 'mixed', 'dsl' or 'smooth'.
+    """
+    if (num_frames - 1) % 8 or num_frames < 1:
+        raise ValueError(f"`num_frames` must be of the form 8k+1; got {num_frames}.")
+    if height % 2 or width % 2 or height < 2 or width < 2:
+        raise ValueError(f"`height`, `width` must be even (H.264 yuv420p); got {height}x{width}.")
+    if trajectory not in ("mixed", "dsl", "smooth"):
+        raise ValueError(f"`trajectory` must be 'mixed', 'dsl' or 'smooth'; got {trajectory!r}.")
+    # Imported here: render workers unpickle SyntheticClip from this module and must not pull in torch.
+    from sana_wm.camera import pinhole_intrinsics
+
+    from .trajectories import dsl_trajectory, smooth_trajectory
+
+    rng = np.random.default_rng(seed_for(seed, index))
+    scene = random_scene(rng)
+    K = pinhole_intrinsics(height, width, float(rng.uniform(65.0, 85.0)))
+    kind = trajectory if trajectory != "mixed" else ("dsl" if index % 2 == 0 else "smooth")
+    if kind == "dsl":
+        c2w, traj = dsl_trajectory(rng, scene, num_frames)
+    else:
+        c2w, traj = smooth_trajectory(rng, scene, num_frames, fps)
+    caption = f"{scene.describe()} The camera {traj['description']}."
+    meta = {
+        "fps": float(fps),
+        "metric_scale": 1.0,
+        "source": "synthetic",
+        "licence": "CC0-1.0",
+        "annotation": {"backend": "synthetic-ground-truth", "version": RENDERER_VERSION},
+        "quality": {},
+        "caption_source": "synthetic-template",
+        "seed": int(seed),
+        "index": int(index),
+        "scene": asdict(scene),
+        "trajectory": traj,
+    }
+    return SyntheticClip(f"synth-{seed:04d}-{index:06d}", None, c2w, K, caption, meta, scene, int(height), int(width))
+
+
+def render_clip(clip: SyntheticClip, supersample: int = 2) -> SyntheticClip:
+    """Fill ``clip.frames`` (``(F, H, W, 3)`` uint8) by rendering every pose; returns the clip."""
+    clip.frames = np.stack([render(clip.scene, c, clip.K, clip.height, clip.width, supersample) for c in clip.c2w])
+    return clip
+
+
+def make_clip(
+    index: int,
+    seed: int = 0,
+    num_frames: int = 33,
+    height: int = 128,
+    width: int = 224,
+    fps: float = 16.0,
+    trajectory: str = "mixed",
+    supersample: int = 2,
+) -> SyntheticClip:
+    """Plan and render clip ``index`` of the dataset with base ``seed`` (deterministic in both).
+
+    Args:
+        index: clip number; with ``trajectory='mixed'`` even clips follow DSL paths, odd ones smooth paths.
+        seed: dataset seed.
+        num_frames: 8k+1 frames.
+        height, width: frame size (even; multiples of 32 avoid any resize in the loader).
+        fps: frame rate of the clip.
+        trajectory: 'mixed', 'dsl' or 'smooth'.
+        supersample: anti-aliasing factor of :func:`render`.
+    """
+    return render_clip(plan_clip(index, seed, num_frames, height, width, fps, trajectory), supersample)
