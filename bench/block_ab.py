@@ -30,19 +30,17 @@ from common import cuda_time
 from dit_step import make_inputs, ours_fn, top_kernels
 
 from sana_wm import SanaWM
-from sana_wm.ops.gdn.torch_scan import set_fused_forward
-from sana_wm.ops.qk_prologue import set_fused_prologue
-from sana_wm.ops.short_conv import set_fused_short_conv
-from sana_wm.ops.ucpe import set_fused_ucpe
+from sana_wm.ops import switch
 
-SWITCHES = {"short-conv": set_fused_short_conv, "fused-gdn": set_fused_forward, "prologue": set_fused_prologue,
-            "ucpe": set_fused_ucpe}
+# variant name → the kernel switch (`sana_wm.ops.switch`) it turns off
+SWITCHES = {"short-conv": "SANA_WM_FUSED_SHORT_CONV", "fused-gdn": "SANA_WM_FUSED_GDN",
+            "prologue": "SANA_WM_FUSED_PROLOGUE", "ucpe": "SANA_WM_FUSED_UCPE"}
 VARIANTS = {"fused": ()} | {f"no-{name}": (name,) for name in SWITCHES}  # variant → switches turned off
 
 
 def set_variant(name: str) -> None:
-    for switch, setter in SWITCHES.items():
-        setter(switch not in VARIANTS[name])
+    for short, env in SWITCHES.items():
+        switch.get(env).set(short not in VARIANTS[name])
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,7 @@ from sana_wm import SanaWM
 from sana_wm.camera import action_to_c2w, prepare_camera
 from sana_wm.checkpoint import to_diffusers_layout
 from sana_wm.models.flops import H100_BF16_PEAK, model_flops
-from sana_wm.ops.gdn.torch_scan import set_fused_backward, set_fused_forward
+from sana_wm.ops import switch
 from sana_wm.parallel import apply_compile, parallelize
 
 H, W, TEXT = 22, 40, 300
@@ -220,7 +220,7 @@ def top_kernels(fn, top: int) -> list[dict]:
     return [dict(total_ms=round(total, 1), host_ms=round(host_ms, 1), wall_ms=round(wall_ms, 1), idle=gaps)] + rows
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default="fwd21,fwd121,train21,trainmax,profile")
     ap.add_argument("--reps", type=int, default=5)
@@ -236,10 +236,13 @@ def main(argv=None) -> int:
                     help="cap this process's CUDA allocator at this many GiB, e.g. 79 for what fits on an 80 GB H100 "
                          "when measuring on a bigger card (trainmax, peaks)")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    cases = args.cases.split(",")
-    dev = torch.cuda.get_device_name()
-    info = dict(date=time.strftime("%Y-%m-%d"), card=dev, torch=torch.__version__, python=platform.python_version())
+    return ap.parse_args(argv)
+
+
+def run_info(args) -> dict:
+    """Date, card, versions (and the memory cap, which this applies) of the run, printed as JSON."""
+    info = dict(date=time.strftime("%Y-%m-%d"), card=torch.cuda.get_device_name(), torch=torch.__version__,
+                python=platform.python_version())
     if args.cap_gib is not None:
         info["cap_gib"] = args.cap_gib
         torch.cuda.set_per_process_memory_fraction(memory_fraction(args.cap_gib))
@@ -250,45 +253,70 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     print(json.dumps(info))
-    # One process compiles the blocks for several shapes, grad modes, policies and kernel switches; past Dynamo's
-    # default of 8 graphs per code object the blocks would silently run eagerly and the timings would be wrong.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    ours, port = build_models(with_port=not args.no_port)
-    cfg = ours.config
-    rows, results = [], dict(info=info)
+    return info
 
-    def dump():  # after every case, so a run cut short still leaves its numbers
-        results["rows"] = rows
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(results, f, indent=2)
 
-    def record(case, who, B, T, ms, gib, training):
-        gib -= resident_gib(port if who.startswith("ours") else ours)
-        flops = model_flops(cfg, (T, H, W), TEXT, batch=B, training=training).total
+class Bench:
+    """One benchmark run: both models, the options, and the rows and results written after every case."""
+
+    def __init__(self, args, ours, port, info: dict):
+        self.args, self.ours, self.port = args, ours, port
+        self.cases = args.cases.split(",")
+        self.plain_blocks = list(ours.blocks)
+        self.rows, self.results = [], dict(info=info)
+
+    def time(self, fn, extra_warmup: int = 0) -> tuple[float, float]:
+        return cuda_time(fn, self.args.warmup + extra_warmup, self.args.reps)
+
+    def dump(self) -> None:  # after every case, so a run cut short still leaves its numbers
+        self.results["rows"] = self.rows
+        if self.args.out:
+            with open(self.args.out, "w") as f:
+                json.dump(self.results, f, indent=2)
+
+    def record(self, case, who, B, T, ms, gib, training) -> dict:
+        gib -= resident_gib(self.port if who.startswith("ours") else self.ours)
+        flops = model_flops(self.ours.config, (T, H, W), TEXT, batch=B, training=training).total
         row = dict(case=case, impl=who, B=B, T=T, frames=8 * (T - 1) + 1, ms=round(ms, 1), peak_gib=round(gib, 2),
                    mfu=round(flops / (ms * 1e-3) / H100_BF16_PEAK, 4))
-        rows.append(row)
+        self.rows.append(row)
         print(json.dumps(row), flush=True)
-        dump()
+        self.dump()
         return row
 
-    if "fwd21" in cases or "fwd121" in cases:
+    def drop_port(self) -> None:
+        self.port = None
+        torch.cuda.empty_cache()
+
+    def set_blocks(self, policy: str | None, compiled: bool) -> None:
+        """Fresh per-block wrappers on the same parameters: checkpointing `policy`, then compile (`parallelize`)."""
+        set_compiled(self.ours, self.plain_blocks, False)
+        parallelize(self.ours, activation_checkpointing=policy is not None, ac_policy=policy or "full",
+                    ac_blocks=self.args.ac_blocks if compiled else None, compile=compiled)
+
+
+FORWARD_CASES = (("fwd21", 2, 21), ("fwd121", 1, 121))
+
+
+def run_eager_forward(bench: Bench) -> None:
+    """fwd21 / fwd121: our eager model and the port, and the relative error between their outputs."""
+    ours, port, results = bench.ours, bench.port, bench.results
+    if "fwd21" in bench.cases or "fwd121" in bench.cases:
         results["gemm_tflops"] = gemm_ceiling(2 * 21 * H * W)
         print(f"GEMM ceiling: {results['gemm_tflops']:.0f} TFLOP/s", flush=True)
-    for case, B, T in (("fwd21", 2, 21), ("fwd121", 1, 121)):
-        if case not in cases:
+    for case, B, T in FORWARD_CASES:
+        if case not in bench.cases:
             continue
         inp = make_inputs(B, T)
         with torch.no_grad():
             ms = None
-            if not args.no_eager:
-                ms, gib = cuda_time(ours_fn(ours, inp), args.warmup, args.reps)
-                record(case, "ours", B, T, ms, gib, False)
+            if not bench.args.no_eager:
+                ms, gib = bench.time(ours_fn(ours, inp))
+                bench.record(case, "ours", B, T, ms, gib, False)
             a = ours_fn(ours, inp)().float()
             if port is not None:
-                ms_p, gib_p = cuda_time(port_fn(port, inp), args.warmup, args.reps)
-                record(case, "port", B, T, ms_p, gib_p, False)
+                ms_p, gib_p = bench.time(port_fn(port, inp))
+                bench.record(case, "port", B, T, ms_p, gib_p, False)
                 b = port_fn(port, inp)().float()
                 results[f"{case}_rel_err_vs_port"] = ((a - b).norm() / b.norm()).item()
                 results[f"{case}_port_ms"] = ms_p
@@ -298,107 +326,125 @@ def main(argv=None) -> int:
                     print(f"{case}: eager speed-up {ms_p / ms:.2f}x", flush=True)
         del inp
         torch.cuda.empty_cache()
-    plain_blocks = list(ours.blocks)
-    if args.compile:
-        set_compiled(ours, plain_blocks, True)  # per-block compile, plus the prologue and the final layer
-        for case, B, T in (("fwd21", 2, 21), ("fwd121", 1, 121)):
-            if case in cases:
-                inp = make_inputs(B, T)
-                with torch.no_grad():
-                    ms, gib = cuda_time(ours_fn(ours, inp), args.warmup + 1, args.reps)
-                    record(case, "ours+compile", B, T, ms, gib, False)
-                    if port is not None and f"{case}_port_ms" in results:
-                        results[f"{case}_speedup_compiled"] = results[f"{case}_port_ms"] / ms
-                        print(f"{case}: compiled speed-up {results[f'{case}_speedup_compiled']:.3f}x", flush=True)
-                    if "kernels" in cases:
-                        results[f"kernels_{case}"] = top_kernels(ours_fn(ours, inp), args.top)
-                    if "composite" in cases and set_fused_forward(False):  # what the fused GDN kernels bought
-                        ms, gib = cuda_time(ours_fn(ours, inp), args.warmup + 1, args.reps)
-                        record(case, "ours+compile, composite GDN", B, T, ms, gib, False)
-                        set_fused_forward(True)
-        set_compiled(ours, plain_blocks, False)
-    if "profile" in cases:
-        results["profile_fwd21_ms"] = profile_breakdown(ours, make_inputs(2, 21))
-        print("profile fwd21 (device ms):", json.dumps(results["profile_fwd21_ms"]), flush=True)
-    policies = args.ac.split(",")
 
-    def set_blocks(policy: str | None, compiled: bool) -> None:
-        """Fresh per-block wrappers on the same parameters: checkpointing `policy`, then compile (`parallelize`)."""
-        set_compiled(ours, plain_blocks, False)
-        parallelize(ours, activation_checkpointing=policy is not None, ac_policy=policy or "full",
-                    ac_blocks=args.ac_blocks if compiled else None, compile=compiled)
 
-    if "train21" in cases or "trainmax" in cases:
-        ours.train()
-        if port is not None:
-            port.train()
-            port.enable_gradient_checkpointing()
-    if "train21" in cases:
-        inp = make_inputs(1, 21)
-        ms = None
-        if not args.no_eager:
-            set_blocks("full", False)
-            ms, gib = cuda_time(train_step(ours, inp, False), args.warmup, args.reps)
-            record("train21", "ours (full AC)", 1, 21, ms, gib, True)
-        if port is not None:
-            ms_p, gib_p = cuda_time(train_step(port, inp, True), args.warmup, args.reps)
-            record("train21", "port", 1, 21, ms_p, gib_p, True)
-            port.zero_grad(set_to_none=True)
-            results["train21_port_ms"] = ms_p
-            if ms is not None:
-                results["train21_speedup"] = ms_p / ms
-        for policy in policies if args.compile else ():
-            set_blocks(policy, True)
+def run_compiled_forward(bench: Bench) -> None:
+    """fwd21 / fwd121 with the compiled model, its top kernels (`kernels`) and the composite-GDN A/B (`composite`)."""
+    ours, results = bench.ours, bench.results
+    set_compiled(ours, bench.plain_blocks, True)  # per-block compile, plus the prologue and the final layer
+    for case, B, T in FORWARD_CASES:
+        if case not in bench.cases:
+            continue
+        inp = make_inputs(B, T)
+        with torch.no_grad():
+            ms, gib = bench.time(ours_fn(ours, inp), 1)
+            bench.record(case, "ours+compile", B, T, ms, gib, False)
+            if bench.port is not None and f"{case}_port_ms" in results:
+                results[f"{case}_speedup_compiled"] = results[f"{case}_port_ms"] / ms
+                print(f"{case}: compiled speed-up {results[f'{case}_speedup_compiled']:.3f}x", flush=True)
+            if "kernels" in bench.cases:
+                results[f"kernels_{case}"] = top_kernels(ours_fn(ours, inp), bench.args.top)
+            if "composite" in bench.cases and switch.get("SANA_WM_FUSED_GDN").enabled:
+                with switch.override(SANA_WM_FUSED_GDN=False):  # what the fused GDN kernels bought
+                    ms, gib = bench.time(ours_fn(ours, inp), 1)
+                    bench.record(case, "ours+compile, composite GDN", B, T, ms, gib, False)
+    set_compiled(ours, bench.plain_blocks, False)
+
+
+def run_train21(bench: Bench) -> None:
+    """train21: our eager model with full checkpointing, the port, then the compiled model per --ac policy with its
+    top kernels (`kernels`) and the A/B rows of the GDN backward (`bwd`) and composite (`composite`) paths."""
+    ours, port, results, args = bench.ours, bench.port, bench.results, bench.args
+    inp = make_inputs(1, 21)
+    ms = None
+    if not args.no_eager:
+        bench.set_blocks("full", False)
+        ms, gib = bench.time(train_step(ours, inp, False))
+        bench.record("train21", "ours (full AC)", 1, 21, ms, gib, True)
+    if port is not None:
+        ms_p, gib_p = bench.time(train_step(port, inp, True))
+        bench.record("train21", "port", 1, 21, ms_p, gib_p, True)
+        port.zero_grad(set_to_none=True)
+        results["train21_port_ms"] = ms_p
+        if ms is not None:
+            results["train21_speedup"] = ms_p / ms
+    for policy in args.ac.split(",") if args.compile else ():
+        bench.set_blocks(policy, True)
+        torch.cuda.empty_cache()
+        try:
+            ms, gib = bench.time(train_step(ours, inp, False), 1)
+        except torch.OutOfMemoryError:
+            print(f"train21: compiled, {policy} AC does not fit", flush=True)
+            ours.zero_grad(set_to_none=True)
+            continue
+        label = policy if args.ac_blocks is None else f"{policy}, first {args.ac_blocks} blocks"
+        bench.record("train21", f"ours+compile ({label} AC)", 1, 21, ms, gib, True)
+        if "train21_port_ms" in results:
+            results[f"train21_speedup_compiled_{policy}"] = results["train21_port_ms"] / ms
+            print(f"train21: compiled ({policy} AC) speed-up {results['train21_port_ms'] / ms:.3f}x", flush=True)
+        if "kernels" in bench.cases:  # before the A/B rows below, which recompile
+            results[f"kernels_train21_{policy}"] = top_kernels(train_step(ours, inp, False), args.top)
+        if "bwd" in bench.cases and switch.get("SANA_WM_FUSED_GDN_BWD").enabled:
+            with switch.override(SANA_WM_FUSED_GDN_BWD=False):  # fused forward, float32 PyTorch backward
+                ms, gib = bench.time(train_step(ours, inp, False), 1)
+                bench.record("train21", f"ours+compile ({policy} AC), PyTorch GDN backward", 1, 21, ms, gib, True)
+        if "composite" in bench.cases and switch.get("SANA_WM_FUSED_GDN").enabled:
+            with switch.override(SANA_WM_FUSED_GDN=False):  # transitions / read-out as float32 GEMMs
+                ms, gib = bench.time(train_step(ours, inp, False), 1)
+                bench.record("train21", f"ours+compile ({policy} AC), composite GDN", 1, 21, ms, gib, True)
+    ours.zero_grad(set_to_none=True)
+
+
+def run_trainmax(bench: Bench) -> None:
+    """trainmax: the longest clip whose training step fits (ours only, full checkpointing)."""
+    ours = bench.ours
+    bench.set_blocks("full", bench.args.compile)
+    for T in (41, 61, 81, 121):
+        try:
+            inp = make_inputs(1, T)
+            ms, gib = cuda_time(train_step(ours, inp, False), 1, 2)
+            bench.record("trainmax", "ours" + ("+compile" if bench.args.compile else ""), 1, T, ms, gib, True)
+            bench.results["train_longest_T"] = T
+        except torch.OutOfMemoryError:
+            print(f"trainmax: T={T} does not fit", flush=True)
+            break
+        finally:
+            ours.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-            try:
-                ms, gib = cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps)
-            except torch.OutOfMemoryError:
-                print(f"train21: compiled, {policy} AC does not fit", flush=True)
-                ours.zero_grad(set_to_none=True)
-                continue
-            label = policy if args.ac_blocks is None else f"{policy}, first {args.ac_blocks} blocks"
-            record("train21", f"ours+compile ({label} AC)", 1, 21, ms, gib, True)
-            if "train21_port_ms" in results:
-                results[f"train21_speedup_compiled_{policy}"] = results["train21_port_ms"] / ms
-                print(f"train21: compiled ({policy} AC) speed-up {results['train21_port_ms'] / ms:.3f}x", flush=True)
-            if "kernels" in cases:  # before the A/B rows below, which recompile
-                results[f"kernels_train21_{policy}"] = top_kernels(train_step(ours, inp, False), args.top)
-            if "bwd" in cases and set_fused_backward(False):  # fused forward, float32 PyTorch backward
-                ms, gib = cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps)
-                record("train21", f"ours+compile ({policy} AC), PyTorch GDN backward", 1, 21, ms, gib, True)
-                set_fused_backward(True)
-            if "composite" in cases and set_fused_forward(False):  # transitions / read-out as float32 GEMMs
-                ms, gib = cuda_time(train_step(ours, inp, False), args.warmup + 1, args.reps)
-                record("train21", f"ours+compile ({policy} AC), composite GDN", 1, 21, ms, gib, True)
-                set_fused_forward(True)
-        ours.zero_grad(set_to_none=True)
-    if port is not None:
-        del port
-        port = None
-        torch.cuda.empty_cache()
-    if "trainmax" in cases:
-        set_blocks("full", args.compile)
-        for T in (41, 61, 81, 121):
-            try:
-                inp = make_inputs(1, T)
-                ms, gib = cuda_time(train_step(ours, inp, False), 1, 2)
-                record("trainmax", "ours" + ("+compile" if args.compile else ""), 1, T, ms, gib, True)
-                results["train_longest_T"] = T
-            except torch.OutOfMemoryError:
-                print(f"trainmax: T={T} does not fit", flush=True)
-                break
-            finally:
-                ours.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
-    if port is not None:
-        del port
-        port = None
-        torch.cuda.empty_cache()
-    dump()
+
+
+def print_table(rows: list[dict]) -> None:
     print("\n| case | impl | B | latent T (frames) | ms | peak GiB | MFU |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['impl']} | {r['B']} | {r['T']} ({r['frames']}) | {r['ms']} | {r['peak_gib']} | "
               f"{100 * r['mfu']:.1f}% |")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    info = run_info(args)
+    # One process compiles the blocks for several shapes, grad modes, policies and kernel switches; past Dynamo's
+    # default of 8 graphs per code object the blocks would silently run eagerly and the timings would be wrong.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    bench = Bench(args, *build_models(with_port=not args.no_port), info)
+    run_eager_forward(bench)
+    if args.compile:
+        run_compiled_forward(bench)
+    if "profile" in bench.cases:
+        bench.results["profile_fwd21_ms"] = profile_breakdown(bench.ours, make_inputs(2, 21))
+        print("profile fwd21 (device ms):", json.dumps(bench.results["profile_fwd21_ms"]), flush=True)
+    if "train21" in bench.cases or "trainmax" in bench.cases:
+        bench.ours.train()
+        if bench.port is not None:
+            bench.port.train()
+            bench.port.enable_gradient_checkpointing()
+    if "train21" in bench.cases:
+        run_train21(bench)
+    bench.drop_port()  # trainmax probes the longest clip that fits: the port's memory back first
+    if "trainmax" in bench.cases:
+        run_trainmax(bench)
+    bench.dump()
+    print_table(bench.rows)
     return 0
 
 

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from common import cuda_time
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from sana_wm.ops import switch
 from sana_wm.ops.gdn import bidirectional_delta, bidirectional_gdn
-from sana_wm.ops.gdn.scan import set_scan_backend
-from sana_wm.ops.gdn.torch_scan import set_fused_forward
 
 
 def timeit(fn, warmup=2, reps=5) -> float:
@@ -47,15 +46,12 @@ def main(argv=None) -> int:
             row["cam_fwd_fused"] = timeit(lambda: bidirectional_delta(q, kr, v, beta, g, out_dtype=q.dtype))
         # training: fused transitions / read-out with their PyTorch backward, the state scans in between
         row["gdn_fb_fused"] = timeit(lambda: bidirectional_gdn(q, k, qr, kr, v, beta, g).sum().backward())
-        set_fused_forward(False)
-        for backend in ("triton", "torch"):
-            set_scan_backend(backend)
-            with torch.no_grad():
-                row[f"gdn_fwd_{backend}"] = timeit(lambda: bidirectional_gdn(q, k, qr, kr, v, beta, g))
-                row[f"cam_fwd_{backend}"] = timeit(lambda: bidirectional_delta(q, kr, v, beta, g))
-            row[f"gdn_fb_{backend}"] = timeit(lambda: bidirectional_gdn(q, k, qr, kr, v, beta, g).sum().backward())
-        set_scan_backend("auto")
-        set_fused_forward(True)
+        for backend in ("triton", "torch"):  # the composite path with the Triton state scan, then the PyTorch loop
+            with switch.override(SANA_WM_FUSED_GDN=False, SANA_WM_FUSED_GDN_SCAN=backend == "triton"):
+                with torch.no_grad():
+                    row[f"gdn_fwd_{backend}"] = timeit(lambda: bidirectional_gdn(q, k, qr, kr, v, beta, g))
+                    row[f"cam_fwd_{backend}"] = timeit(lambda: bidirectional_delta(q, kr, v, beta, g))
+                row[f"gdn_fb_{backend}"] = timeit(lambda: bidirectional_gdn(q, k, qr, kr, v, beta, g).sum().backward())
         qs, ks, vs = (x.detach().transpose(1, 2).reshape(1, T * S, H, D).transpose(1, 2) for x in (q, k, v))
         with torch.no_grad(), sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             row["sdpa_cudnn_fwd"] = timeit(lambda: F.scaled_dot_product_attention(qs, ks, vs))

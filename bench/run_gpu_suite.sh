@@ -28,8 +28,8 @@ kernels|train)
   # so); a run cut off by its time limit (rc 124) keeps them on.
   rc=$(cat "$OUT/kernel_tests.status" 2>/dev/null || echo none)
   if [ "$rc" != none ] && [ "$rc" != 0 ] && [ "$rc" != 124 ]; then
-    export SANA_WM_FUSED_GDN=0 SANA_WM_FUSED_SHORT_CONV=0 SANA_WM_FUSED_PROLOGUE=0 SANA_WM_FUSED_UCPE=0 \
-      SANA_WM_FUSED_GLU_BWD=0
+    # every switch of the registry (sana_wm/ops/switch.py) set to 0
+    export $(python3 -c "from sana_wm.ops.switch import SWITCHES; print(' '.join(f'{n}=0' for n in SWITCHES))")
     echo "GPU op tests failed (rc $rc): fused kernels OFF below"
   fi
   ;;&

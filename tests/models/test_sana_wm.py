@@ -371,8 +371,7 @@ def _fused_vs_composition(device: str) -> list[tuple[str, float, float]]:
     reference's norm: the second is what float32 rounding alone costs that quantity."""
     import copy
 
-    from sana_wm.ops.qk_prologue import set_fused_prologue
-    from sana_wm.ops.ucpe import set_fused_ucpe
+    from sana_wm.ops.switch import override
 
     torch.manual_seed(0)
     model = SanaWM.from_preset("tiny").to(device)
@@ -394,14 +393,10 @@ def _fused_vs_composition(device: str) -> list[tuple[str, float, float]]:
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             for fused, dtype in ((True, torch.float32), (False, torch.float32), (False, torch.float64)):
                 net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-                previous = set_fused_prologue(fused), set_fused_ucpe(fused)
-                try:
+                with override(SANA_WM_FUSED_PROLOGUE=fused, SANA_WM_FUSED_UCPE=fused):
                     out = net(*(a.to(dtype) for a in (x, t, y)), camera_conditions=cc.to(dtype),
                               chunk_plucker=pl.to(dtype))
                     out.square().mean().backward()
-                finally:
-                    set_fused_prologue(previous[0])
-                    set_fused_ucpe(previous[1])
                 grads = {n: p.grad.double() for n, p in net.named_parameters() if p.grad is not None}
                 runs.append({"output": out.detach().double(), **grads})
                 net.zero_grad(set_to_none=True)

@@ -73,7 +73,7 @@ def test_fused_forward_is_as_accurate_as_the_float32_composite_path(shape, dtype
     against the composite path run in float64 on those exact values (for both branches), next to the float32
     composite path's own error (same inputs, fused kernels off); and it is really the fused path that ran."""
     from sana_wm.ops.gdn import bidirectional_delta, bidirectional_gdn, triton_fused
-    from sana_wm.ops.gdn.torch_scan import set_fused_forward
+    from sana_wm.ops.switch import override
 
     calls = {"transitions": 0, "readout": 0}
     for name in calls:
@@ -91,12 +91,9 @@ def test_fused_forward_is_as_accurate_as_the_float32_composite_path(shape, dtype
         assert calls == {"transitions": 5, "readout": 3}  # gdn: 2 + 1, delta: 1 + 1, bf16-out gdn: 2 + 1
         ref = bidirectional_gdn(*[t.double() for t in x])
         cam_ref = bidirectional_delta(*[t.double() for t in cam_in(x)])
-        prev = set_fused_forward(False)
-        try:
+        with override(SANA_WM_FUSED_GDN=False):
             out32 = bidirectional_gdn(*x)
             cam32 = bidirectional_delta(*cam_in(x))
-        finally:
-            set_fused_forward(prev)
     assert calls == {"transitions": 5, "readout": 3}  # the composite run did not touch the kernels
     assert out.dtype == torch.float32 and low.dtype == torch.bfloat16
     # float32 inputs take full-precision dots: as accurate as the composite path. bf16 inputs take exact-product bf16
@@ -144,7 +141,7 @@ def test_fused_training_gradients_are_as_accurate_as_the_composite_path(shape, d
     """Gradients of both branches through the fused training path vs the composite path (fused kernels off), each
     against the float64 composite path on the same input values."""
     from sana_wm.ops.gdn import bidirectional_delta, bidirectional_gdn
-    from sana_wm.ops.gdn.torch_scan import set_fused_forward
+    from sana_wm.ops.switch import override
 
     x = _gdn_inputs(shape, dtype, seed=shape[2] + 7)
     cam_idx = (0, 3, 4, 5, 6)
@@ -159,11 +156,8 @@ def test_fused_training_gradients_are_as_accurate_as_the_composite_path(shape, d
         w = torch.randn(*shape[:-1], shape[-1], device="cuda", dtype=torch.float64)
         ref = grads(fn, [t.double() for t in xs], w)
         fused = grads(fn, xs, w)
-        prev = set_fused_forward(False)
-        try:
+        with override(SANA_WM_FUSED_GDN=False):
             comp = grads(fn, xs, w)
-        finally:
-            set_fused_forward(prev)
         for n, a, c, r in zip(idx, fused, comp, ref, strict=True):
             rel_a = ((a.double() - r).norm() / r.norm()).item()
             rel_c = ((c.double() - r).norm() / r.norm()).item()
@@ -268,21 +262,19 @@ def test_fused_backward_kernels_match_float64(B, T, S, H, D, Dv, dtype):
 
 
 def test_training_backward_kernels_agree_with_the_pytorch_backward():
-    """Both training backward implementations (`set_fused_backward`) give the same gradients of both branches."""
+    """Both training backward implementations (`SANA_WM_FUSED_GDN_BWD` on and off) give the same gradients of both
+    branches."""
     from sana_wm.ops.gdn import bidirectional_delta, bidirectional_gdn
-    from sana_wm.ops.gdn.torch_scan import set_fused_backward
+    from sana_wm.ops.switch import override
 
     x = _gdn_inputs((1, 5, 300, 2, 112), torch.bfloat16, seed=5)
     for fn, xs in ((bidirectional_gdn, x), (bidirectional_delta, [x[i] for i in (0, 3, 4, 5, 6)])):
         got = {}
         for fused in (True, False):
-            prev = set_fused_backward(fused)
-            try:
+            with override(SANA_WM_FUSED_GDN_BWD=fused):
                 xg = [t.clone().requires_grad_() for t in xs]
                 out = fn(*xg, out_dtype=torch.bfloat16)
                 got[fused] = torch.autograd.grad(out.float().square().sum(), xg)
-            finally:
-                set_fused_backward(prev)
         names = "q k q_rot k_rot v beta g".split() if fn is bidirectional_gdn else "q k v beta g".split()
         for name, a, b in zip(names, got[True], got[False], strict=True):
             rel = ((a.double() - b.double()).norm() / b.double().norm()).item()

@@ -8,7 +8,8 @@ A [..., T, D, D], U [..., T, Dv, D], g [..., T]; returns all states [..., T, Dv,
 Why a custom op with its own backward: differentiating through a Python loop stores T intermediate graphs and launches
 O(T) tiny kernels in both passes. The gradient of this recurrence is the same recurrence run the other way with Aᵀ
 (G_t = dS_t + g_{t+1} G_{t+1}(I − A_{t+1})ᵀ for the forward scan), so forward and backward share one primitive,
-`_scan`, which has a PyTorch loop implementation (CPU, fallback) and a fused Triton kernel (`triton_scan.py`, CUDA).
+`_scan`, which has a PyTorch loop implementation (CPU, fallback) and a fused Triton kernel (`triton_scan.py`, CUDA;
+`SANA_WM_FUSED_GDN_SCAN=0` turns it off, `sana_wm.ops.switch`).
 The parameter gradients then come from three batched products over all frames at once.
 """
 
@@ -16,21 +17,19 @@ from __future__ import annotations
 
 import torch
 
-try:  # Triton is optional: CPU machines and CI run the PyTorch loop.
+from sana_wm.ops import switch
+
+
+def _import_kernels():
     from .triton_scan import bidirectional_scan_pair, triton_state_scan
-except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
-    triton_state_scan = bidirectional_scan_pair = None
 
-_BACKEND = {"name": "auto"}
+    return bidirectional_scan_pair, triton_state_scan
 
 
-def set_scan_backend(name: str) -> None:
-    """'auto' (Triton on CUDA when available, else torch), 'torch' or 'triton'."""
-    if name not in ("auto", "torch", "triton"):
-        raise ValueError(f"scan backend must be 'auto', 'torch' or 'triton', got {name!r}")
-    if name == "triton" and triton_state_scan is None:
-        raise RuntimeError("scan backend 'triton' requested but Triton could not be imported")
-    _BACKEND["name"] = name
+# Triton is optional: CPU machines and CI run the PyTorch loop.
+_SWITCH = switch.get("SANA_WM_FUSED_GDN_SCAN")
+bidirectional_scan_pair, triton_state_scan = switch.load_kernels(_import_kernels, _SWITCH) or (None, None)
+_use_triton = _SWITCH.use  # the scans of A run in the Triton kernels: CUDA, float32, SANA_WM_FUSED_GDN_SCAN on
 
 
 def _torch_scan(A, U, g, reverse: bool, transpose_a: bool) -> torch.Tensor:
@@ -50,14 +49,6 @@ def _torch_scan(A, U, g, reverse: bool, transpose_a: bool) -> torch.Tensor:
             state = g[..., t, None, None] * (state - state @ A[..., t, :, :]) + U[..., t, :, :]
         out[..., t, :, :] = state
     return out
-
-
-def _use_triton(A: torch.Tensor) -> bool:
-    """Whether the scans of A run in the Triton kernels (the backend setting, CUDA, float32)."""
-    backend = _BACKEND["name"]
-    if backend == "triton" and not A.is_cuda:
-        raise RuntimeError("scan backend 'triton' needs CUDA tensors")
-    return triton_state_scan is not None and A.is_cuda and A.dtype == torch.float32 and backend in ("auto", "triton")
 
 
 def _scan(A, U, g, reverse: bool, transpose_a: bool = False) -> torch.Tensor:

@@ -14,57 +14,41 @@ keeps whole graphs:
   * no gradient to build (inference, validation): the whole op is one custom op, with both scan directions of the
     numerator and normaliser in one launch (`triton_scan.bidirectional_states`);
   * training: the `gdn_transitions` and `gdn_readout` ops, whose backward also runs in fused kernels (float32
-    PyTorch maths as the reference, `set_fused_backward`), with `bidirectional_scan_two` (numerator and normaliser
+    PyTorch maths as the reference, `SANA_WM_FUSED_GDN_BWD`), with `bidirectional_scan_two` (numerator and normaliser
     in one launch) or `bidirectional_scan` in between.
-`SANA_WM_FUSED_GDN=0` (or `set_fused_forward(False)`) keeps every call on the composite path. See `naive.py` for
-the reference.
+`SANA_WM_FUSED_GDN=0` keeps every call on the composite path (`sana_wm.ops.switch` lists the switches). See
+`naive.py` for the reference.
 
 Layout: q, k, q_rot, k_rot, v [B, T, S, H, D]; beta [B, T, S, H]; g [B, T, H].
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from sana_wm.ops import switch
 
 from .scan import bidirectional_scan, bidirectional_scan_two
 
-try:  # the fused forward kernels need Triton (CUDA machines); CPU machines and CI use the composite path
+
+def _import_kernels():
     from . import triton_fused, triton_scan
-except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
-    triton_fused = triton_scan = None
 
-# SANA_WM_FUSED_GDN=0 turns the fused kernels off process-wide (a safety switch, and for A/B timing);
-# SANA_WM_FUSED_GDN_BWD=0 keeps the fused training forward but runs its backward as float32 PyTorch GEMMs.
-_FUSED = {"enabled": os.environ.get("SANA_WM_FUSED_GDN", "1") != "0",
-          "backward": os.environ.get("SANA_WM_FUSED_GDN_BWD", "1") != "0"}
+    return triton_fused, triton_scan
 
 
-def set_fused_forward(enabled: bool) -> bool:
-    """Turn the fused Triton kernels (CUDA inputs; inference and training) on or off (benchmarks, A/B checks).
-    Returns the previous setting, so a caller can restore it."""
-    previous = _FUSED["enabled"]
-    _FUSED["enabled"] = bool(enabled)
-    return previous
-
-
-def set_fused_backward(enabled: bool) -> bool:
-    """Training path: run the backward of the fused transitions / read-out in the Triton kernels (True) or as float32
-    PyTorch GEMMs (False; the reference, and for A/B timing). Returns the previous setting. Read when the forward is
-    traced, so torch.compile re-specialises on it."""
-    previous = _FUSED["backward"]
-    _FUSED["backward"] = bool(enabled)
-    return previous
+# The fused kernels need Triton (CUDA machines); CPU machines and CI use the composite path.
+_FUSED, _FUSED_BWD = switch.get("SANA_WM_FUSED_GDN"), switch.get("SANA_WM_FUSED_GDN_BWD")
+triton_fused, triton_scan = switch.load_kernels(_import_kernels, _FUSED, _FUSED_BWD) or (None, None)
 
 
 def _fused_mode(*xs: torch.Tensor) -> str | None:
     """Which fused path the inputs take: "forward" (no gradient to build: the whole op in fused kernels), "train"
     (fused transitions and read-out, forward and backward, as differentiable ops), or None (composite path: CPU, float64, no Triton,
     head dim > 128, or switched off)."""
-    if triton_fused is None or not _FUSED["enabled"] or not xs[0].is_cuda or xs[0].shape[-1] > 128:
+    if not _FUSED.use(xs[0]) or xs[0].shape[-1] > 128:
         return None
-    if any(x.dtype not in (torch.bfloat16, torch.float16, torch.float32) for x in xs):
+    if any(x.dtype not in switch.KERNEL_DTYPES for x in xs):
         return None  # float64 (reference checks) keeps float64 maths on the composite path
     return "train" if torch.is_grad_enabled() and any(x.requires_grad for x in xs) else "forward"
 
@@ -283,7 +267,7 @@ def _bh_decay(g: torch.Tensor) -> torch.Tensor:
 
 
 def _gdn_train_fused(q, k, q_rot, k_rot, v, beta, g, eps):
-    fb = _FUSED["backward"]
+    fb = _FUSED_BWD.enabled  # read when traced: torch.compile re-specialises on it
     A_rot, U = _transitions_op(k_rot, v, beta, True, fb)
     A, z = _transitions_op(k, k, beta, False, fb)  # the value slot is unused for the normaliser
     # Numerator and normaliser share the decay: both directions of both in one scan launch (and one for the adjoint).
@@ -294,7 +278,7 @@ def _gdn_train_fused(q, k, q_rot, k_rot, v, beta, g, eps):
 
 
 def _delta_train_fused(q, k, v, beta, g):
-    fb = _FUSED["backward"]
+    fb = _FUSED_BWD.enabled  # read when traced: torch.compile re-specialises on it
     A, U = _transitions_op(k, v, beta, True, fb)
     FR = bidirectional_scan(A, U, _bh_decay(g))
     return _readout_op(q, FR[0] + FR[1], fb)

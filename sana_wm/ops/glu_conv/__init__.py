@@ -20,24 +20,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sana_wm.ops.switch import KernelSwitch
+from sana_wm.ops import switch
 
 from .naive import naive_glu_backward, naive_silu_depthwise_glu
 
-try:  # Triton is optional: CPU machines and CI run the PyTorch path.
+
+def _import_kernels():  # Triton is optional: CPU machines and CI run the PyTorch path
     from .triton_glu import glu_backward as _triton_glu_backward
-except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
-    _triton_glu_backward = None
 
-__all__ = ["silu_depthwise_glu", "naive_silu_depthwise_glu", "naive_glu_backward", "set_fused_glu_backward"]
-
-# SANA_WM_FUSED_GLU_BWD=0 keeps the GLU's backward in Inductor on CUDA too (A/B timing, and a safety switch).
-_SWITCH = KernelSwitch("SANA_WM_FUSED_GLU_BWD", _triton_glu_backward is not None)
+    return _triton_glu_backward
 
 
-def set_fused_glu_backward(enabled: bool) -> bool:
-    """Turn the Triton GLU backward on/off process-wide; returns the previous setting."""
-    return _SWITCH.set(enabled)
+__all__ = ["silu_depthwise_glu", "naive_silu_depthwise_glu", "naive_glu_backward"]
+
+# SANA_WM_FUSED_GLU_BWD=0 (`sana_wm.ops.switch`) keeps the GLU's backward in Inductor on CUDA too (A/B timing,
+# and a safety switch).
+_SWITCH = switch.get("SANA_WM_FUSED_GLU_BWD")
+_triton_glu_backward = switch.load_kernels(_import_kernels, _SWITCH)
 
 # Depthwise convs fail on tensors of more than 2³¹ − 1 elements despite cuDNN's 64-bit indexing (pytorch/pytorch
 # #152816), so minute-long clips are split into calls of whole frames under that limit. One call where it fits: at 961

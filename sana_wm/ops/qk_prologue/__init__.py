@@ -14,25 +14,24 @@ from __future__ import annotations
 
 import torch
 
-from sana_wm.ops.switch import KernelSwitch
+from sana_wm.ops import switch
 
 from .naive import naive_rms_relu_rope, naive_rms_relu_rope_backward
 
-try:  # Triton is optional: CPU machines and CI run the composition.
+
+def _import_kernels():  # Triton is optional: CPU machines and CI run the composition
     from .triton_prologue import rms_relu_rope_backward, rms_relu_rope_forward
-except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
-    rms_relu_rope_forward = rms_relu_rope_backward = None
 
-__all__ = ["naive_rms_relu_rope", "naive_rms_relu_rope_backward", "rms_relu_rope", "set_fused_prologue"]
+    return rms_relu_rope_backward, rms_relu_rope_forward
 
-# SANA_WM_FUSED_PROLOGUE=0 runs the PyTorch path on CUDA too (A/B timing, and a safety switch).
-_SWITCH = KernelSwitch("SANA_WM_FUSED_PROLOGUE", rms_relu_rope_forward is not None)
+
+__all__ = ["naive_rms_relu_rope", "naive_rms_relu_rope_backward", "rms_relu_rope"]
+
+# SANA_WM_FUSED_PROLOGUE=0 (`sana_wm.ops.switch`) runs the PyTorch path on CUDA too (A/B timing, and a safety
+# switch).
+_SWITCH = switch.get("SANA_WM_FUSED_PROLOGUE")
+rms_relu_rope_backward, rms_relu_rope_forward = switch.load_kernels(_import_kernels, _SWITCH) or (None, None)
 _use_triton = _SWITCH.use
-
-
-def set_fused_prologue(enabled: bool) -> bool:
-    """Turn the Triton prologue on/off process-wide; returns the previous setting."""
-    return _SWITCH.set(enabled)
 
 
 @torch.library.custom_op("sana_wm::rms_relu_rope", mutates_args=())

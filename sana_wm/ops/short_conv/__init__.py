@@ -16,25 +16,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sana_wm.ops.switch import KernelSwitch
+from sana_wm.ops import switch
 
 from .naive import naive_bidirectional_short_conv
 
-try:  # Triton is optional: CPU machines and CI run the PyTorch shifted adds.
+
+def _import_kernels():  # Triton is optional: CPU machines and CI run the PyTorch shifted adds
     from .triton_conv import short_conv_forward
-except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
-    short_conv_forward = None
 
-__all__ = ["bidirectional_short_conv", "naive_bidirectional_short_conv", "set_fused_short_conv"]
+    return short_conv_forward
 
-# SANA_WM_FUSED_SHORT_CONV=0 runs the PyTorch path on CUDA too (A/B timing, and a safety switch).
-_SWITCH = KernelSwitch("SANA_WM_FUSED_SHORT_CONV", short_conv_forward is not None)
+
+__all__ = ["bidirectional_short_conv", "naive_bidirectional_short_conv"]
+
+# SANA_WM_FUSED_SHORT_CONV=0 (`sana_wm.ops.switch`) runs the PyTorch path on CUDA too (A/B timing, and a
+# safety switch).
+_SWITCH = switch.get("SANA_WM_FUSED_SHORT_CONV")
+short_conv_forward = switch.load_kernels(_import_kernels, _SWITCH)
 _use_triton = _SWITCH.use
-
-
-def set_fused_short_conv(enabled: bool) -> bool:
-    """Turn the Triton short conv on/off process-wide; returns the previous setting."""
-    return _SWITCH.set(enabled)
 
 
 @torch.library.custom_op("sana_wm::bidirectional_short_conv", mutates_args=())

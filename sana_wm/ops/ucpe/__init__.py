@@ -12,26 +12,25 @@ from __future__ import annotations
 
 import torch
 
-from sana_wm.ops.switch import KernelSwitch
+from sana_wm.ops import switch
 
 from .naive import CLAMP_EPS, clamp_to_reference_rms, naive_ucpe_clamp, naive_ucpe_clamp_backward, ucpe
 
-try:  # Triton is optional: CPU machines and CI run the composition.
-    from .triton_ucpe import ucpe_clamp_backward, ucpe_clamp_forward
-except Exception:  # noqa: BLE001 - any import problem (no triton, no driver) means "not available"
-    ucpe_clamp_forward = ucpe_clamp_backward = None
 
-__all__ = ["clamp_to_reference_rms", "naive_ucpe_clamp", "naive_ucpe_clamp_backward", "set_fused_ucpe", "ucpe",
+def _import_kernels():  # Triton is optional: CPU machines and CI run the composition
+    from .triton_ucpe import ucpe_clamp_backward, ucpe_clamp_forward
+
+    return ucpe_clamp_backward, ucpe_clamp_forward
+
+
+__all__ = ["clamp_to_reference_rms", "naive_ucpe_clamp", "naive_ucpe_clamp_backward", "ucpe",
            "ucpe_clamp"]
 
-# SANA_WM_FUSED_UCPE=0 runs the PyTorch path on CUDA too (A/B timing, and a safety switch).
-_SWITCH = KernelSwitch("SANA_WM_FUSED_UCPE", ucpe_clamp_forward is not None)
+# SANA_WM_FUSED_UCPE=0 (`sana_wm.ops.switch`) runs the PyTorch path on CUDA too (A/B timing, and a safety
+# switch).
+_SWITCH = switch.get("SANA_WM_FUSED_UCPE")
+ucpe_clamp_backward, ucpe_clamp_forward = switch.load_kernels(_import_kernels, _SWITCH) or (None, None)
 _use_triton = _SWITCH.use
-
-
-def set_fused_ucpe(enabled: bool) -> bool:
-    """Turn the Triton camera prologue on/off process-wide; returns the previous setting."""
-    return _SWITCH.set(enabled)
 
 
 def _prep(x, mat, cos, sin, weight):
