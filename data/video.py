@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported lazily: synthetic-world render workers only need numpy + PyAV
     import torch
 
-__all__ = ["encode_mp4", "open_video", "read_frames", "probe_video"]
+__all__ = ["encode_mp4", "open_video", "read_frames"]
 
 
 def _fps_fraction(fps: float) -> Fraction:
@@ -91,12 +91,3 @@ def read_frames(vr, indices) -> torch.Tensor:
     from torch.utils.dlpack import from_dlpack
 
     return from_dlpack(vr.get_batch([int(i) for i in indices]).to_dlpack())
-
-
-def probe_video(path: str) -> tuple[int, float, int, int]:
-    """(num_frames, fps, height, width) of a video file, read with decord."""
-    import decord
-
-    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    h, w = vr[0].shape[:2]
-    return len(vr), float(vr.get_avg_fps()), int(h), int(w)

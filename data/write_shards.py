@@ -157,7 +157,7 @@ class ShardSink:
             self._closed = True
             manifest = {
                 "schema": self.schema,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "num_shards": len(self.shards),
                 "num_samples": sum(s["num_samples"] for s in self.shards),
                 "num_frames": sum(s["num_frames"] for s in self.shards),

@@ -5,7 +5,7 @@ callable, so a sampler runs the DiT, a guidance wrapper or a test function alike
 """
 
 from .flow import broadcast_sigma, flow_loss, interpolate, shift_sigma, velocity_target
-from .samplers import CFGDenoiser, classifier_free_guidance, dpm_solver_pp, flow_euler, guidance_combine
+from .samplers import CFGDenoiser, dpm_solver_pp, flow_euler, guidance_combine
 from .timesteps import (
     NUM_TRAIN_TIMESTEPS,
     apply_image_condition,
@@ -19,7 +19,6 @@ __all__ = [
     "CFGDenoiser",
     "apply_image_condition",
     "broadcast_sigma",
-    "classifier_free_guidance",
     "dpm_solver_pp",
     "flow_euler",
     "flow_loss",

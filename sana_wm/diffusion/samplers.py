@@ -36,7 +36,6 @@ __all__ = [
     "dpm_solver_pp",
     "guidance_combine",
     "CFGDenoiser",
-    "classifier_free_guidance",
 ]
 
 #: ``denoise(x (B, C, T, H, W), timestep (B, T) float32 on 0..1000) -> velocity (B, C, T, H, W)``
@@ -307,15 +306,3 @@ class CFGDenoiser:
         v = self.model_fn(torch.cat([x, x], dim=0), torch.cat([timestep, timestep], dim=0), **kwargs)
         v_uncond, v_cond = v.chunk(2, dim=0)
         return guidance_combine(v_uncond, v_cond, self.scale)
-
-
-def classifier_free_guidance(
-    model_fn: Callable[..., torch.Tensor],
-    scale: float,
-    *,
-    cond: Mapping[str, Any] | None = None,
-    uncond: Mapping[str, Any] | None = None,
-    shared: Mapping[str, Any] | None = None,
-) -> Denoiser:
-    """Functional alias of :class:`CFGDenoiser`; returns a ``denoise(x, t)`` callable."""
-    return CFGDenoiser(model_fn, scale, cond=cond, uncond=uncond, shared=shared)

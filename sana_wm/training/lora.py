@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -414,8 +414,3 @@ def merge_lora(model: nn.Module) -> nn.Module:
         if hasattr(model, attr):
             delattr(model, attr)
     return model
-
-
-def trainable_names(model: nn.Module) -> Iterable[str]:
-    """Names of the parameters that require grad (the adapters, after `add_lora`)."""
-    return (n for n, p in model.named_parameters() if p.requires_grad)
