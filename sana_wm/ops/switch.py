@@ -1,7 +1,8 @@
 """The one registry of the fused-kernel switches: every Triton kernel family of `sana_wm.ops` and its off switch.
 
 Each family runs its Triton kernels for a tensor only when all of these hold: the kernels imported (`available`),
-the switch is on (its environment variable is not "0" when this module is imported, or `set`/`override` since),
+the switch is on (its environment variable, read when this module is imported, is "1" or unset rather than "0",
+any other value being an error; or `set`/`override` since),
 and the tensor is on CUDA in a dtype the kernels take. Otherwise the op runs its PyTorch path, which computes the same
 function (the kernels are tested against it). The switches are the A/B knobs of `bench/` and a safety valve should a
 kernel misbehave on some card. `python -m sana_wm.ops.switch` prints them with their current state.
@@ -53,8 +54,11 @@ class KernelSwitch:
         self.reset()
 
     def reset(self) -> None:
-        """Back to the environment's setting: on unless the variable is "0"."""
-        self.enabled = os.environ.get(self.env, "1") != "0"
+        """Back to the environment's setting: on unless the variable is "0" ("1" or unset: on)."""
+        value = os.environ.get(self.env, "1")
+        if value not in ("0", "1"):  # "off" or "false" must not quietly mean on
+            raise ValueError(f"environment variable {self.env}={value!r}: expected '0' (kernels off) or '1' (on)")
+        self.enabled = value == "1"
 
     def set(self, enabled: bool) -> bool:
         """Turn the kernels on/off process-wide; returns the previous setting."""

@@ -46,6 +46,14 @@ def test_unknown_switch_is_named():
         switch.get("SANA_WM_FUSED_GLU")
 
 
+def test_a_bad_environment_value_is_named(monkeypatch):
+    sw = switch.get("SANA_WM_FUSED_UCPE")
+    monkeypatch.setattr(sw, "enabled", sw.enabled)
+    monkeypatch.setenv("SANA_WM_FUSED_UCPE", "off")
+    with pytest.raises(ValueError, match=r"SANA_WM_FUSED_UCPE='off': expected '0' \(kernels off\) or '1' \(on\)"):
+        sw.reset()
+
+
 def test_override_sets_and_restores():
     gdn_switch, ucpe_switch = switch.get("SANA_WM_FUSED_GDN"), switch.get("SANA_WM_FUSED_UCPE")
     before = gdn_switch.enabled, ucpe_switch.enabled
