@@ -5,7 +5,7 @@ the switch is on (its environment variable, read when this module is imported, i
 any other value being an error; or `set`/`override` since),
 and the tensor is on CUDA in a dtype the kernels take. Otherwise the op runs its PyTorch path, which computes the same
 function (the kernels are tested against it). The switches are the A/B knobs of `bench/` and a safety valve should a
-kernel misbehave on some card. `python -m sana_wm.ops.switch` prints them with their current state.
+kernel misbehave on some card. `python -m sana_wm.ops` prints them with their current state.
 
     SANA_WM_FUSED_GDN         GDN transitions, state scans and read-out from token layout, inference and training
                               (`gdn`); off: float32 PyTorch GEMMs around the state scan
@@ -122,17 +122,3 @@ def load_kernels(importer: Callable[[], T], *switches: KernelSwitch) -> T | None
     for s in switches:
         s.available = True
     return kernels
-
-
-def _print_switches() -> None:
-    import importlib
-
-    for package in ("gdn", "short_conv", "qk_prologue", "ucpe", "glu_conv"):  # each loads its kernels on import
-        importlib.import_module(f"sana_wm.ops.{package}")
-    registry = importlib.import_module("sana_wm.ops.switch").SWITCHES  # the imported module's, not __main__'s copy
-    for switch in registry.values():
-        print(f"{switch!r:60s} {switch.kernels}")
-
-
-if __name__ == "__main__":
-    _print_switches()

@@ -200,7 +200,7 @@ def test_environment_variable_off_runs_the_reference_path(env, monkeypatch):
 def test_switches_are_read_from_the_environment_at_import():
     env = {**os.environ, "SANA_WM_FUSED_GDN": "0", "SANA_WM_FUSED_UCPE": "0", "SANA_WM_FUSED_PROLOGUE": "1",
            "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "sana_wm.ops.switch"], env=env, cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "sana_wm.ops"], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     states = dict(re.findall(r"^(SANA_WM_\w+)=(on|off)", out, flags=re.M))
     assert states == {name: "off" if name in ("SANA_WM_FUSED_GDN", "SANA_WM_FUSED_UCPE") else "on"
