@@ -153,7 +153,7 @@ def _gdn_backward(mp):
     mp.setattr(torch_scan, "_transitions_op", transitions_op)
     x = [torch.rand(1, 2, 3, 1, 8, requires_grad=True) for _ in range(3)]
 
-    class Kernel:
+    class TritonBackwardChosen:  # `calls`: the traced calls that handed the ops fused_bwd=True
         @property
         def calls(self):
             return sum(seen)
@@ -162,7 +162,7 @@ def _gdn_backward(mp):
         with pytest.raises(_Stop):
             torch_scan.bidirectional_delta(*x, torch.rand(1, 2, 3, 1), torch.rand(1, 2, 1))
 
-    return Kernel(), None, call
+    return TritonBackwardChosen(), None, call
 
 
 DISPATCH = {"SANA_WM_FUSED_SHORT_CONV": _short_conv, "SANA_WM_FUSED_PROLOGUE": _prologue,
