@@ -36,7 +36,7 @@ def test_registry_lists_every_switch_once_and_the_ops_use_its_objects():
     # and nothing in the code, benchmarks or docs names a switch that does not exist (bench/RESULTS.md is a log: it
     # may name switches of kernels since removed)
     files = [*ROOT.glob("sana_wm/**/*.py"), *ROOT.glob("bench/*.py"), *ROOT.glob("bench/*.sh"),
-             *ROOT.glob("docs/*.md"), ROOT / "README.md"]
+             *ROOT.glob("docs/**/*.md"), ROOT / "README.md"]
     mentioned = {n for f in files if f.is_file() for n in re.findall(r"SANA_WM_FUSED_\w+", f.read_text())}
     assert mentioned == set(names)
 
