@@ -1,0 +1,122 @@
+"""sana_wm.eval.bench_set: both layouts, per-case errors, the synthetic and shard builders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sana_wm.camera import action_to_c2w
+from sana_wm.eval.bench_set import (
+    CaseError,
+    load_bench_set,
+    write_case,
+    write_shard_bench,
+    write_synthetic_bench,
+)
+from sana_wm.testing.data import raw_video_sample, tiny_video_clip, write_raw_shard
+
+
+def _demo_case(root, n: int, frames: int = 9, intrinsics_shape: str = "K"):
+    video, c2w, K = tiny_video_clip(frames, 32, 64, seed=n)
+    Image.fromarray(video[0]).save(root / f"demo_{n}.png")
+    (root / f"demo_{n}.txt").write_text(f"prompt {n}\n")
+    np.save(root / f"demo_{n}_pose.npy", c2w)
+    intr = {"K": K, "per_frame": np.repeat(K[None], frames, 0), "vec": np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]])}
+    np.save(root / f"demo_{n}_intrinsics.npy", intr[intrinsics_shape])
+    return c2w, K
+
+
+def test_nvidia_demo_naming_is_read_as_is(tmp_path):
+    c2w, K = _demo_case(tmp_path, 0, intrinsics_shape="K")
+    _demo_case(tmp_path, 1, intrinsics_shape="per_frame")
+    _demo_case(tmp_path, 2, intrinsics_shape="vec")
+    bench = load_bench_set(tmp_path)
+    assert bench.errors == []
+    assert [c.name for c in bench.cases] == ["demo_0", "demo_1", "demo_2"]
+    case = bench.cases[0]
+    assert case.prompt == "prompt 0" and case.trajectory_type == "c2w" and case.fps == 16.0
+    np.testing.assert_array_equal(case.c2w, c2w)
+    assert case.intrinsics.shape == (9, 4)
+    np.testing.assert_allclose(case.intrinsics[3], [K[0, 0], K[1, 1], K[0, 2], K[1, 2]])
+    for other in bench.cases[1:]:
+        np.testing.assert_allclose(other.intrinsics, np.tile(other.intrinsics[0], (9, 1)))
+
+
+def test_case_folders_with_action_and_ground_truth(tmp_path):
+    video, c2w, K = tiny_video_clip(17, 32, 64)
+    write_case(tmp_path / "a", video[0], "go", c2w, K, video, {"fps": 8, "trajectory_type": "orbit"})
+    b = tmp_path / "b"
+    write_case(b, video[0], "act", c2w, K)
+    (b / "c2w.npy").unlink()
+    (b / "action.txt").write_text("w-8,wl-8\n")
+    bench = load_bench_set(tmp_path, num_frames=9)
+    assert bench.errors == []
+    a, act = bench.cases
+    assert (a.fps, a.trajectory_type, a.gt_video.shape, a.c2w.shape) == (8.0, "orbit", (9, 32, 64, 3), (9, 4, 4))
+    np.testing.assert_array_equal(a.gt_video, video[:9])
+    assert act.action == "w-8,wl-8" and act.trajectory_type == "action"
+    np.testing.assert_allclose(act.c2w, action_to_c2w("w-8,wl-8")[:9])
+
+
+def test_bad_cases_are_reported_per_case_and_loading_continues(tmp_path):
+    _demo_case(tmp_path, 0)
+    _demo_case(tmp_path, 1)
+    (tmp_path / "demo_1.png").unlink()  # missing image
+    _demo_case(tmp_path, 2)
+    (tmp_path / "demo_2_pose.npy").unlink()  # missing trajectory
+    _demo_case(tmp_path, 3, frames=5)  # too short for num_frames=9
+    _demo_case(tmp_path, 4)
+    np.save(tmp_path / "demo_4_intrinsics.npy", np.zeros((3, 3, 3)))  # 3 per-frame rows for 9 frames
+    _demo_case(tmp_path, 5)
+    bad = np.load(tmp_path / "demo_5_pose.npy")
+    bad[2, :3, :3] *= -1  # a reflection
+    np.save(tmp_path / "demo_5_pose.npy", bad)
+    video, c2w, K = tiny_video_clip(9, 32, 64)
+    write_case(tmp_path / "short_gt", video[0], "p", c2w, K, video[:4])
+    (tmp_path / "action_bad").mkdir()
+    write_case(tmp_path / "action_bad", video[0], "p", c2w, K)
+    (tmp_path / "action_bad" / "c2w.npy").unlink()
+    (tmp_path / "action_bad" / "action.txt").write_text("q-3")
+
+    bench = load_bench_set(tmp_path, num_frames=9)
+    assert [c.name for c in bench.cases] == ["demo_0"]
+    reasons = {e.name: e.reason for e in bench.errors}
+    assert set(reasons) == {"demo_1", "demo_2", "demo_3", "demo_4", "demo_5", "short_gt", "action_bad"}
+    assert "no first image" in reasons["demo_1"]
+    assert "no trajectory" in reasons["demo_2"]
+    assert reasons["demo_3"] == "trajectory has 5 frames; the set asks for 9"
+    assert "demo_4_intrinsics.npy" in reasons["demo_4"]
+    assert "demo_5_pose.npy" in reasons["demo_5"] and "det(R)" in reasons["demo_5"]
+    assert reasons["short_gt"] == "gt.npy has 4 frames; the trajectory has 9"
+    assert "action.txt" in reasons["action_bad"]
+    assert isinstance(bench.errors[0], CaseError)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_bench_set(tmp_path / "nope")
+
+
+def test_synthetic_builder_writes_held_out_cases_with_ground_truth(tmp_path):
+    write_synthetic_bench(tmp_path, 2, seed=1000, num_frames=9, height=32, width=64, supersample=1)
+    bench = load_bench_set(tmp_path)
+    assert bench.errors == []
+    assert [c.name for c in bench.cases] == ["synth-1000-000000", "synth-1000-000001"]
+    assert [c.trajectory_type for c in bench.cases] == ["dsl", "smooth"]
+    case = bench.cases[0]
+    assert case.gt_video.shape == (9, 32, 64, 3)
+    np.testing.assert_array_equal(np.asarray(Image.open(case.image_path)), case.gt_video[0])
+
+
+def test_shard_builder_reads_any_video_shard(tmp_path):
+    video, c2w, K = tiny_video_clip(9, 32, 64)
+    shard = write_raw_shard(str(tmp_path / "s-000000.tar"),
+                            [raw_video_sample(f"clip{i}", video, c2w, K, caption=f"cap {i}") for i in range(3)])
+    write_shard_bench(shard, tmp_path / "set", 2, num_frames=9, height=32, width=64)
+    bench = load_bench_set(tmp_path / "set")
+    assert bench.errors == []
+    assert [(c.name, c.prompt, c.trajectory_type) for c in bench.cases] == [
+        ("clip0", "cap 0", "shard"), ("clip1", "cap 1", "shard")]
+    case = bench.cases[0]
+    np.testing.assert_allclose(case.c2w[:, :3, 3], c2w[:, :3, 3] - c2w[0, :3, 3], atol=1e-5)
+    assert case.gt_video.shape == (9, 32, 64, 3)
+    with pytest.raises(ValueError, match="gave 3 usable clips; 5 were asked for"):
+        write_shard_bench(shard, tmp_path / "set2", 5, num_frames=9, height=32, width=64)
