@@ -122,11 +122,12 @@ def load_lpips(alexnet_weights: str | os.PathLike | None) -> Callable | Skipped:
     # pnet_rand=True: build AlexNet without torchvision's download; its weights come from `path`.
     model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
     state = torch.load(path, map_location="cpu", weights_only=True)
+    # A whole torchvision AlexNet ("features.N.weight", classifier ignored) or its `features` alone ("N.weight").
     mapped = {}
     for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] == "features" and int(parts[1]) in _LPIPS_ALEX_SLICES:
-            mapped[f"slice{_LPIPS_ALEX_SLICES[int(parts[1])]}.{parts[1]}.{parts[2]}"] = value
+        parts = key.removeprefix("features.").split(".")
+        if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) in _LPIPS_ALEX_SLICES:
+            mapped[f"slice{_LPIPS_ALEX_SLICES[int(parts[0])]}.{parts[0]}.{parts[1]}"] = value
     model.net.load_state_dict(mapped, strict=True)
 
     @torch.no_grad()
