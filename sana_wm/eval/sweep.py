@@ -32,8 +32,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from sana_wm.eval.bench_set import BenchCase, load_bench_set
-from sana_wm.eval.camera_metrics import camera_metrics
-from sana_wm.eval.estimator import load_estimator
+from sana_wm.eval.estimator import camera_accuracy, load_estimator
 from sana_wm.eval.quality import (
     Skipped,
     fvd,
@@ -97,17 +96,11 @@ def _camera_rows(video, result, fps: float, estimators: dict[str, Any]) -> tuple
         if isinstance(est, Skipped):
             continue
         estimator, interval, trials = est
-        idx = np.arange(0, len(video), interval)
-        per_trial = []
         try:
-            for _ in range(trials):
-                poses = estimator.estimate(video[idx], fps / interval, known_intrinsics=result.intrinsics[idx])
-                per_trial.append(camera_metrics(result.c2w[idx], np.asarray(poses.c2w), conventions=(conv,)))
+            row.update(camera_accuracy(estimator, video, result.c2w, result.intrinsics, fps, interval=interval,
+                                       trials=trials, conventions=(conv,)))
         except Exception as err:  # an estimator failing on one video is reported for that case only
             problems.append(f"estimator[{conv}]: {type(err).__name__}: {err}")
-            continue
-        for name in per_trial[0]:
-            row[name] = float(np.mean([t[name] for t in per_trial]))
     return row, problems
 
 

@@ -224,11 +224,18 @@ class ValidationVideos(L.Callback):
     video continues a real clip; the trajectory comes from the action string (`sana_wm.camera.action_to_c2w`) with a
     pinhole of ``fov_deg`` horizontal field of view. mp4s (with the WASD overlay) go to ``dirpath`` and, for wandb,
     to the logger. All ranks sample (FSDP needs every rank in the forward); rank 0 writes.
+
+    With a ``camera_estimator`` (``estimate(frames, fps, known_intrinsics) -> result with .c2w``, e.g. an annotation
+    estimator), rank 0 also re-estimates each video's cameras on every ``camera_interval``-th frame, scores them
+    against the requested trajectory in both conventions (`sana_wm.eval.camera_metrics`) and logs the means over the
+    set as ``val/camera/<column>`` (plus ``val/camera/failed``, videos the estimator gave up on); kept per step in
+    ``camera_metrics``.
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int, prompts: list[str], actions: list[str],
                  num_frames: int = 17, num_steps: int = 20, guidance_scale: float = 5.0, flow_shift: float = 9.8,
-                 fps: int = 16, seed: int = 42, fov_deg: float = 70.0):
+                 fps: int = 16, seed: int = 42, fov_deg: float = 70.0, camera_estimator=None,
+                 camera_interval: int = 4):
         super().__init__()
         if every_n_steps > 0 and (not prompts or len(prompts) != len(actions)):
             raise ValueError(
@@ -241,6 +248,8 @@ class ValidationVideos(L.Callback):
         self.kw = dict(num_frames=num_frames, num_steps=num_steps, cfg_scale=guidance_scale, flow_shift=flow_shift,
                        fps=fps, seed=seed)
         self.fov_deg = float(fov_deg)
+        self.camera_estimator, self.camera_interval = camera_estimator, int(camera_interval)
+        self.camera_metrics: dict[int, dict[str, float]] = {}
         self._last = -1
         self.paths: list[Path] = []
 
@@ -274,7 +283,7 @@ class ValidationVideos(L.Callback):
         net = pl_module.model
         was_training = net.training
         ctx = pl_module.ema.swapped_in(net) if pl_module.ema is not None and pl_module.ema_cfg.use_for_export else None
-        paths = []
+        paths, scores = [], []
         try:
             if ctx is not None:
                 ctx.__enter__()
@@ -290,12 +299,34 @@ class ValidationVideos(L.Callback):
                     path = write_mp4(self.dirpath / f"step{step:07d}_{i}.mp4", frames, res.fps)
                     paths.append(path)
                     self._to_logger(trainer, path, prompt, action, step)
+                    if self.camera_estimator is not None:
+                        scores.append(self._camera_score(res, action))
+            if scores:
+                self._log_camera(trainer, step, scores)
         finally:
             if ctx is not None:
                 ctx.__exit__(None, None, None)
             net.train(was_training)
         self.paths.extend(paths)
         return paths
+
+    def _camera_score(self, res, action: str) -> dict[str, float] | None:
+        from sana_wm.eval.estimator import camera_accuracy
+
+        try:
+            return camera_accuracy(self.camera_estimator, res.video, res.c2w, res.intrinsics, res.fps,
+                                   interval=self.camera_interval)
+        except Exception as err:  # a failed estimate must not stop training; it is counted and logged
+            log.warning("validation camera estimate failed for %r: %s: %s", action, type(err).__name__, err)
+            return None
+
+    def _log_camera(self, trainer, step: int, scores: list[dict[str, float] | None]) -> None:
+        good = [s for s in scores if s is not None]
+        metrics = {f"val/camera/{k}": sum(s[k] for s in good) / len(good) for k in (good[0] if good else {})}
+        metrics["val/camera/failed"] = float(len(scores) - len(good))
+        self.camera_metrics[step] = metrics
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=step)
 
     @staticmethod
     def _to_logger(trainer, path: Path, prompt: str, action: str, step: int) -> None:

@@ -349,6 +349,11 @@ class ValidationConfig:
     flow_shift: float = 9.8
     fps: int = 16
     seed: int = 42
+    # Camera accuracy of the validation videos: a pose estimator as "package.module:factory" (None: not measured),
+    # its keyword arguments, and the frame stride it sees (see sana_wm.eval.estimator.camera_accuracy).
+    estimator: str | None = None
+    estimator_kwargs: dict[str, Any] = field(default_factory=dict)
+    estimator_interval: int = 4
 
 
 @dataclass

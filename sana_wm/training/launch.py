@@ -189,9 +189,15 @@ def build_callbacks(cfg: TrainConfig) -> list[L.Callback]:
     callbacks.append(RankAgreement())
     v = cfg.validation
     if v.every_n_steps > 0:
+        estimator = None
+        if v.estimator:
+            from sana_wm.eval.estimator import load_estimator
+
+            estimator = load_estimator(v.estimator, dict(v.estimator_kwargs))
         callbacks.append(ValidationVideos(
             out / "samples", v.every_n_steps, list(v.prompts), list(v.actions), v.num_frames, v.num_steps,
-            v.guidance_scale, v.flow_shift, v.fps, v.seed,
+            v.guidance_scale, v.flow_shift, v.fps, v.seed, camera_estimator=estimator,
+            camera_interval=v.estimator_interval,
         ))
     return callbacks
 
