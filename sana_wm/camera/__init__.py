@@ -21,7 +21,7 @@ intrinsics input (``as_fxfycxcy``)     (4,), (3, 3), (F, 4) or (F, 3, 3) → (F,
 ``ray_frames``                         RayFrames(P, P_T, P_inv), each (B, T·H·W, 4, 4)
 =====================================  ====================================================
 
-Modules: ``convention`` (SE(3) helpers, validation, yaw/pitch/roll signs and the ground plane),
+Modules: ``convention`` (SE(3) helpers, rotation angles, validation, yaw/pitch/roll signs and the ground plane),
 ``intrinsics`` (normalisation, K from a field of view, crop, latent units), ``conditions`` (DiT camera
 inputs), ``rays`` (UCPE per-token frames), ``actions`` (DSL and its key maps).
 """
@@ -43,6 +43,7 @@ from .convention import (
     pitch_matrix,
     relative_to_first,
     roll_matrix,
+    rotation_angle,
     scale_translation,
     validate_c2w,
     yaw_matrix,
@@ -62,6 +63,7 @@ __all__ = [
     # convention
     "invert_se3",
     "relative_to_first",
+    "rotation_angle",
     "validate_c2w",
     "scale_translation",
     "yaw_matrix",

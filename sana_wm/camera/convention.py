@@ -31,6 +31,7 @@ __all__ = [
     "relative_to_first",
     "validate_c2w",
     "scale_translation",
+    "rotation_angle",
     "yaw_matrix",
     "pitch_matrix",
     "roll_matrix",
@@ -195,6 +196,22 @@ def scale_translation(c2w: np.ndarray | torch.Tensor, scale: float) -> np.ndarra
 # "turn right" and "look up" mean the same rotation everywhere. The world's +Y axis points down (the
 # first camera's +Y), so the ground plane is y = 0 and yaw turns about world Y.
 # ---------------------------------------------------------------------------------------------------
+
+
+def rotation_angle(R_a: Any, R_b: Any) -> np.ndarray:
+    """Geodesic angle in radians between rotations: ``arccos(clamp((tr(R_aᵀ R_b) − 1) / 2, −1, 1))``.
+
+    Near 0 the arccos resolves angles only to about √ε ≈ 1e-8 rad.
+
+    Args:
+        R_a, R_b: ``(..., 3, 3)`` rotations (numpy or anything ``np.asarray`` takes), broadcastable.
+
+    Returns:
+        ``(...)`` float64 angles in [0, π].
+    """
+    R_a, R_b = np.asarray(R_a, dtype=np.float64), np.asarray(R_b, dtype=np.float64)
+    cos = (np.einsum("...ij,...ij->...", R_a, R_b) - 1.0) / 2.0  # tr(AᵀB) = Σ A∘B
+    return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
 def yaw_matrix(angle: float) -> np.ndarray:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sana_wm.camera import invert_se3, relative_to_first, validate_c2w
+from sana_wm.camera import invert_se3, relative_to_first, rotation_angle, validate_c2w
 
 __all__ = [
     "CONVENTIONS",
@@ -40,7 +40,6 @@ __all__ = [
     "align_extrinsics",
     "camera_metrics",
     "cami2v_metrics",
-    "rotation_angle",
     "sana_wm_metrics",
 ]
 
@@ -69,19 +68,6 @@ def _as_trajectories(c2w_gt: Any, c2w_est: Any) -> tuple[np.ndarray, np.ndarray]
             f"frame); got {gt.shape} and {est.shape}."
         )
     return gt, est
-
-
-def rotation_angle(R_a: np.ndarray, R_b: np.ndarray) -> np.ndarray:
-    """Geodesic angle in radians between rotations: ``arccos(clamp((tr(R_aᵀ R_b) − 1) / 2, −1, 1))``.
-
-    Args:
-        R_a, R_b: ``(..., 3, 3)`` rotations.
-
-    Returns:
-        ``(...)`` angles in [0, π].
-    """
-    cos = (np.einsum("...ij,...ij->...", R_a, R_b) - 1.0) / 2.0  # tr(AᵀB) = Σ A∘B
-    return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
 def align_extrinsics(c2w_gt: np.ndarray, c2w_est: np.ndarray) -> tuple[np.ndarray, float]:

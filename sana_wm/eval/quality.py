@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sana_wm.camera import rotation_angle
+
 __all__ = [
     "PSNR_CAP_DB",
     "Skipped",
@@ -173,8 +175,6 @@ def revisit_pairs(
     ranked by pose distance (angle in degrees + normalised centre distance × 100) and at most ``max_pairs`` are
     kept, each later frame used once.
     """
-    from sana_wm.eval.camera_metrics import rotation_angle
-
     c2w = np.asarray(c2w, dtype=np.float64)
     centres = c2w[:, :3, 3]
     extent = max(float(np.linalg.norm(centres - centres[0], axis=1).max()), 1e-9)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from sana_wm.camera import rotation_angle, yaw_matrix
 from sana_wm.eval.camera_metrics import (
     METRIC_COLUMNS,
     align_extrinsics,
@@ -14,11 +15,6 @@ from sana_wm.eval.camera_metrics import (
     cami2v_metrics,
     sana_wm_metrics,
 )
-
-
-def _rot_y(theta: float) -> np.ndarray:
-    c, s = math.cos(theta), math.sin(theta)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -74,7 +70,7 @@ def test_ten_percent_scale_error_is_absorbed_by_both_conventions():
 def _yaw_case(frames: int = 9, step: float = 0.5, deg: float = 5.0):
     gt = _forward_track(frames, step)
     est = gt.copy()
-    est[1:, :3, :3] = _rot_y(math.radians(deg))  # every frame after the reference carries a 5° yaw
+    est[1:, :3, :3] = yaw_matrix(math.radians(deg))  # every frame after the reference carries a 5° yaw
     return gt, est
 
 
@@ -105,7 +101,7 @@ def test_five_degree_yaw_sana_wm_closed_form():
     j = np.arange(frames)
     jbar = j.mean()
     centres = np.stack([np.full(frames, jbar * step * math.sin(theta)), np.zeros(frames),
-                        j * step * math.cos(theta)], axis=1) @ _rot_y(-phi).T
+                        j * step * math.cos(theta)], axis=1) @ yaw_matrix(-phi).T
     trans = np.linalg.norm(gt[:, :3, 3] - centres, axis=1)
     cammc = np.sqrt((2 * math.sqrt(2) * np.sin(angles / 2)) ** 2 + trans**2)
 
@@ -154,3 +150,9 @@ def test_bad_input_names_the_argument():
         camera_metrics(gt, bad)
     with pytest.raises(ValueError, match="unknown camera-metric convention 'x'"):
         camera_metrics(gt, gt, conventions=("x",))
+
+
+def test_rotation_angle_of_a_known_yaw_and_its_clamp():
+    assert rotation_angle(np.eye(3), yaw_matrix(math.radians(5.0))) == pytest.approx(math.radians(5.0), rel=1e-12)
+    assert rotation_angle(np.eye(3), yaw_matrix(math.pi)) == pytest.approx(math.pi)
+    assert rotation_angle(np.eye(3), np.eye(3) * (1 + 1e-12)) == 0.0  # cos slightly above 1 is clamped
