@@ -42,6 +42,7 @@ from sana_wm.eval.quality import (
     revisit_metrics,
     temporal_windows,
 )
+from sana_wm.inference.pipeline import plan_trajectory
 
 log = logging.getLogger(__name__)
 
@@ -151,15 +152,23 @@ def run_cell(cfg) -> Path:
     (cell_dir / "settings.json").write_text(json.dumps(settings, indent=1, default=str) + "\n")
     bench = load_bench_set(cfg.bench, num_frames=cfg.num_frames)
     base = {"cell": cell_dir.name, **settings}
-    for err in bench.errors:  # bad cases: one row each, the sweep continues
-        _write_row(cell_dir, err.name, {**base, "case": err.name, "status": "bad_case", "error": err.reason})
+    bad = {e.name: e.reason for e in bench.errors}
+    for case in bench.cases:  # the pipeline's own input check, before any model is loaded
+        try:
+            plan_trajectory(case.c2w, case.intrinsics, len(case.c2w), refine=bool(cfg.refine),
+                            clip_to_trajectory=False)
+        except (TypeError, ValueError) as err:
+            bad[case.name] = str(err)
+    for name, reason in bad.items():  # bad cases: one row each, the sweep continues
+        _write_row(cell_dir, name, {**base, "case": name, "status": "bad_case", "error": reason})
+    cases = [c for c in bench.cases if c.name not in bad]
     skipped = []
     estimators = _estimators(cfg.metrics)
     skipped += [e for e in estimators.values() if isinstance(e, Skipped)]
     lpips_fn = load_lpips(cfg.metrics.lpips_alexnet_weights)
     if isinstance(lpips_fn, Skipped):
         skipped.append(lpips_fn)
-    todo = [c for c in bench.cases if not (cell_dir / "rows" / f"{c.name}.json").is_file()]
+    todo = [c for c in cases if not (cell_dir / "rows" / f"{c.name}.json").is_file()]
     if todo:
         pipe = _pipeline(cfg)
     for case in todo:
@@ -171,13 +180,13 @@ def run_cell(cfg) -> Path:
             row.update(status="failed", error=f"{type(err).__name__}: {err}")
         _write_row(cell_dir, case.name, row)
     set_metrics = {}
-    fvd_value = _cell_fvd(cfg, cell_dir, bench.cases)
+    fvd_value = _cell_fvd(cfg, cell_dir, cases)
     if isinstance(fvd_value, Skipped):
         skipped.append(fvd_value)
     else:
         set_metrics[f"fvd[i3d,{int(cfg.metrics.fvd_clip_frames)}f,224px]"] = fvd_value
     (cell_dir / "done.json").write_text(json.dumps(
-        {"cases": len(bench.cases), "bad_cases": len(bench.errors), "set_metrics": set_metrics,
+        {"cases": len(cases), "bad_cases": len(bad), "set_metrics": set_metrics,
          "skipped_metrics": [{"metric": s.metric, "reason": s.reason} for s in skipped]}, indent=1) + "\n")
     write_report(root)
     return cell_dir
