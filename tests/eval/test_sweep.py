@@ -157,3 +157,18 @@ def test_report_means_per_setting_and_type(tmp_path):
         assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
             "psnr_db_mean_gt_by_cfg_scale.png", "psnr_db_mean_gt_by_trajectory_type.png"]
         assert "![psnr_db_mean[gt] vs cfg_scale](plots/psnr_db_mean_gt_by_cfg_scale.png)" in report
+
+
+def test_pipeline_input_check_rejects_before_any_model_loads(tmp_path, monkeypatch):
+    """With the refiner on, a 5-frame trajectory leaves it one latent frame: plan_trajectory's error becomes the
+    case's bad_case row, and with no case left the model is never loaded (model_root need not even exist)."""
+    video, _, K = tiny_video_clip(5, 64, 96)
+    write_case(tmp_path / "bench" / "short", video[0], "p", forward_track(5), K)
+    monkeypatch.setattr(sweep, "_pipeline", lambda cfg: pytest.fail("loaded a model for no valid case"))
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[f"model_root={tmp_path / 'none'}", f"bench={tmp_path / 'bench'}",
+                                         f"output_root={tmp_path / 'out'}", "refine=true"])
+    cell = sweep.run_cell(cfg)
+    row = json.loads((cell / "rows" / "short.json").read_text())
+    assert row["status"] == "bad_case" and "refine" in row["error"], row["error"]
+    assert json.loads((cell / "done.json").read_text())["bad_cases"] == 1
