@@ -51,6 +51,22 @@ def test_ssim_of_a_constant_offset_on_flat_frames_is_the_luminance_term():
     assert expected == pytest.approx(0.98361092, abs=1e-8)
 
 
+def test_ssim_matches_a_window_by_window_loop():
+    """Brute force over the 2 × 3 window positions of a 12 × 13 frame, per channel, population statistics."""
+    a, b = _video(1, h=12, w=13, seed=4), _video(1, h=12, w=13, seed=5)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    vals = []
+    for ch in range(3):
+        for i in range(2):
+            for j in range(3):
+                x = a[0, i : i + 11, j : j + 11, ch].astype(float)
+                y = b[0, i : i + 11, j : j + 11, ch].astype(float)
+                cov = ((x - x.mean()) * (y - y.mean())).mean()
+                vals.append((2 * x.mean() * y.mean() + c1) * (2 * cov + c2)
+                            / ((x.mean() ** 2 + y.mean() ** 2 + c1) * (x.var() + y.var() + c2)))
+    assert ssim(a, b)[0] == pytest.approx(np.mean(vals), rel=1e-10)
+
+
 def test_ssim_sample_covariance_variant_differs_on_texture():
     a, b = _video(1, seed=1), _video(1, seed=2)
     assert ssim(a, b)[0] != pytest.approx(ssim(a, b, sample_covariance=True)[0], rel=1e-6)
