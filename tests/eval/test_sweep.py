@@ -40,7 +40,7 @@ def _bench(root: Path) -> Path:
 def _cfg(model_root, bench, out, cfg_scale):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("eval", overrides=[
-            f"model_root={model_root}", f"bench={bench}", f"output_root={out}", "device=cpu", "step=2",
+            f"model_root={model_root}", f"bench={bench}", f"output_root={out}", "device=cpu", "step=1",
             f"cfg_scale={cfg_scale}", "num_frames=9",
             f"metrics.estimators.sana_wm.target={STUB}",
             f"metrics.estimators.cami2v.target={STUB}", "metrics.estimators.cami2v.trials=2",
@@ -58,7 +58,7 @@ def test_two_settings_resume_and_rows(model_root, tmp_path, monkeypatch):
     cells = [sweep.run_cell(_cfg(model_root, bench, out, s)) for s in (1.0, 3.0)]
     assert generated == ["a_gt", "b_fails"] * 2
     assert len({c.name for c in cells}) == 2 and all(c.parent == out / "cells" for c in cells)
-    assert cells[0].name.startswith("ckpt=root,cfg_scale=1.0,step=2,seed=42,")
+    assert cells[0].name.startswith("ckpt=root,cfg_scale=1.0,step=1,seed=42,")
     for cell in cells:
         assert {p.name for p in cell.iterdir()} >= {"a_gt.mp4", "b_fails.mp4", "a_gt_c2w.npy", "rows", "done.json",
                                                     "settings.json"}
