@@ -262,7 +262,9 @@ def write_report(root: str | os.PathLike) -> Path:
         by_type[(r["cell"], r.get("trajectory_type", ""))].append(r)
     mean = lambda rs, m: float(np.mean([r[m] for r in rs if m in r])) if any(m in r for r in rs) else float("nan")
     lines = ["# Evaluation report", "", f"{len(rows)} rows, {len(ok)} evaluated cases, "
-             f"{len(by_cell)} cells. Table: `results.csv`.", "", "## Mean per setting", ""]
+             f"{len(by_cell)} cells. Table: `results.csv`. Each mean is over the cases that have the column (a "
+             "case without ground truth, or whose estimator failed, leaves those columns empty).", "",
+             "## Mean per setting", ""]
     head = ["cell", "cases", *metrics]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell, rs in sorted(by_cell.items()):
