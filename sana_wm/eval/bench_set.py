@@ -321,3 +321,52 @@ def write_shard_bench(
     if written < num_cases:
         raise ValueError(f"the shards {urls!r} gave {written} usable clips; {num_cases} were asked for")
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sana_wm.eval.bench_set {synthetic,shards,check} …``: build a set, or list a set's cases and errors."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sana_wm.eval.bench_set", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    syn = sub.add_parser("synthetic", help="held-out clips of the bundled synthetic world, with ground truth")
+    syn.add_argument("--out", required=True)
+    syn.add_argument("--num-cases", type=int, default=8)
+    syn.add_argument("--seed", type=int, default=1000, help="dataset seed (the default training set uses 0)")
+    syn.add_argument("--num-frames", type=int, default=33)
+    syn.add_argument("--height", type=int, default=128)
+    syn.add_argument("--width", type=int, default=224)
+    syn.add_argument("--fps", type=float, default=16.0)
+    shards = sub.add_parser("shards", help="the first clips of video shards")
+    shards.add_argument("--urls", required=True, help="shard list / pattern / directory / manifest")
+    shards.add_argument("--out", required=True)
+    shards.add_argument("--num-cases", type=int, required=True)
+    shards.add_argument("--num-frames", type=int, required=True)
+    shards.add_argument("--height", type=int, required=True)
+    shards.add_argument("--width", type=int, required=True)
+    shards.add_argument("--fps", type=float, default=16.0)
+    check = sub.add_parser("check", help="load a set and list its cases and bad cases")
+    check.add_argument("root")
+    check.add_argument("--num-frames", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    if args.command == "synthetic":
+        root = write_synthetic_bench(args.out, args.num_cases, seed=args.seed, num_frames=args.num_frames,
+                                     height=args.height, width=args.width, fps=args.fps)
+    elif args.command == "shards":
+        root = write_shard_bench(args.urls, args.out, args.num_cases, num_frames=args.num_frames,
+                                 height=args.height, width=args.width, fps=args.fps)
+    else:
+        root = Path(args.root)
+    bench = load_bench_set(root, num_frames=getattr(args, "num_frames", None))
+    for case in bench.cases:
+        gt = "ground truth" if case.gt_video is not None else "no ground truth"
+        print(f"ok   {case.name}: {len(case.c2w)} frames at {case.fps:g} fps, {case.trajectory_type}, {gt}")
+    for err in bench.errors:
+        print(f"bad  {err.name}: {err.reason}")
+    print(f"{len(bench.cases)} cases, {len(bench.errors)} bad, in {root}")
+    return 1 if bench.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

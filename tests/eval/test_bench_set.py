@@ -120,3 +120,16 @@ def test_shard_builder_reads_any_video_shard(tmp_path):
     assert case.gt_video.shape == (9, 32, 64, 3)
     with pytest.raises(ValueError, match="gave 3 usable clips; 5 were asked for"):
         write_shard_bench(shard, tmp_path / "set2", 5, num_frames=9, height=32, width=64)
+
+
+def test_cli_builds_a_synthetic_set_and_checks_it(tmp_path, capsys):
+    from sana_wm.eval.bench_set import main
+
+    out = tmp_path / "set"
+    assert main(["synthetic", "--out", str(out), "--num-cases", "1", "--num-frames", "9", "--height", "32",
+                 "--width", "64"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "ok   synth-1000-000000: 9 frames at 16 fps, dsl, ground truth", f"1 cases, 0 bad, in {out}"]
+    (out / "broken").mkdir()
+    assert main(["check", str(out)]) == 1
+    assert capsys.readouterr().out.splitlines()[1] == "bad  broken: no first image (expected one of .png, .jpg, .jpeg, .webp)"
