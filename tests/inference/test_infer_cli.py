@@ -96,10 +96,24 @@ def test_cli_stage1_only_with_camera_file_and_overlay(files, tmp_path, capsys):
     assert not json.loads((tmp_path / "a" / "img.json").read_text())["refined"]
 
 
-def test_cli_with_our_checkpoint_file(files, tmp_path, capsys):
+def test_cli_with_our_checkpoint_file(files, tmp_path, capsys, monkeypatch):
     """--checkpoint (our save_checkpoint format, config in its metadata) gives the same video as the release
-    layout's dit/ with the same weights and seed."""
+    layout's dit/ with the same weights and seed.
+
+    The frames are compared as handed to the H.264 encoder: libx264's AVX-512 kernels do not encode identical
+    frames of this tiny size (96x64) to identical bitstreams from one call to the next (decoded pixels then differ
+    by up to ~40), so comparing the decoded mp4 files would test the encoder, not the checkpoint."""
     from sana_wm.checkpoint import load_checkpoint, save_checkpoint
+    from sana_wm.inference import video as video_module
+
+    written = {}
+    write_mp4 = video_module.write_mp4
+
+    def recording_write_mp4(path, frames, fps, *args, **kwargs):
+        written[Path(path).parent.name] = np.array(frames, copy=True)
+        return write_mp4(path, frames, fps, *args, **kwargs)
+
+    monkeypatch.setattr(video_module, "write_mp4", recording_write_mp4)
     from sana_wm.inference.model_root import load_inference_config, resolve_model_paths
     from sana_wm.models import SanaWM
 
@@ -111,9 +125,9 @@ def test_cli_with_our_checkpoint_file(files, tmp_path, capsys):
     assert infer.main(argv(files, tmp_path / "a", *common)) == 0
     assert infer.main(argv(files, tmp_path / "b", *common, "--checkpoint", str(ckpt))) == 0
     capsys.readouterr()
-    a, _ = read_mp4(tmp_path / "a" / "img.mp4")
-    b, _ = read_mp4(tmp_path / "b" / "img.mp4")
-    np.testing.assert_array_equal(a, b)
+    assert written["a"].shape == written["b"].shape == (9, 64, 96, 3)
+    np.testing.assert_array_equal(written["a"], written["b"])
+    assert read_mp4(tmp_path / "b" / "img.mp4")[0].shape == (9, 64, 96, 3)
 
 
 def test_cli_dsl_signs(files, tmp_path, capsys):
