@@ -4,7 +4,7 @@ Pipeline (one per DataLoader worker)::
 
     shard list ──(shuffle by seed(base, epoch))──▶ wds.split_by_node ──▶ wds.split_by_worker  (finite)
     shard list ──(draw with replacement, seed(base, rank, worker, epoch))──────────────▶ (resampled)
-        ──▶ wds.tarfile_to_samples ──▶ wds.shuffle(buffer, seed(base, rank, worker, epoch))
+        ──▶ read_shards (whole samples only; a damaged shard = one skip) ──▶ wds.shuffle(buffer, seed(…))
         ──▶ decoder (VideoDecoder / LatentDecoder; defects → skip + count, or DataError if strict)
         ──▶ Sample / LatentSample (carrying the worker's skip counts)
 
@@ -42,7 +42,8 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
+from webdataset.tariterators import base_plus_ext
 
 from sana_wm.camera import resize_crop_geometry, validate_c2w
 
@@ -444,6 +446,86 @@ class LatentDecoder:
 
 
 # --------------------------------------------------------------------------------------------------
+# Tar shards → raw samples
+# --------------------------------------------------------------------------------------------------
+
+
+class ShardCutError(Exception):
+    """The shard ended before its end-of-archive marker (cut short at a member boundary)."""
+
+
+class _EndAwareTarInfo(tarfile.TarInfo):
+    """Notes on its archive whether the stream ended with tar's end-of-archive (all-zero) block.
+
+    In stream mode ``tarfile`` stops silently both at that block and where the bytes simply run out between
+    two members, so without this a shard cut at a member boundary would pass for a whole one.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tarfile_obj: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tarfile_obj)
+        except tarfile.EOFHeaderError:
+            tarfile_obj.end_of_archive = True
+            raise
+
+
+def _tar_samples(url: str, progress: dict) -> Iterator[dict]:
+    """Raw samples (``__key__``, ``__url__``, extension → bytes) of one shard, in order.
+
+    A sample is yielded only once it is known to be whole: when the next key starts, or at the archive's
+    end marker. ``progress['key']`` names the sample being read, so a caller that catches an error knows
+    which one was lost. Members are grouped by key exactly as webdataset does (key = name up to the first
+    dot of the file name, extension lower-cased).
+    """
+    progress["key"] = None
+    with wds.gopen(url, "rb") as stream:
+        tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_EndAwareTarInfo)
+        tar.end_of_archive = False
+        current: dict | None = None
+        for info in tar:
+            if not info.isreg():
+                continue
+            key, ext = base_plus_ext(info.name)
+            if key is None or key.startswith("__"):
+                continue
+            if current is not None and key != current["__key__"]:
+                progress["key"] = None
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": url}
+                progress["key"] = key
+            ext = ext.lower()
+            if ext in current:
+                raise ValueError(f"member {info.name!r} appears twice in sample {key!r}")
+            current[ext] = tar.extractfile(info).read()
+            tar.members = []  # stream mode: do not keep every header in memory
+        if current is not None:
+            if not tar.end_of_archive:
+                raise ShardCutError(f"the shard ends inside sample {current['__key__']!r} (no end-of-archive marker)")
+            progress["key"] = None
+            yield current
+
+
+def read_shards(urls: Iterable[str], on_error: Callable[[str, str | None, Exception], None]) -> Iterator[dict]:
+    """Raw samples of a stream of shards; a damaged shard costs exactly one ``on_error(url, key, exn)`` call.
+
+    A read error (missing file, truncation inside a member, a cut at a member boundary, a corrupt header)
+    ends that shard: the samples completed before it have been yielded, the one being read (``key``, None
+    when the error came between samples or before the first) is dropped whole — even when the unreadable
+    member is an optional one — and the next shard starts from nothing, so no member of the broken shard
+    can join a sample of the next.
+    """
+    for url in urls:
+        progress: dict = {"key": None}
+        try:
+            yield from _tar_samples(url, progress)
+        except Exception as exn:  # any failure to read the shard: count it once, go on with the next one
+            on_error(url, progress["key"], exn)
+
+
+# --------------------------------------------------------------------------------------------------
 # The dataset
 # --------------------------------------------------------------------------------------------------
 
@@ -534,20 +616,13 @@ class ShardDataset(IterableDataset):
         epoch = self.epoch
         self.epoch += 1  # persistent workers advance on their own; see the module docstring
         stats = self.skip_stats = SkipStats(self.log_every_s, name=f"rank {info.rank} worker {info.worker}")
-        current = {"url": None}
 
-        def shards() -> Iterator[dict]:
-            for s in self._shard_stream(info, epoch):
-                current["url"] = s["url"]
-                yield s
-
-        def on_tar_error(exn: Exception) -> bool:
+        def on_shard_error(url: str, key: str | None, exn: Exception) -> None:
             if self.strict:
-                raise DataError(SkipReason.SHARD_READ_ERROR, current["url"], None, "tar", repr(exn)) from exn
-            stats.record(SkipReason.SHARD_READ_ERROR, current["url"], None, "tar", repr(exn))
-            return True
+                raise DataError(SkipReason.SHARD_READ_ERROR, url, key, "tar", repr(exn)) from exn
+            stats.record(SkipReason.SHARD_READ_ERROR, url, key, "tar", repr(exn))
 
-        stream = wds.tarfile_to_samples(handler=on_tar_error)(shards())
+        stream = read_shards((s["url"] for s in self._shard_stream(info, epoch)), on_shard_error)
         if self.shuffle_buffer > 1:
             shuffle_rng = random.Random(seed_for(self.seed, _TAG_SHUFFLE, info.rank, epoch, info.worker))
             stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=shuffle_rng)(stream)

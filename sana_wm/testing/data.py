@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import tarfile
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ import webdataset as wds
 from data.schema import C2W_KEY, CAPTION_KEY, FRAMES_KEY, INTRINSICS_KEY, META_KEY, SCHEMA_VERSION, VIDEO_KEY
 from data.video import encode_mp4
 
-__all__ = ["npy_bytes", "tiny_video_clip", "raw_video_sample", "write_raw_shard"]
+__all__ = ["npy_bytes", "tiny_video_clip", "raw_video_sample", "raw_latent_sample", "write_raw_shard", "cut_tar"]
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -101,3 +103,62 @@ def write_raw_shard(path: str, samples: list[dict[str, Any]]) -> str:
         for s in samples:
             tw.write(s)
     return str(path)
+
+
+def raw_latent_sample(
+    key: str,
+    T: int = 2,
+    h: int = 1,
+    w: int = 2,
+    caption: str = "a cached clip",
+    poses: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Raw member dict of a valid latent sample (``write_latent_sample``'s output), for editing into defects.
+
+    ``poses`` adds the optional ``c2w.npy`` (F, 4, 4) and ``intrinsics.npy`` (F, 4) members (F = 8(T-1)+1);
+    the camera moves forward 0.05 per frame with K = [0.8 W, 0.8 W, W/2, H/2].
+    """
+    import torch
+
+    from data.write_shards import write_latent_sample
+    from sana_wm.camera import prepare_camera
+
+    F, H, W = 8 * (T - 1) + 1, 32 * h, 32 * w
+    c2w = np.tile(np.eye(4), (F, 1, 1))
+    c2w[:, 2, 3] = np.arange(F) * 0.05
+    K = np.array([0.8 * W, 0.8 * W, W / 2, H / 2])
+    cond, plk = prepare_camera(c2w, K, (H, W), (h, w), num_frames=F)
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, Any] = {}
+
+    class _Capture:
+        def write(self, sample: dict[str, Any]) -> None:
+            out.update(sample)
+
+    extra = dict(c2w=torch.from_numpy(c2w).float(), intrinsics=torch.from_numpy(np.tile(K, (F, 1))).float()) if poses else {}
+    write_latent_sample(
+        _Capture(), key, torch.randn(4, T, h, w, generator=g), torch.randn(3, 4, generator=g), torch.ones(3, dtype=torch.bool),
+        cond, plk, {"source": "test"}, caption=caption, **extra,
+    )
+    return out
+
+
+def cut_tar(path: str | os.PathLike, out: str | os.PathLike, member: str | None, fraction: float = 0.5) -> str:
+    """Copy the tar ``path`` to ``out`` cut short: inside the data of ``member`` (e.g. ``'s2.mp4'``) after
+    ``fraction`` of it, or with ``fraction=0`` exactly before that member's header; ``member=None`` drops only the
+    end-of-archive blocks. Returns ``out``."""
+    with tarfile.open(path) as tf:
+        infos = {i.name: i for i in tf.getmembers()}
+        if member is None:
+            last = max(infos.values(), key=lambda i: i.offset_data)
+            end = last.offset_data + -(-last.size // 512) * 512
+        elif fraction == 0:
+            end = infos[member].offset
+        else:
+            end = infos[member].offset_data + max(1, int(infos[member].size * fraction))
+    with open(path, "rb") as f:
+        data = f.read(end)
+    with open(out, "wb") as f:
+        f.write(data)
+    return str(out)
