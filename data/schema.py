@@ -25,7 +25,7 @@ Two kinds of WebDataset shard exist (full description in ``data/README.md``):
       <key>.c2w.npy                optional (F, 4, 4) relative metric poses of the pixel frames
       <key>.intrinsics.npy         optional (F, 4) [fx, fy, cx, cy] in target pixels
       <key>.txt                    caption
-      <key>.json                   metadata, incl. ``dtypes`` for tensors stored in bfloat16
+      <key>.json                   metadata, incl. ``dtypes``: the stored type of every tensor
 
 numpy has no bfloat16, so a bfloat16 tensor is stored as its raw uint16 bits and ``json["dtypes"]``
 names it; :func:`tensor_to_npy_bytes` / :func:`npy_bytes_to_tensor` do the round trip losslessly.
@@ -115,7 +115,8 @@ LATENT_META_REQUIRED: dict[str, str] = {
     "pixel_height": "height of the frames the latent was encoded from",
     "pixel_width": "width of the frames the latent was encoded from",
     "num_frames": "number of pixel frames encoded (8k+1)",
-    "dtypes": "dict tensor-name -> stored dtype ('float32', 'float16' or 'bfloat16')",
+    "dtypes": "dict tensor-name -> stored dtype, one entry per tensor member: 'float32', 'float16' or 'bfloat16' "
+    "('bool' for text_mask); the loader refuses a member whose array is of another type",
 }
 
 SAMPLE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -373,12 +373,37 @@ def _check_finite(t: torch.Tensor, name: str) -> None:
             raise SampleError(SkipReason.NONFINITE_TENSOR, name, f"{bad} non-finite values.")
 
 
+_TENSOR_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _load_typed(raw: dict, name: str, member: str, dtypes: dict) -> torch.Tensor:
+    """Load a latent-shard tensor whose type the format allows and the sample's ``json:dtypes`` states.
+
+    Every tensor is float32, float16 or bfloat16 (``text_mask``: bool), and the stored array must be
+    exactly the type the json names: an integer latent would pass shape checks and skip the NaN scan,
+    and a json that disagrees with its member means one of them was written by something else.
+    """
+    allowed = {"bool": torch.bool} if name == "text_mask" else _TENSOR_DTYPES
+    field = f"json:dtypes.{name}"
+    if name not in dtypes:
+        raise SampleError(SkipReason.BAD_META, field, f"no stored dtype for '{member}'; expected one of {sorted(allowed)}.")
+    want = dtypes[name]
+    if want not in allowed:
+        raise SampleError(SkipReason.BAD_META, field, f"{want!r} is not a dtype of the format; expected one of {sorted(allowed)}.")
+    t = _load_npy(raw, member, want)
+    if t.dtype != allowed[want]:
+        raise SampleError(SkipReason.BAD_ARRAY, member, f"stored as {str(t.dtype).removeprefix('torch.')} but json:dtypes says {want!r}.")
+    return t
+
+
 class LatentDecoder:
     """Decode one raw latent-shard sample into a :class:`~data.schema.LatentSample`.
 
-    Checks: schema and required json fields; every tensor present and finite; latent ``(C, T, h, w)``,
-    text_emb ``(L, D)``, text_mask ``(L,)`` bool, camera_conditions ``(T, 20)`` with rigid poses and
-    fx, fy > 0, chunk_plucker ``(48, T, h, w)``.
+    Checks: schema and required json fields; every tensor present, of the dtype its ``json:dtypes``
+    entry names (float32/float16/bfloat16, text_mask bool) and finite; latent ``(C, T, h, w)``,
+    text_emb ``(L, D)``, text_mask ``(L,)``, camera_conditions ``(T, 20)`` with rigid poses and
+    fx, fy > 0, chunk_plucker ``(48, T, h, w)``; the optional ``c2w`` ``(F, 4, 4)`` and ``intrinsics``
+    ``(F, 4)`` (F = json num_frames) finite, rigid and with positive focal lengths and principal point.
 
     Args:
         check_finite: scan the latent and embeddings for NaN/inf (~2.5 ms per 961-frame bf16 latent
@@ -387,6 +412,25 @@ class LatentDecoder:
 
     def __init__(self, check_finite: bool = True):
         self.check_finite = bool(check_finite)
+
+    @staticmethod
+    def _pixel_poses(raw: dict, meta: dict, dtypes: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The optional per-pixel-frame ``c2w`` (F, 4, 4) and ``intrinsics`` (F, 4), checked like a video
+        sample's: F = json num_frames, finite, rigid poses, fx, fy and the principal point > 0."""
+        c2w = intr = None
+        if C2W_KEY in raw or INTRINSICS_KEY in raw:
+            num_frames = _meta_number(meta, "num_frames", integer=True)
+        if C2W_KEY in raw:
+            c2w = _load_typed(raw, "c2w", C2W_KEY, dtypes)
+            validate_c2w_array(c2w.float().numpy(), num_frames, C2W_KEY)
+        if INTRINSICS_KEY in raw:
+            intr = _load_typed(raw, "intrinsics", INTRINSICS_KEY, dtypes)
+            if tuple(intr.shape) != (num_frames, 4):
+                raise SampleError(
+                    SkipReason.BAD_ARRAY, INTRINSICS_KEY, f"expected ({num_frames}, 4) [fx, fy, cx, cy]; got {tuple(intr.shape)}."
+                )
+            validate_intrinsics_array(intr.float().numpy(), num_frames, INTRINSICS_KEY)
+        return c2w, intr
 
     def __call__(self, raw: dict, rng: np.random.Generator) -> LatentSample:
         del rng  # latent samples are used whole
@@ -405,7 +449,7 @@ class LatentDecoder:
             "camera_conditions": CAMERA_CONDITIONS_KEY,
             "chunk_plucker": CHUNK_PLUCKER_KEY,
         }
-        t = {n: _load_npy(raw, member, dtypes.get(n)) for n, member in names.items()}
+        t = {n: _load_typed(raw, n, member, dtypes) for n, member in names.items()}
         latent, emb, mask, cond, plk = (t[n] for n in names)
         if latent.ndim != 4:
             raise SampleError(SkipReason.BAD_ARRAY, LATENT_KEY, f"expected (C, T, h, w); got {tuple(latent.shape)}.")
@@ -429,8 +473,7 @@ class LatentDecoder:
             raise SampleError(SkipReason.NON_RIGID_POSE, CAMERA_CONDITIONS_KEY, str(err)) from None
         if (cond[:, 16:18] <= 0).any():
             raise SampleError(SkipReason.BAD_INTRINSICS, CAMERA_CONDITIONS_KEY, "latent-unit fx or fy <= 0.")
-        c2w = _load_npy(raw, C2W_KEY, dtypes.get("c2w")) if C2W_KEY in raw else None
-        intr = _load_npy(raw, INTRINSICS_KEY, dtypes.get("intrinsics")) if INTRINSICS_KEY in raw else None
+        c2w, intr = self._pixel_poses(raw, meta, dtypes)
         return LatentSample(
             key=key,
             latent=latent,

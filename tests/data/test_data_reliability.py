@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
+import torch
 
 from data.errors import DataError, SkipReason
 from data.video import encode_mp4
 from data.webdataset import make_latent_dataset, make_video_dataset
 from sana_wm.testing.data import (
     cut_tar,
+    npy_bytes,
     raw_latent_sample,
     raw_video_sample,
     tiny_video_clip,
@@ -65,3 +70,72 @@ def test_missing_shard_is_one_skip(tmp_path):
     b = write_raw_shard(tmp_path / "b.tar", [raw_latent_sample("b0")])
     keys, skips = _latent_keys_and_skips([str(tmp_path / "nope.tar"), b])
     assert keys == ["b0"] and skips == {SkipReason.SHARD_READ_ERROR: 1}
+
+
+# -- class 2: latent tensor types and the optional pose tensors ----------------------------------------------------
+
+
+def _edit(sample: dict, member: str | None = None, arr=None, dtypes: dict | None = None, meta: dict | None = None) -> dict:
+    """A copy of a raw latent sample with one member replaced and/or json fields changed."""
+    out = dict(sample)
+    if member is not None:
+        out[member] = npy_bytes(arr)
+    if dtypes is not None or meta is not None:
+        m = json.loads(out["json"])
+        m["dtypes"].update(dtypes or {})
+        m.update(meta or {})
+        out["json"] = json.dumps(m).encode()
+    return out
+
+
+def _latent_defects() -> dict[str, tuple[dict, str, str]]:
+    base = raw_latent_sample("bad", poses=True)
+    F = 9
+    c2w = np.tile(np.eye(4, dtype=np.float32), (F, 1, 1))
+    K = np.tile(np.array([51.2, 51.2, 32.0, 16.0], np.float32), (F, 1))
+    nan_c2w, scaled_c2w, neg_K = c2w.copy(), c2w.copy(), K.copy()
+    nan_c2w[4, 0, 3] = np.nan
+    scaled_c2w[2, :3, :3] *= 1.1
+    neg_K[3, 1] = -5.0
+    latent_i = np.zeros((4, 2, 1, 2), np.int32)
+    return {
+        # an integer latent is refused (and would have skipped the NaN scan)
+        "int_latent": (_edit(base, "latent.npy", latent_i, {"latent": "int32"}), SkipReason.BAD_META, "json:dtypes.latent"),
+        "int_latent_json_float": (_edit(base, "latent.npy", latent_i, {"latent": "float32"}), SkipReason.BAD_ARRAY, "latent.npy"),
+        # the json says float16 but the member holds float32
+        "dtype_disagrees_with_json": (
+            _edit(base, "text_emb.npy", np.zeros((3, 4), np.float32), {"text_emb": "float16"}), SkipReason.BAD_ARRAY, "text_emb.npy"
+        ),
+        "float64_camera": (
+            _edit(base, "camera_conditions.npy", np.zeros((2, 20)), {"camera_conditions": "float64"}),
+            SkipReason.BAD_META, "json:dtypes.camera_conditions",
+        ),
+        "no_dtype_entry": (_edit(base, meta={"dtypes": {}}), SkipReason.BAD_META, "json:dtypes.latent"),
+        "uint8_mask": (_edit(base, "text_mask.npy", np.ones(3, np.uint8), {"text_mask": "bool"}), SkipReason.BAD_ARRAY, "text_mask.npy"),
+        "nan_c2w": (_edit(base, "c2w.npy", nan_c2w), SkipReason.NONFINITE_POSE, "c2w.npy"),
+        "non_rigid_c2w": (_edit(base, "c2w.npy", scaled_c2w), SkipReason.NON_RIGID_POSE, "c2w.npy"),
+        "c2w_count": (_edit(base, "c2w.npy", c2w[:5]), SkipReason.FRAME_COUNT_MISMATCH, "c2w.npy"),
+        "c2w_shape": (_edit(base, "c2w.npy", c2w[:, :3]), SkipReason.BAD_ARRAY, "c2w.npy"),
+        "intrinsics_shape": (_edit(base, "intrinsics.npy", np.zeros((F, 3, 3), np.float32)), SkipReason.BAD_ARRAY, "intrinsics.npy"),
+        "negative_fy": (_edit(base, "intrinsics.npy", neg_K), SkipReason.BAD_INTRINSICS, "intrinsics.npy"),
+        "nan_intrinsics": (_edit(base, "intrinsics.npy", np.full((F, 4), np.nan, np.float32)), SkipReason.BAD_INTRINSICS, "intrinsics.npy"),
+    }
+
+
+@pytest.mark.parametrize("defect", list(_latent_defects()))
+def test_latent_tensor_types_and_optional_poses_are_checked(tmp_path, defect):
+    bad, reason, field = _latent_defects()[defect]
+    url = write_raw_shard(tmp_path / "s.tar", [raw_latent_sample("g0", poses=True), bad, raw_latent_sample("g1")])
+    keys, skips = _latent_keys_and_skips(url)
+    assert keys == ["g0", "g1"] and skips == {reason: 1}
+    with pytest.raises(DataError) as info:
+        list(make_latent_dataset(url, strict=True))
+    assert (info.value.reason, info.value.key, info.value.field) == (reason, "bad", field)
+
+
+def test_latent_optional_poses_are_delivered_when_valid(tmp_path):
+    url = write_raw_shard(tmp_path / "s.tar", [raw_latent_sample("g0", poses=True)])
+    (s,) = list(make_latent_dataset(url, strict=True))
+    assert tuple(s.c2w.shape) == (9, 4, 4) and tuple(s.intrinsics.shape) == (9, 4)
+    assert s.c2w.dtype == s.intrinsics.dtype == torch.float32
+    assert s.c2w[8, 2, 3].item() == pytest.approx(0.4) and s.intrinsics[0].tolist() == pytest.approx([51.2, 51.2, 32.0, 16.0])
