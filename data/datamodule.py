@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 
+from .errors import SKIP_REASONS
 from .schema import Batch
 from .synthetic import DEFAULT_CONFIG, build_default_dataset
 from .webdataset import EpochDataLoader, SkipTracker, make_latent_dataset, make_video_dataset
@@ -172,16 +173,21 @@ class SanaWMDataModule(L.LightningDataModule):
         return self._loader(self.val_dataset)
 
     def skip_counts(self) -> dict[str, int]:
-        """Samples skipped so far on this rank, by reason (from the batches seen by ``SkipLoggingCallback``)."""
+        """Samples skipped on this rank in the current (or last) training epoch, by reason, over all workers."""
+        if self.train_dataset is not None and hasattr(self.train_dataset, "skip_totals"):
+            return self.train_dataset.skip_totals()
         return self.skip_tracker.totals()
 
 
 class SkipLoggingCallback(L.Callback):
     """Log the data loader's skip counts as ``data/skipped/<reason>`` (and ``data/skipped``) metrics.
 
-    Reads the counts each training batch carries (:class:`~data.schema.Batch` ``skip_counts``), sums
-    the latest snapshot of every worker, and logs them every ``every_n_steps`` steps. Counts are per
-    rank; ``sync_dist`` sums them over ranks when logging.
+    Every ``every_n_steps`` steps it logs the counts so far in the epoch: the workers' shared table
+    (:meth:`data.webdataset.ShardDataset.skip_totals`) when the trainer's datamodule is a
+    :class:`SanaWMDataModule`, else the latest snapshot each worker's batches carried. At the end of
+    each training epoch it logs the epoch's exact totals as ``data/skipped_epoch/<reason>`` (and
+    ``data/skipped_epoch``), including the skips after a worker's last batch. Counts are per rank;
+    ``sync_dist`` sums them over ranks when logging.
 
     Args:
         every_n_steps: logging period in training steps.
@@ -200,7 +206,22 @@ class SkipLoggingCallback(L.Callback):
         if isinstance(dm, SanaWMDataModule):
             dm.skip_tracker.update(batch)
         if batch_idx % self.every_n_steps == 0:
-            totals = self.tracker.totals()
-            metrics = {f"data/skipped/{k}": float(v) for k, v in totals.items()}
-            metrics["data/skipped"] = float(sum(totals.values()))
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=trainer.world_size > 1, reduce_fx="sum")
+            pl_module.log_dict(
+                self._metrics("data/skipped", trainer), on_step=True, on_epoch=False,
+                sync_dist=trainer.world_size > 1, reduce_fx="sum",
+            )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log_dict(
+            self._metrics("data/skipped_epoch", trainer), on_step=False, on_epoch=True,
+            sync_dist=trainer.world_size > 1, reduce_fx="sum",
+        )
+        self.tracker.reset()
+
+    def _metrics(self, prefix: str, trainer: L.Trainer) -> dict[str, float]:
+        dm = getattr(trainer, "datamodule", None)
+        totals = dm.skip_counts() if isinstance(dm, SanaWMDataModule) else self.tracker.totals()
+        # Every reason is logged, zeros included, so that all ranks log the same keys (sync_dist needs it).
+        metrics = {f"{prefix}/{reason}": float(totals.get(reason, 0)) for reason in SKIP_REASONS}
+        metrics[prefix] = float(sum(totals.values()))
+        return metrics

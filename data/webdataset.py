@@ -32,6 +32,10 @@ each pass so non-persistent workers (fresh copies of the dataset) agree.
 
 Skips: each process keeps its own :class:`~data.errors.SkipStats`; the counts travel with every
 sample (``skip_counts``, ``worker``) and :class:`SkipTracker` sums the latest snapshot per worker.
+Those snapshots miss the skips a worker makes after its last sample, and a worker that delivers
+nothing; so the workers also publish their counts in a shared-memory table that
+:class:`EpochDataLoader` sets up before each pass, and :meth:`ShardDataset.skip_totals` sums it —
+exact at the end of an epoch.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from webdataset.tariterators import base_plus_ext
 
 from sana_wm.camera import resize_crop_geometry, validate_c2w
 
-from .errors import DataError, SampleError, SkipReason, SkipStats
+from .errors import SKIP_REASONS, DataError, SampleError, SkipReason, SkipStats
 from .schema import (
     C2W_KEY,
     CAMERA_CONDITIONS_KEY,
@@ -106,6 +110,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_REASON_INDEX = {reason: i for i, reason in enumerate(SKIP_REASONS)}
 
 # Stream tags so the shard order, sample shuffle, frame sampling and resampling draw independent numbers.
 _TAG_SHARDS, _TAG_SHUFFLE, _TAG_FRAMES, _TAG_RESAMPLE = 1, 2, 3, 4
@@ -623,6 +629,34 @@ class ShardDataset(IterableDataset):
         self.epoch = 0
         # Counters of the most recent iteration in *this* process (each worker has its own).
         self.skip_stats = SkipStats(self.log_every_s)
+        # (workers, reasons) counts in shared memory, written by the workers as they skip (see share_skip_counts).
+        self._skip_table: torch.Tensor | None = None
+
+    def share_skip_counts(self, num_workers: int) -> None:
+        """Give the iterations that start next a shared table to publish their skip counts in, zeroed.
+
+        Call it in the main process before the DataLoader starts (or resumes) its workers; the table is
+        shared memory, so the workers' writes are seen here. Unlike the counts carried by samples, it
+        also holds the skips a worker makes after its last delivered sample and those of a worker that
+        delivers nothing. A persistent worker keeps the table it was started with, so the same tensor is
+        zeroed in place when the worker count is unchanged.
+        """
+        n = max(1, int(num_workers))
+        if self._skip_table is None or self._skip_table.shape[0] != n:
+            self._skip_table = torch.zeros(n, len(SKIP_REASONS), dtype=torch.int64).share_memory_()
+        else:
+            self._skip_table.zero_()
+
+    def skip_totals(self) -> dict[str, int]:
+        """reason -> samples skipped by all workers of this process in the current (or last) pass.
+
+        Exact once the pass has ended; during a pass, what the workers have published so far. Without a
+        shared table (the dataset iterated directly), the counts of this process's last iteration.
+        """
+        if self._skip_table is None:
+            return self.skip_stats.as_dict()
+        sums = self._skip_table.sum(0).tolist()
+        return {reason: int(n) for reason, n in zip(SKIP_REASONS, sums, strict=True) if n}
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch used by the next ``__iter__`` (shard order, shuffles, frame choice)."""
@@ -659,11 +693,20 @@ class ShardDataset(IterableDataset):
         epoch = self.epoch
         self.epoch += 1  # persistent workers advance on their own; see the module docstring
         stats = self.skip_stats = SkipStats(self.log_every_s, name=f"rank {info.rank} worker {info.worker}")
+        table = self._skip_table
+        row = table[info.worker] if table is not None and info.worker < table.shape[0] else None
+        if row is not None:
+            row.zero_()
+
+        def skip(reason: str, url: str | None, key: str | None, field: str, detail: str) -> None:
+            stats.record(reason, url, key, field, detail)
+            if row is not None:
+                row[_REASON_INDEX[reason]] = stats.counts[reason]
 
         def on_shard_error(url: str, key: str | None, exn: Exception) -> None:
             if self.strict:
                 raise DataError(SkipReason.SHARD_READ_ERROR, url, key, "tar", repr(exn)) from exn
-            stats.record(SkipReason.SHARD_READ_ERROR, url, key, "tar", repr(exn))
+            skip(SkipReason.SHARD_READ_ERROR, url, key, "tar", repr(exn))
 
         stream = read_shards((s["url"] for s in self._shard_stream(info, epoch)), on_shard_error)
         if self.shuffle_buffer > 1:
@@ -686,14 +729,14 @@ class ShardDataset(IterableDataset):
             except SampleError as err:
                 if self.strict:
                     raise DataError(err.reason, url, key, err.field, err.detail) from err
-                stats.record(err.reason, url, key, err.field, err.detail)
+                skip(err.reason, url, key, err.field, err.detail)
                 continue
             except Exception as err:  # an unforeseen defect (or a bug): never kill a long run, but shout
                 if self.strict:
                     raise DataError(SkipReason.UNEXPECTED_ERROR, url, key, "?", repr(err)) from err
                 if not stats.counts[SkipReason.UNEXPECTED_ERROR]:
                     log.exception("unexpected error decoding sample %r of %s; skipping it", key, url)
-                stats.record(SkipReason.UNEXPECTED_ERROR, url, key, "?", repr(err))
+                skip(SkipReason.UNEXPECTED_ERROR, url, key, "?", repr(err))
                 continue
             stats.record_ok()
             sample.skip_counts = stats.as_dict()
@@ -739,6 +782,8 @@ class EpochDataLoader(DataLoader):
     def __iter__(self):
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self._next_epoch)
+        if hasattr(self.dataset, "share_skip_counts"):
+            self.dataset.share_skip_counts(self.num_workers)
         self._next_epoch += 1
         if self.num_workers > 0:
             # Collect garbage before the workers fork: a decord reader caught in a reference cycle

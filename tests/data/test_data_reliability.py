@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 
+from data.datamodule import SanaWMDataModule, SkipLoggingCallback
 from data.errors import DataError, SkipReason
 from data.video import encode_mp4
 from data.webdataset import make_latent_dataset, make_video_dataset
@@ -139,3 +141,60 @@ def test_latent_optional_poses_are_delivered_when_valid(tmp_path):
     assert tuple(s.c2w.shape) == (9, 4, 4) and tuple(s.intrinsics.shape) == (9, 4)
     assert s.c2w.dtype == s.intrinsics.dtype == torch.float32
     assert s.c2w[8, 2, 3].item() == pytest.approx(0.4) and s.intrinsics[0].tolist() == pytest.approx([51.2, 51.2, 32.0, 16.0])
+
+
+# -- class 3: the trainer sees every worker's skips ----------------------------------------------------------------
+
+
+def _nan_latent_sample(key: str) -> dict:
+    sample = raw_latent_sample(key)
+    latent = np.zeros((4, 2, 1, 2), np.float32)
+    latent[1, 0, 0, 1] = np.nan
+    return _edit(sample, "latent.npy", latent)
+
+
+def _worker_shards(tmp_path) -> list[str]:
+    """Four shards for 2 workers (worker w reads shards w and w + 2): worker 0 delivers a0 and then skips two
+    NaN latents; worker 1 delivers nothing (one NaN latent, one missing shard)."""
+    return [
+        write_raw_shard(tmp_path / "s0.tar", [raw_latent_sample("a0"), _nan_latent_sample("a1")]),
+        write_raw_shard(tmp_path / "s1.tar", [_nan_latent_sample("b0")]),
+        write_raw_shard(tmp_path / "s2.tar", [_nan_latent_sample("a2")]),
+        str(tmp_path / "s3_missing.tar"),
+    ]
+
+
+EXPECTED_SKIPS = {SkipReason.NONFINITE_TENSOR: 3, SkipReason.SHARD_READ_ERROR: 1}
+
+
+def test_epoch_skip_totals_count_every_worker(tmp_path):
+    from data.webdataset import EpochDataLoader
+
+    ds = make_latent_dataset(_worker_shards(tmp_path), shuffle_shards=False, rank=0, world_size=1)
+    loader = EpochDataLoader(ds, batch_size=1, num_workers=2)
+    for _ in range(2):  # the table restarts with each epoch
+        assert [k for b in loader for k in b.keys] == ["a0"]
+        assert ds.skip_totals() == EXPECTED_SKIPS
+
+
+class _LatentConsumer(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - batch.latent.float().mean()) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_skip_callback_reports_the_epoch_totals_of_all_workers(tmp_path):
+    dm = SanaWMDataModule(train_shards=_worker_shards(tmp_path), kind="latent", batch_size=1, num_workers=2, shuffle_buffer=0)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[SkipLoggingCallback(every_n_steps=1)])
+    trainer.fit(_LatentConsumer(), datamodule=dm)
+    m = trainer.callback_metrics
+    assert {k: m[f"data/skipped_epoch/{k}"].item() for k in EXPECTED_SKIPS} == EXPECTED_SKIPS
+    assert m["data/skipped_epoch"].item() == 4.0
+    assert dm.skip_counts() == EXPECTED_SKIPS
