@@ -165,18 +165,21 @@ def build_callbacks(cfg: TrainConfig) -> list[L.Callback]:
     out = Path(cfg.output_dir)
     ckpt_dir = checkpoint_dir(cfg)
     callbacks: list[L.Callback] = []
+    # No version counter: a run resumed from an explicit checkpoint path (not from last.ckpt) would otherwise write
+    # its newest state to last-v1.ckpt and leave last.ckpt at the older step, so a requeued job with
+    # checkpoint.resume=last would silently go back in time. A name is one state: the newest one written under it.
     if c.every_n_steps > 0:
         callbacks.append(ModelCheckpoint(
             dirpath=ckpt_dir, filename="step_{step:07d}", auto_insert_metric_name=False,
             every_n_train_steps=c.every_n_steps, monitor="step", mode="max", save_top_k=c.keep_periodic,
-            save_last=c.save_last,
+            save_last=c.save_last, enable_version_counter=False,
         ))
     elif c.save_last:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0))
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, enable_version_counter=False))
     if c.monitor and cfg.data.val_shards is not None:
         callbacks.append(ModelCheckpoint(
             dirpath=ckpt_dir, filename="best", auto_insert_metric_name=False, monitor=c.monitor, mode=c.mode,
-            save_top_k=1, save_last=False,
+            save_top_k=1, save_last=False, enable_version_counter=False,
         ))
     callbacks.append(ThroughputMonitor(cfg.monitor.peak_flops, cfg.monitor.log_every_n_steps, cfg.monitor.text_tokens))
     if cfg.logger.name != "none":

@@ -1,0 +1,60 @@
+"""No silent wrong answers in checkpoints and the fine-tuning journey: resume writes last.ckpt, a LoRA base is known
+by its tensors, exports work on NVIDIA's file, validation uses the data's camera, wandb needs no account."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from sana_wm.testing.training import TINY_CPU_OVERRIDES, compose_train_config
+from sana_wm.training import launch
+
+
+class _Tiny(L.LightningModule):
+    """A one-parameter module: the checkpoint callbacks under test come from the real config."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - batch[0].mean()) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit_with_run_checkpoints(out, steps, *extra):
+    """Fit `_Tiny` for `steps` steps with the ModelCheckpoint callbacks `launch.build_callbacks` makes for a run in
+    `out`, resuming as `launch.resolve_resume` says."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    cfg = launch.to_train_config(compose_train_config([
+        *TINY_CPU_OVERRIDES, "data.train_shards=unused.tar", f"output_dir={out}", *extra]))
+    callbacks = [c for c in launch.build_callbacks(cfg) if isinstance(c, ModelCheckpoint)]
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(8.0)), batch_size=1)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=out)
+    trainer.fit(_Tiny(), data, ckpt_path=launch.resolve_resume(cfg))
+    return cfg
+
+
+# -- class 10: after any resume, last.ckpt is the newest state ----------------------------------------------------
+
+
+def test_resume_from_an_explicit_path_rewrites_last_ckpt(tmp_path):
+    out = tmp_path / "run"
+    periodic = ["checkpoint.every_n_steps=1", "checkpoint.keep_periodic=3"]
+    _fit_with_run_checkpoints(out, 2, *periodic)
+    ckpts = out / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 2
+    # A requeued job resumed by hand from an older periodic checkpoint, running on to step 3.
+    _fit_with_run_checkpoints(out, 3, *periodic, f"checkpoint.resume={ckpts / 'step_0000001.ckpt'}")
+    names = sorted(p.name for p in ckpts.iterdir())
+    assert names == ["last.ckpt", "step_0000001.ckpt", "step_0000002.ckpt", "step_0000003.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 3
+    # ... so the default checkpoint.resume=last continues from step 3, not from the stale step 2.
+    cfg = _fit_with_run_checkpoints(out, 4, *periodic, "checkpoint.resume=last")
+    assert launch.resolve_resume(cfg) == str(ckpts / "last.ckpt")
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 4
