@@ -7,7 +7,8 @@ Two sub-commands:
                 checkpoint holds adapters only: the base comes from the run's ``model.init_checkpoint`` or ``--base``
                 and the adapters are merged.
 ``merge``       ``--base`` full checkpoint + ``--adapter`` LoRA safetensors → merged safetensors. The adapter's
-                recorded base hash must match the base file.
+                recorded base must be this base: the same tensors (names, dtypes, shapes, values), whatever the
+                file's header.
 
 The written file loads with `sana_wm.checkpoint.load_checkpoint` / `infer.py --checkpoint`; its metadata carries
 the model config.
@@ -32,7 +33,7 @@ import torch
 from sana_wm.checkpoint import CheckpointError, save_checkpoint
 from sana_wm.models import SanaWM, SanaWMConfig
 
-from .lora import LoraError, add_lora, file_sha256, load_lora, merge_lora, read_lora
+from .lora import LoraError, add_lora, checkpoint_digest, load_lora, merge_lora, read_lora, same_base
 
 __all__ = ["model_from_checkpoint_file", "export_training_checkpoint", "merge_adapter", "main"]
 
@@ -104,8 +105,8 @@ def export_training_checkpoint(
         if not base:
             raise CheckpointError(f"{path} is a LoRA checkpoint (adapters only); pass --base <full checkpoint>")
         model = model_from_checkpoint_file(base, mcfg.preset)
-        digest = file_sha256(base)
-        if meta.get("base_sha256") not in (None, digest):
+        digest = checkpoint_digest(base)
+        if meta.get("base_sha256") is not None and not same_base(meta["base_sha256"], digest, base):
             raise LoraError(f"{path} was trained on base {meta['base_sha256'][:23]}… but --base {base} is {digest[:23]}…")
         lh = hp["lora"]
         add_lora(model, lh["rank"], lh["alpha"], lh["dropout"], lh["target_modules"], lh.get("init", "zero"))
@@ -140,7 +141,7 @@ def merge_adapter(
     """Base checkpoint + LoRA adapter → merged full checkpoint (hash-checked)."""
     _, meta = read_lora(adapter)  # fails early on a non-adapter file
     model = model_from_checkpoint_file(base, preset)
-    load_lora(model, adapter, base_sha256=file_sha256(base))
+    load_lora(model, adapter, base_sha256=checkpoint_digest(base), base_file=base)
     merge_lora(model)
     return save_checkpoint(model, out, layout=layout, dtype=dtype)
 

@@ -15,7 +15,8 @@ peft initialises B = 0, so a freshly attached adapter leaves the model's output 
 included); only adapter weights are trainable.
 
 Adapter files are safetensors with the adapter-name-free keys (``blocks.0.attn.qkv.lora_A.weight``) and metadata:
-``format`` (``sana-wm-lora/1``), ``base_sha256`` (hash of the base checkpoint the adapter was trained on),
+``format`` (``sana-wm-lora/1``), ``base_sha256`` (the :func:`checkpoint_digest` of the base the adapter was trained
+on: a hash of its tensors, so a re-saved copy of the same weights is the same base),
 ``lora_config`` (rank, alpha, dropout, the resolved target modules, init) and ``sana_wm_config``. Loading an adapter
 onto a different base raises :class:`LoraError` before anything runs.
 """
@@ -47,6 +48,8 @@ __all__ = [
     "load_lora",
     "merge_lora",
     "file_sha256",
+    "checkpoint_digest",
+    "same_base",
     "state_fingerprint",
 ]
 
@@ -64,12 +67,52 @@ class LoraError(ValueError):
 
 
 def file_sha256(path: str | os.PathLike, bufsize: int = 1 << 22) -> str:
-    """sha256 of a file's bytes (the identity of a base checkpoint)."""
+    """sha256 of a file's bytes. Not a base's identity (see :func:`checkpoint_digest`): kept to recognise adapters
+    written when bases were identified by their file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(bufsize):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _hash_tensor(h: hashlib._Hash, name: str, t: torch.Tensor) -> None:
+    h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}|".encode())
+    h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def checkpoint_digest(path: str | os.PathLike) -> str:
+    """The identity of a base checkpoint: what it holds, not how the file is laid out.
+
+    sha256 over every tensor's name (normalised as `sana_wm.checkpoint.load_checkpoint` reads it: no ``model.``
+    prefix, official names), dtype, shape and bytes, in name order; prefixed ``tensors:``. Header metadata and its
+    order, tensor order in the file, and the container (.safetensors or .pt) do not change it, so re-saving an
+    unchanged base keeps its adapters valid, while any changed value, dtype or shape gives a different digest.
+    """
+    from sana_wm.checkpoint import normalize_keys, read_state_dict
+
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.suffix == ".safetensors" and path.is_file():
+        with safe_open(str(path), framework="pt") as f:  # one tensor at a time: a 2.6 B-parameter base stays on disk
+            stored_as, _ = normalize_keys({k: k for k in f.keys()})  # normalised name -> name in the file
+            for name in sorted(stored_as):
+                _hash_tensor(h, name, f.get_tensor(stored_as[name]))
+    else:
+        state, _ = normalize_keys(read_state_dict(path))
+        for name in sorted(state):
+            _hash_tensor(h, name, state[name])
+    return "tensors:" + h.hexdigest()
+
+
+def same_base(recorded: str | None, digest: str, base_file: str | os.PathLike | None = None) -> bool:
+    """Whether an adapter's recorded base (``recorded``) is the base whose :func:`checkpoint_digest` (or
+    :func:`state_fingerprint`) is ``digest``. An adapter written before bases were identified by content records the
+    sha256 of the base file's bytes; that is compared with ``base_file``'s bytes, when the file is known."""
+    if recorded == digest:
+        return True
+    legacy = recorded is not None and re.fullmatch(r"[0-9a-f]{64}", recorded) is not None
+    return legacy and base_file is not None and Path(base_file).is_file() and recorded == file_sha256(base_file)
 
 
 def state_fingerprint(model: nn.Module) -> str:
@@ -327,22 +370,24 @@ def read_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def load_lora(
-    model: nn.Module, path: str | os.PathLike, base_sha256: str | None = None, check_config: bool = True
+    model: nn.Module, path: str | os.PathLike, base_sha256: str | None = None, check_config: bool = True,
+    base_file: str | os.PathLike | None = None,
 ) -> LoraSpec:
     """Attach (if needed) and load an adapter into `model`, after checking it was trained on this base.
 
     Args:
         model: the base `SanaWM`, with or without adapters attached.
         path: adapter safetensors written by :func:`save_lora`.
-        base_sha256: hash of the base the model was loaded from (file sha256 or :func:`state_fingerprint`);
-            None skips the check (not recommended).
+        base_sha256: identity of the base the model was loaded from (:func:`checkpoint_digest` of its file, or
+            :func:`state_fingerprint` for a random base); None skips the check (not recommended).
         check_config: also require the adapter's recorded model config to equal ``model.config``.
+        base_file: the base's file, to recognise adapters that recorded its bytes' sha256 (see :func:`same_base`).
 
     Raises:
         LoraError: different base, different architecture, or keys/shapes that do not fit.
     """
     tensors, meta = read_lora(path)
-    if base_sha256 is not None and meta["base_sha256"] != base_sha256:
+    if base_sha256 is not None and not same_base(meta["base_sha256"], base_sha256, base_file):
         raise LoraError(
             f"{path} was trained on base {meta['base_sha256'][:23]}… but the base model here is {base_sha256[:23]}…; "
             "load the base checkpoint the adapter was trained on (model.init_checkpoint / --base)"

@@ -50,7 +50,7 @@ from sana_wm.training.config import (
 )
 
 from .ema import EMA
-from .lora import add_lora, file_sha256, load_lora, lora_state_dict, state_fingerprint
+from .lora import add_lora, checkpoint_digest, load_lora, lora_state_dict, same_base, state_fingerprint
 from .optim import build_optimizer, build_scheduler
 
 __all__ = ["SanaWMLitModule", "build_model", "build_encoders", "Encoders"]
@@ -66,15 +66,16 @@ def build_model(cfg: ModelConfig) -> tuple[SanaWM, str | None]:
     """The DiT of `cfg` (preset + overrides), with `cfg.init_checkpoint` loaded strictly.
 
     Returns:
-        (model, sha256 of the init checkpoint file or None). A checkpoint whose keys or shapes do not fit raises
-        `sana_wm.checkpoint.CheckpointError` naming the file and keys — before any training compute.
+        (model, the init checkpoint's `checkpoint_digest` — the identity of its tensors — or None). A checkpoint whose
+        keys or shapes do not fit raises `sana_wm.checkpoint.CheckpointError` naming the file and keys — before any
+        training compute.
     """
     model = SanaWM.from_preset(cfg.preset, **cfg.overrides())
     digest = None
     if cfg.init_checkpoint:
         load_checkpoint(model, cfg.init_checkpoint)
-        digest = file_sha256(cfg.init_checkpoint)
-        log.info("loaded model.init_checkpoint=%s (sha256 %s…)", cfg.init_checkpoint, digest[:12])
+        digest = checkpoint_digest(cfg.init_checkpoint)
+        log.info("loaded model.init_checkpoint=%s (%s…)", cfg.init_checkpoint, digest[:20])
     return model, digest
 
 
@@ -181,11 +182,12 @@ class SanaWMLitModule(L.LightningModule):
         self.register_buffer("null_mask", null_mask)
 
         self.base_sha256: str | None = None
+        self.init_file = model.init_checkpoint
         if lora.enabled:
             # The adapter's identity check needs the base's hash: the file's, or the weights' for a random base.
             self.base_sha256 = init_digest or state_fingerprint(net)
             if lora.adapter:
-                load_lora(net, lora.adapter, base_sha256=self.base_sha256)
+                load_lora(net, lora.adapter, base_sha256=self.base_sha256, base_file=model.init_checkpoint)
             else:
                 add_lora(net, lora.rank, lora.alpha, lora.dropout, lora.target_modules, lora.init)
             # Only adapters live in training checkpoints; the base comes from model.init_checkpoint on resume.
@@ -438,7 +440,8 @@ class SanaWMLitModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("sana_wm", {})
-        if self.lora_cfg.enabled and meta.get("base_sha256") not in (None, self.base_sha256):
+        recorded = meta.get("base_sha256")
+        if self.lora_cfg.enabled and recorded is not None and not same_base(recorded, self.base_sha256, self.init_file):
             raise ValueError(
                 f"this LoRA checkpoint was trained on base {meta['base_sha256'][:23]}… but model.init_checkpoint "
                 f"is {str(self.base_sha256)[:23]}…; resume with the same base checkpoint"

@@ -12,6 +12,7 @@ from sana_wm.training.config import DEFAULT_LORA_TARGETS
 from sana_wm.training.lora import (
     LoraError,
     add_lora,
+    checkpoint_digest,
     file_sha256,
     load_lora,
     merge_lora,
@@ -196,7 +197,7 @@ def test_lora_fine_tuning_run_saves_adapters_with_the_base_hash_and_exports(tmp_
     train(cfg)
     adapter = tmp_path / "run" / "adapters" / "last.safetensors"
     tensors, meta = read_lora(adapter)
-    assert meta["base_sha256"] == file_sha256(bfile)
+    assert meta["base_sha256"] == checkpoint_digest(bfile)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     model_keys = [k for k in ckpt["state_dict"] if k.startswith("model.")]
     assert model_keys and all(".lora_" in k for k in model_keys)  # the resume checkpoint holds adapters only
@@ -206,7 +207,7 @@ def test_lora_fine_tuning_run_saves_adapters_with_the_base_hash_and_exports(tmp_
     load_checkpoint(merged, out)
     via_adapter = _tiny()
     load_checkpoint(via_adapter, bfile)
-    load_lora(via_adapter, adapter, base_sha256=file_sha256(bfile))
+    load_lora(via_adapter, adapter, base_sha256=checkpoint_digest(bfile))
     inp = _inputs()
     with torch.no_grad():
         a, b, c = merged(**inp), via_adapter(**inp), base(**inp)

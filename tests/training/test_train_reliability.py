@@ -58,3 +58,53 @@ def test_resume_from_an_explicit_path_rewrites_last_ckpt(tmp_path):
     cfg = _fit_with_run_checkpoints(out, 4, *periodic, "checkpoint.resume=last")
     assert launch.resolve_resume(cfg) == str(ckpts / "last.ckpt")
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+# -- class 11: a LoRA base is identified by its tensors, not its file's bytes -------------------------------------
+
+
+def _tiny_base_files(tmp_path):
+    """The tiny DiT saved by save_checkpoint, the same tensors re-saved with another header (different bytes), and a
+    base that differs in one element."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from sana_wm import SanaWM
+    from sana_wm.checkpoint import read_state_dict, save_checkpoint
+
+    torch.manual_seed(0)
+    first = save_checkpoint(SanaWM.from_preset("tiny"), tmp_path / "base.safetensors")
+    state = read_state_dict(first)
+    with safe_open(str(first), framework="pt") as f:
+        meta = f.metadata()
+    resaved = tmp_path / "resaved.safetensors"
+    save_file(state, str(resaved), metadata={**meta, "note": "re-saved by another process"})
+    other = dict(state)
+    other["final_layer.linear.bias"] = other["final_layer.linear.bias"].clone()
+    other["final_layer.linear.bias"][0] += 1e-3
+    different = tmp_path / "different.safetensors"
+    save_file(other, str(different), metadata=meta)
+    assert first.read_bytes() != resaved.read_bytes()
+    return first, resaved, different
+
+
+def test_a_resaved_base_keeps_its_adapters_and_a_different_base_is_refused(tmp_path):
+    from sana_wm.training.config import ModelConfig
+    from sana_wm.training.export import merge_adapter
+    from sana_wm.training.lora import LoraError, add_lora, checkpoint_digest, file_sha256, save_lora
+    from sana_wm.training.module import build_model
+
+    first, resaved, different = _tiny_base_files(tmp_path)
+    model, digest = build_model(ModelConfig(preset="tiny", init_checkpoint=str(first)))
+    assert build_model(ModelConfig(preset="tiny", init_checkpoint=str(resaved)))[1] == digest
+    assert checkpoint_digest(different) != digest
+    add_lora(model, rank=2)
+    adapter = save_lora(model, tmp_path / "adapter.safetensors", digest)
+    merge_adapter(resaved, adapter, tmp_path / "merged.safetensors")  # the same weights: accepted
+    with pytest.raises(LoraError, match="was trained on base"):
+        merge_adapter(different, adapter, tmp_path / "wrong.safetensors")
+    # An adapter that recorded its base by the file's bytes (as adapters once did) still fits that very file.
+    legacy = save_lora(model, tmp_path / "legacy.safetensors", file_sha256(first))
+    merge_adapter(first, legacy, tmp_path / "merged_legacy.safetensors")
+    with pytest.raises(LoraError, match="was trained on base"):
+        merge_adapter(different, legacy, tmp_path / "wrong.safetensors")
