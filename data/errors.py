@@ -39,6 +39,7 @@ class SkipReason:
     BAD_INTRINSICS = "bad_intrinsics"  # fx or fy <= 0, non-finite values, not a pinhole K
     NONFINITE_TENSOR = "nonfinite_tensor"  # NaN / inf in a cached latent, text embedding or camera tensor
     SHAPE_MISMATCH = "shape_mismatch"  # cached tensors disagree on T, h, w or L
+    NO_CAMERA = "no_camera"  # a clip marked "camera": false (no poses to train the camera control with)
     UNEXPECTED_ERROR = "unexpected_error"  # any other exception while decoding (logged with traceback)
 
 

@@ -11,8 +11,8 @@ Two kinds of WebDataset shard exist (full description in ``data/README.md``):
       <key>.json             metadata (see VIDEO_META_REQUIRED / VIDEO_META_OPTIONAL)
 
   A clip without camera annotation sets ``"camera": false`` in its json and omits both arrays; the
-  loader then uses identity poses and K = [W, H, W/2, H/2] (target pixels), i.e. the reference's
-  [W_lat, H_lat, W_lat/2, H_lat/2] in latent units (docs/design/camera.md §3).
+  loader skips it as ``no_camera`` (counted and reported) rather than inventing identity poses and a
+  default K, which would teach the camera control that moving footage has a static camera.
 
 * **latent shards** (schema ``sana-wm-latent-shard/1``) — pre-encoded, so pre-training neither
   decodes video nor runs the VAE or the text encoder::
@@ -101,7 +101,7 @@ VIDEO_META_REQUIRED: dict[str, str] = {
 }
 #: json fields a sample may carry (written by the annotation pipeline / shard writer).
 VIDEO_META_OPTIONAL: dict[str, str] = {
-    "camera": "false for a clip without camera annotation (identity poses, default K); default true",
+    "camera": "false for a clip without camera annotation (the loader skips it as no_camera); default true",
     "source": "dataset or generator name, e.g. 'synthetic' or 'sekai'",
     "licence": "licence of the clip (SPDX id or free text)",
     "annotation": "{'backend': str, 'version': str} of the pose annotator",

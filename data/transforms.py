@@ -43,7 +43,6 @@ __all__ = [
     "resize_center_crop",
     "validate_c2w_array",
     "validate_intrinsics_array",
-    "default_intrinsics",
     "ClipCamera",
     "build_clip_camera",
     "check_metric_scale",
@@ -254,11 +253,6 @@ def validate_intrinsics_array(intrinsics: Any, num_frames: int, field: str = "in
     return vec
 
 
-def default_intrinsics(target_h: int, target_w: int, num_frames: int) -> np.ndarray:
-    """Intrinsics for a clip without camera: [W, H, W/2, H/2] in target pixels (the released loader's) → (F, 4)."""
-    return np.tile(np.array([target_w, target_h, target_w / 2.0, target_h / 2.0], dtype=np.float64), (num_frames, 1))
-
-
 class ClipCamera:
     """Camera tensors of one sampled clip (all float32 torch tensors).
 
@@ -279,8 +273,8 @@ class ClipCamera:
 
 
 def build_clip_camera(
-    c2w_src: np.ndarray | None,
-    intrinsics_src: np.ndarray | None,
+    c2w_src: np.ndarray,
+    intrinsics_src: np.ndarray,
     indices: np.ndarray,
     geom: CropGeometry | None,
     metric_scale: float,
@@ -290,9 +284,8 @@ def build_clip_camera(
     """Camera tensors for the frames ``indices`` of a clip, after resize + crop.
 
     Args:
-        c2w_src: ``(F_src, 4, 4)`` validated source poses, or None for a clip without camera
-            (identity poses and :func:`default_intrinsics`).
-        intrinsics_src: ``(F_src, 4)`` validated source-pixel intrinsics (None with ``c2w_src=None``).
+        c2w_src: ``(F_src, 4, 4)`` validated source poses.
+        intrinsics_src: ``(F_src, 4)`` validated source-pixel intrinsics.
         indices: ``(F,)`` sampled frame indices.
         geom: resize/crop geometry from source to target pixels (unused without camera).
         metric_scale: multiplies translations (> 0).
@@ -304,12 +297,8 @@ def build_clip_camera(
     """
     num = len(indices)
     h, w = target_hw
-    if c2w_src is None:
-        c2w_rel = np.tile(np.eye(4), (num, 1, 1))
-        intr = default_intrinsics(h, w, num)
-    else:
-        c2w_rel = scale_translation(relative_to_first(c2w_src[indices]), metric_scale)
-        intr = crop_intrinsics(intrinsics_src[indices], geom)
+    c2w_rel = scale_translation(relative_to_first(c2w_src[indices]), metric_scale)
+    intr = crop_intrinsics(intrinsics_src[indices], geom)
     cond, plucker = prepare_camera(c2w_rel, intr, (h, w), (h // LATENT_DOWNSAMPLE, w // LATENT_DOWNSAMPLE), num, temporal_stride)
     return ClipCamera(
         c2w=torch.from_numpy(np.ascontiguousarray(c2w_rel, dtype=np.float32)),

@@ -310,13 +310,19 @@ class VideoDecoder:
         has_camera = meta.get("camera", True)
         if not isinstance(has_camera, bool):
             raise SampleError(SkipReason.BAD_META, "json:camera", f"expected true/false; got {has_camera!r}.")
+        if not has_camera:
+            # Made-up poses (identity, a default K) for footage whose camera may move would teach the model that
+            # moving footage means a static camera; such a clip is counted and reported instead.
+            raise SampleError(
+                SkipReason.NO_CAMERA, "json:camera",
+                "the clip has no camera annotation; write its c2w.npy and intrinsics.npy (e.g. from a pose "
+                "estimator, with its metric scale) to train on it.",
+            )
         caption = _caption(raw)
 
         # Cheap array checks first, so a bad annotation costs no video decoding.
-        c2w = intr = None
-        if has_camera:
-            c2w = validate_c2w_array(_load_npy(raw, C2W_KEY).numpy(), meta_f, C2W_KEY)
-            intr = validate_intrinsics_array(_load_npy(raw, INTRINSICS_KEY).numpy(), meta_f, INTRINSICS_KEY)
+        c2w = validate_c2w_array(_load_npy(raw, C2W_KEY).numpy(), meta_f, C2W_KEY)
+        intr = validate_intrinsics_array(_load_npy(raw, INTRINSICS_KEY).numpy(), meta_f, INTRINSICS_KEY)
 
         if VIDEO_KEY in raw:
             indices, frames = self._decode_mp4(raw[VIDEO_KEY], meta_f, fps, rng)

@@ -143,16 +143,6 @@ def test_missing_shard_file_is_skipped(clip, tmp_path):
     assert ds.skip_stats.as_dict() == {SkipReason.SHARD_READ_ERROR: 1}
 
 
-def test_clip_without_camera_gets_identity_and_default_intrinsics(clip, tmp_path):
-    frames, _, _, mp4 = clip
-    s = raw_video_sample("nocam", frames=frames, mp4=mp4, meta_overrides={"camera": False})
-    url = write_raw_shard(tmp_path / "nocam.tar", [s])
-    (out,) = list(make_video_dataset(url, num_frames=F, height=H, width=W, strict=True))
-    assert torch.equal(out.c2w, torch.eye(4).repeat(F, 1, 1))
-    # K = [W_lat, H_lat, W_lat/2, H_lat/2] in latent units (docs/design/camera.md §3) = [W, H, W/2, H/2] / 32
-    assert out.camera_conditions[0, 16:].tolist() == [W / 32, H / 32, W / 64, H / 64]
-
-
 def _latent_shards(tmp_path, corrupt: str) -> str:
     """Latent shard with samples g0, bad, g1; 'bad' has a NaN latent or a mis-shaped Plücker tensor."""
     T, h, w = 2, 1, 2

@@ -198,3 +198,25 @@ def test_skip_callback_reports_the_epoch_totals_of_all_workers(tmp_path):
     assert {k: m[f"data/skipped_epoch/{k}"].item() for k in EXPECTED_SKIPS} == EXPECTED_SKIPS
     assert m["data/skipped_epoch"].item() == 4.0
     assert dm.skip_counts() == EXPECTED_SKIPS
+
+
+# -- class 5: a clip without camera never trains on identity poses -------------------------------------------------
+
+
+def test_clip_without_camera_is_refused_counted_and_reported(clip, tmp_path, caplog):
+    """Identity poses and a default K for footage whose camera may well move would teach "moving footage = static
+    camera"; such a clip is skipped as no_camera (and raised in strict mode), never given made-up poses."""
+    import logging
+
+    frames, c2w, K, mp4 = clip
+    nocam = raw_video_sample("nocam", frames=frames, mp4=mp4, meta_overrides={"camera": False})
+    good = raw_video_sample("good", frames=frames, c2w=c2w, intrinsics=K, mp4=mp4)
+    url = write_raw_shard(tmp_path / "s.tar", [nocam, good])
+    ds = make_video_dataset(url, num_frames=F, height=H, width=W, video_format="uint8")
+    with caplog.at_level(logging.WARNING, logger="data.errors"):
+        assert [s.key for s in ds] == ["good"]
+    assert ds.skip_stats.as_dict() == {SkipReason.NO_CAMERA: 1}
+    assert any("nocam" in r.getMessage() and "no_camera" in r.getMessage() for r in caplog.records)
+    with pytest.raises(DataError) as info:
+        list(make_video_dataset(url, num_frames=F, height=H, width=W, strict=True))
+    assert (info.value.reason, info.value.key, info.value.field) == (SkipReason.NO_CAMERA, "nocam", "json:camera")
