@@ -102,6 +102,7 @@ VIDEO_META_REQUIRED: dict[str, str] = {
 #: json fields a sample may carry (written by the annotation pipeline / shard writer).
 VIDEO_META_OPTIONAL: dict[str, str] = {
     "camera": "false for a clip without camera annotation (the loader skips it as no_camera); default true",
+    "pose_scale": "'metric' (poses in metres, metric_scale 1) or 'relative' (up to scale, metric_scale converts)",
     "source": "dataset or generator name, e.g. 'synthetic' or 'sekai'",
     "licence": "licence of the clip (SPDX id or free text)",
     "annotation": "{'backend': str, 'version': str} of the pose annotator",

@@ -299,14 +299,6 @@ class VideoDecoder:
     def __call__(self, raw: dict, rng: np.random.Generator) -> Sample:
         key = raw["__key__"]
         meta = _load_json(raw, SCHEMA_VERSION)
-        for name in VIDEO_META_REQUIRED:
-            if name not in meta:
-                raise SampleError(SkipReason.MISSING_KEY, f"json:{name}", "required metadata field is absent.")
-        fps = _meta_number(meta, "fps")
-        meta_w = _meta_number(meta, "width", integer=True)
-        meta_h = _meta_number(meta, "height", integer=True)
-        meta_f = _meta_number(meta, "num_frames", integer=True)
-        metric_scale = check_metric_scale(meta["metric_scale"])
         has_camera = meta.get("camera", True)
         if not isinstance(has_camera, bool):
             raise SampleError(SkipReason.BAD_META, "json:camera", f"expected true/false; got {has_camera!r}.")
@@ -318,6 +310,14 @@ class VideoDecoder:
                 "the clip has no camera annotation; write its c2w.npy and intrinsics.npy (e.g. from a pose "
                 "estimator, with its metric scale) to train on it.",
             )
+        for name in VIDEO_META_REQUIRED:
+            if name not in meta:
+                raise SampleError(SkipReason.MISSING_KEY, f"json:{name}", "required metadata field is absent.")
+        fps = _meta_number(meta, "fps")
+        meta_w = _meta_number(meta, "width", integer=True)
+        meta_h = _meta_number(meta, "height", integer=True)
+        meta_f = _meta_number(meta, "num_frames", integer=True)
+        metric_scale = check_metric_scale(meta["metric_scale"])
         caption = _caption(raw)
 
         # Cheap array checks first, so a bad annotation costs no video decoding.

@@ -12,8 +12,12 @@ annotation output layout, one clip per stem::
     DIR/<stem>.c2w.npy             (F, 4, 4) OpenCV camera-to-world
     DIR/<stem>.intrinsics.npy      (3, 3) / (4,) / (F, 3, 3) / (F, 4) in source pixels
     DIR/<stem>.txt                 caption
-    DIR/<stem>.json                optional metadata: metric_scale, annotation, quality, licence, source,
-                                   fps (required for image sequences), camera (false = no poses)
+    DIR/<stem>.json                optional metadata: metric_scale, pose_scale, annotation, quality, licence,
+                                   source, fps (required for image sequences), camera (false = no poses)
+
+The scale of the poses is never assumed: give ``--metric-poses`` (poses in metres) or ``--metric-scale X``
+(up-to-scale poses, e.g. COLMAP's, times X are metres), or ``metric_scale`` in each clip's json; a clip
+with poses and no stated scale is refused.
 
 A clip with a defect (missing file, mismatched frame count, non-rigid pose, …) is reported and skipped,
 or stops the run with ``--strict``.
@@ -218,7 +222,10 @@ def write_video_sample(
         writer: :class:`ShardSink`, ``wds.TarWriter`` or ``wds.ShardWriter``.
         key: sample key, ``[A-Za-z0-9_-]+``.
         caption: caption text.
-        meta: metadata (see ``schema.VIDEO_META_OPTIONAL``); ``metric_scale`` defaults to 1.0.
+        meta: metadata (see ``schema.VIDEO_META_OPTIONAL``). A clip with camera must state the scale of
+            its poses: ``metric_scale`` (1.0 for poses in metres; for up-to-scale poses, e.g. COLMAP's,
+            the factor that turns them into metres), optionally with ``pose_scale`` ('metric' or
+            'relative'), which must agree (metric means a factor of 1). There is no default.
         mp4, frames: the clip.
         c2w: ``(F, 4, 4)`` OpenCV camera-to-world, one per frame.
         intrinsics: ``(3, 3)``, ``(4,)``, ``(F, 3, 3)`` or ``(F, 4)`` in the clip's pixels.
@@ -261,11 +268,10 @@ def write_video_sample(
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps) or fps <= 0:
         raise ValueError(f"sample {key!r}: meta['fps'] must be a positive number; got {fps!r}.")
     meta.update(schema=SCHEMA_VERSION, num_frames=int(num), width=int(w), height=int(h))
-    meta.setdefault("metric_scale", 1.0)
     try:
-        meta["metric_scale"] = check_metric_scale(meta["metric_scale"])
         has_camera = meta.get("camera", True)
         if has_camera:
+            _check_pose_scale(meta)
             if c2w is None or intrinsics is None:
                 raise ValueError("`c2w` and `intrinsics` are required unless meta['camera'] is False.")
             c2w_arr = _as_numpy(c2w)
@@ -282,6 +288,29 @@ def write_video_sample(
     sample[META_KEY] = json.dumps(meta, sort_keys=True).encode("utf-8")
     _emit(writer, sample, num)
     return meta
+
+
+def _check_pose_scale(meta: dict[str, Any]) -> None:
+    """Require the clip's poses to come with their scale (``metric_scale``, see :func:`write_video_sample`).
+
+    A pose annotator that works up to scale (COLMAP, most SLAM) gives translations in arbitrary units; taking
+    them as metres would silently mis-scale the camera control, so nothing is assumed.
+    """
+    if "metric_scale" not in meta:
+        raise ValueError(
+            "the scale of the poses is not stated: set meta['metric_scale'] to 1.0 if the poses are in metres "
+            "(pose_scale 'metric'), or, for poses up to an unknown scale (pose_scale 'relative', e.g. COLMAP), to the "
+            "factor that turns their units into metres (CLI: --metric-poses or --metric-scale X, or the clip's json)."
+        )
+    meta["metric_scale"] = check_metric_scale(meta["metric_scale"])
+    kind = meta.get("pose_scale")
+    if kind is not None and kind not in ("metric", "relative"):
+        raise ValueError(f"meta['pose_scale'] must be 'metric' or 'relative'; got {kind!r}.")
+    if kind == "metric" and meta["metric_scale"] != 1.0:
+        raise ValueError(
+            f"meta['pose_scale'] is 'metric' but meta['metric_scale'] is {meta['metric_scale']!r}; metric poses "
+            "have a factor of 1.0 (use pose_scale 'relative' for poses that need scaling)."
+        )
 
 
 def write_latent_sample(
@@ -471,11 +500,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-mb", type=float, default=None, help="approximate MB per shard")
     p.add_argument("--source", default=None, help="default json 'source'")
     p.add_argument("--licence", default=None, help="default json 'licence'")
-    p.add_argument("--metric-scale", type=float, default=None, help="default json 'metric_scale' (else 1.0)")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--metric-poses", action="store_true",
+                       help="the poses are in metres (json metric_scale 1.0, pose_scale 'metric')")
+    scale.add_argument("--metric-scale", type=float, default=None, metavar="X",
+                       help="the poses are up to scale (e.g. COLMAP); X turns their units into metres "
+                            "(json metric_scale X, pose_scale 'relative')")
     p.add_argument("--strict", action="store_true", help="stop at the first bad clip")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    defaults = {k: v for k, v in (("source", args.source), ("licence", args.licence), ("metric_scale", args.metric_scale)) if v is not None}
+    defaults = {k: v for k, v in (("source", args.source), ("licence", args.licence)) if v is not None}
+    if args.metric_poses:
+        defaults.update(metric_scale=1.0, pose_scale="metric")
+    elif args.metric_scale is not None:
+        defaults.update(metric_scale=args.metric_scale, pose_scale="relative")
     max_bytes = None if args.max_mb is None else int(args.max_mb * 2**20)
     try:
         result = write_folder(args.input, args.out, args.prefix, args.max_count, max_bytes, defaults, args.strict)

@@ -220,3 +220,51 @@ def test_clip_without_camera_is_refused_counted_and_reported(clip, tmp_path, cap
     with pytest.raises(DataError) as info:
         list(make_video_dataset(url, num_frames=F, height=H, width=W, strict=True))
     assert (info.value.reason, info.value.key, info.value.field) == (SkipReason.NO_CAMERA, "nocam", "json:camera")
+
+
+# -- class 6: the shard writer never assumes poses are metric -----------------------------------------------------
+
+
+def _annotated_folder(root, clip, sidecar: dict | None = None):
+    frames, c2w, K, mp4 = clip
+    root.mkdir()
+    (root / "walk.mp4").write_bytes(mp4)
+    np.save(root / "walk.c2w.npy", c2w)
+    np.save(root / "walk.intrinsics.npy", K)
+    (root / "walk.txt").write_text("a walk")
+    if sidecar is not None:
+        (root / "walk.json").write_text(json.dumps(sidecar))
+    return root
+
+
+def _written_meta(out) -> dict:
+    (s,) = list(make_video_dataset(str(out), num_frames=F, height=H, width=W, strict=True))
+    return s.meta
+
+
+def test_shard_writer_requires_the_pose_scale_to_be_stated(clip, tmp_path, capsys):
+    from data.write_shards import ShardSink, main, write_video_sample
+
+    frames, c2w, K, mp4 = clip
+    with ShardSink(tmp_path / "api") as sink, pytest.raises(ValueError, match="metric_scale") as info:
+        write_video_sample(sink, "walk", caption="a walk", meta={"fps": 16.0}, mp4=mp4, c2w=c2w, intrinsics=K)
+    assert "'walk'" in str(info.value) and "relative" in str(info.value)
+
+    folder = _annotated_folder(tmp_path / "in", clip)  # poses from an external tool, no scale anywhere
+    assert main(["--input", str(folder), "--out", str(tmp_path / "o0"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "--metric-scale" in err and "--metric-poses" in err and "walk" in err
+    # Relative poses with a stated factor, or metric poses: written, and recorded as such.
+    assert main(["--input", str(folder), "--out", str(tmp_path / "o1"), "--metric-scale", "0.4"]) == 0
+    assert {k: _written_meta(tmp_path / "o1")[k] for k in ("metric_scale", "pose_scale")} == {"metric_scale": 0.4, "pose_scale": "relative"}
+    assert main(["--input", str(folder), "--out", str(tmp_path / "o2"), "--metric-poses"]) == 0
+    assert {k: _written_meta(tmp_path / "o2")[k] for k in ("metric_scale", "pose_scale")} == {"metric_scale": 1.0, "pose_scale": "metric"}
+    with pytest.raises(SystemExit):  # one or the other
+        main(["--input", str(folder), "--out", str(tmp_path / "o3"), "--metric-poses", "--metric-scale", "2"])
+    # A sidecar json that states the scale is enough; "metric" with a factor other than 1 is a contradiction.
+    stated = _annotated_folder(tmp_path / "in2", clip, {"metric_scale": 2.5, "pose_scale": "relative"})
+    assert main(["--input", str(stated), "--out", str(tmp_path / "o4"), "--strict"]) == 0
+    assert _written_meta(tmp_path / "o4")["metric_scale"] == 2.5
+    bad = _annotated_folder(tmp_path / "in3", clip, {"metric_scale": 2.5, "pose_scale": "metric"})
+    assert main(["--input", str(bad), "--out", str(tmp_path / "o5"), "--strict"]) == 2
+    assert "pose_scale" in capsys.readouterr().err

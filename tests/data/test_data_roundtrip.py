@@ -53,7 +53,7 @@ def test_video_roundtrip_mp4_and_manifest(tmp_path):
     with ShardSink(tmp_path, prefix="vid", max_count=2) as sink:
         for i in range(5):
             frames, c2w, K = tiny_video_clip(num_frames=9, height=32, width=64, seed=i)
-            write_video_sample(sink, f"c{i}", caption=f"clip {i}", meta={"fps": 24.0}, mp4=encode_mp4(frames, 24.0, crf=10), c2w=c2w, intrinsics=K)
+            write_video_sample(sink, f"c{i}", caption=f"clip {i}", meta={"fps": 24.0, "metric_scale": 1.0}, mp4=encode_mp4(frames, 24.0, crf=10), c2w=c2w, intrinsics=K)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["schema"] == SCHEMA_VERSION
     assert manifest["num_samples"] == 5 and manifest["num_frames"] == 45 and manifest["num_shards"] == 3
@@ -103,10 +103,10 @@ def test_video_writer_rejects_bad_clip(tmp_path):
     frames, c2w, K = tiny_video_clip(num_frames=9)
     with ShardSink(tmp_path) as sink:
         with pytest.raises(ValueError, match="'bad'.*8 poses for a clip of 9 frames"):
-            write_video_sample(sink, "bad", caption="x", meta={"fps": 16.0}, frames=frames, c2w=c2w[:8], intrinsics=K)
+            write_video_sample(sink, "bad", caption="x", meta={"fps": 16.0, "metric_scale": 1.0}, frames=frames, c2w=c2w[:8], intrinsics=K)
         with pytest.raises(ValueError, match="duplicate"):
-            write_video_sample(sink, "ok", caption="x", meta={"fps": 16.0}, frames=frames, c2w=c2w, intrinsics=K)
-            write_video_sample(sink, "ok", caption="x", meta={"fps": 16.0}, frames=frames, c2w=c2w, intrinsics=K)
+            write_video_sample(sink, "ok", caption="x", meta={"fps": 16.0, "metric_scale": 1.0}, frames=frames, c2w=c2w, intrinsics=K)
+            write_video_sample(sink, "ok", caption="x", meta={"fps": 16.0, "metric_scale": 1.0}, frames=frames, c2w=c2w, intrinsics=K)
 
 
 def _annotation_folder(root, n_good: int = 2):

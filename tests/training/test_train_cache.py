@@ -23,7 +23,7 @@ def setup(tmp_path_factory):
     with ShardSink(root / "videos", prefix="v", max_count=2) as sink:
         for i in range(3):
             frames, c2w, K = tiny_video_clip(num_frames=17, height=64, width=96, seed=i)
-            write_video_sample(sink, f"clip-{i}", caption=f"a panning clip number {i}", meta={"fps": 16.0},
+            write_video_sample(sink, f"clip-{i}", caption=f"a panning clip number {i}", meta={"fps": 16.0, "metric_scale": 1.0},
                                frames=frames, c2w=c2w, intrinsics=K)
     save_tiny_vae(root / "enc", latent_channels=16)
     save_tiny_text_encoder(root / "enc", hidden=32)
