@@ -26,16 +26,17 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from sana_wm.checkpoint import CheckpointError, save_checkpoint
-from sana_wm.models import SanaWM, SanaWMConfig
+from sana_wm.models import PRESETS, SanaWM, SanaWMConfig
 
 from .lora import LoraError, add_lora, checkpoint_digest, load_lora, merge_lora, read_lora, same_base
 
-__all__ = ["model_from_checkpoint_file", "export_training_checkpoint", "merge_adapter", "main"]
+__all__ = ["model_from_checkpoint_file", "infer_preset", "export_training_checkpoint", "merge_adapter", "main"]
 
 
 def _config_from_safetensors(path: str | os.PathLike) -> SanaWMConfig | None:
@@ -48,19 +49,78 @@ def _config_from_safetensors(path: str | os.PathLike) -> SanaWMConfig | None:
     return None
 
 
-def model_from_checkpoint_file(path: str | os.PathLike, preset: str | None = None) -> SanaWM:
-    """Build the DiT described by a safetensors file's metadata (or `preset`) and load it strictly."""
+def _file_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name (normalised as `load_checkpoint` reads it) → shape, without loading a safetensors file's data."""
+    from sana_wm.checkpoint import normalize_keys, read_state_dict
+
+    if str(path).endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    else:
+        raw = {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+    return normalize_keys(raw)[0]
+
+
+def _misfit(cfg: SanaWMConfig, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """How a file's tensor shapes differ from the model `cfg` describes (empty when they fit)."""
+    from sana_wm.checkpoint import OFFICIAL_ONLY
+
+    with torch.device("meta"):
+        own = {k: tuple(v.shape) for k, v in SanaWM(cfg).state_dict().items()}
+    missing = [k for k in own if k not in shapes and k not in OFFICIAL_ONLY]
+    unexpected = [k for k in shapes if k not in own]
+    wrong = [f"{k}: file {shapes[k]} vs {own[k]}" for k in shapes if k in own and shapes[k] != own[k]]
+    return [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected] + wrong
+
+
+def infer_preset(path: str | os.PathLike) -> str:
+    """The preset whose tensor shapes a config-less checkpoint (NVIDIA's release file) has exactly.
+
+    Raises:
+        CheckpointError: no preset, or more than one, fits; the message names ``--preset`` and how each preset differs.
+    """
+    shapes = _file_shapes(path)
+    misfits = {name: _misfit(cfg, shapes) for name, cfg in PRESETS.items()}
+    fitting = [name for name, diff in misfits.items() if not diff]
+    if len(fitting) == 1:
+        return fitting[0]
+    why = "; ".join(f"{name}: {len(d)} differences, e.g. {d[:2]}" for name, d in misfits.items() if d)
+    raise CheckpointError(
+        f"{path} carries no model config in its metadata and its tensor shapes fit "
+        + (f"several presets {fitting}" if fitting else f"no preset ({why})")
+        + f"; pass --preset <name> (one of {sorted(PRESETS)}) or export from a file written by save_checkpoint"
+    )
+
+
+def model_from_checkpoint_file(
+    path: str | os.PathLike, preset: str | None = None, config: SanaWMConfig | None = None
+) -> SanaWM:
+    """Build the DiT a checkpoint file holds and load it strictly.
+
+    The architecture comes from, in order: the file's own metadata (files written by `save_checkpoint`), `preset`,
+    `config` (e.g. the one an adapter recorded) when the file's shapes fit it, and otherwise the one preset whose
+    tensor shapes the file has (NVIDIA's release file carries no metadata: see :func:`infer_preset`).
+    """
     from sana_wm.checkpoint import load_checkpoint
 
     cfg = _config_from_safetensors(path) if str(path).endswith(".safetensors") else None
+    if cfg is None and preset is not None:
+        cfg = _preset_config(preset)
+    if cfg is None and config is not None and not _misfit(config, _file_shapes(path)):
+        cfg = config
     if cfg is None:
-        if preset is None:
-            raise CheckpointError(f"{path} carries no model config in its metadata; pass --preset (e.g. sana_wm_1600m_720p)")
-        model = SanaWM.from_preset(preset)
-    else:
-        model = SanaWM(cfg)
+        cfg = _preset_config(infer_preset(path))
+    model = SanaWM(cfg)
     load_checkpoint(model, path)
     return model
+
+
+def _preset_config(name: str) -> SanaWMConfig:
+    if name not in PRESETS:
+        raise CheckpointError(f"--preset {name!r} is not a preset; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]
 
 
 def _read_training_checkpoint(path: Path) -> dict:
@@ -104,7 +164,7 @@ def export_training_checkpoint(
         base = base or mcfg.init_checkpoint
         if not base:
             raise CheckpointError(f"{path} is a LoRA checkpoint (adapters only); pass --base <full checkpoint>")
-        model = model_from_checkpoint_file(base, mcfg.preset)
+        model = model_from_checkpoint_file(base, config=replace(PRESETS[mcfg.preset], **mcfg.overrides()))
         digest = checkpoint_digest(base)
         if meta.get("base_sha256") is not None and not same_base(meta["base_sha256"], digest, base):
             raise LoraError(f"{path} was trained on base {meta['base_sha256'][:23]}… but --base {base} is {digest[:23]}…")
@@ -140,7 +200,8 @@ def merge_adapter(
 ) -> Path:
     """Base checkpoint + LoRA adapter → merged full checkpoint (hash-checked)."""
     _, meta = read_lora(adapter)  # fails early on a non-adapter file
-    model = model_from_checkpoint_file(base, preset)
+    recorded = SanaWMConfig(**json.loads(meta["sana_wm_config"])) if "sana_wm_config" in meta else None
+    model = model_from_checkpoint_file(base, preset, recorded)
     load_lora(model, adapter, base_sha256=checkpoint_digest(base), base_file=base)
     merge_lora(model)
     return save_checkpoint(model, out, layout=layout, dtype=dtype)
@@ -160,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--adapter", required=True)
     m.add_argument("--out", required=True)
     m.add_argument("--layout", choices=("official", "diffusers"), default="official")
-    m.add_argument("--preset", default=None, help="model preset when the base file carries no config (NVIDIA's)")
+    m.add_argument("--preset", default=None,
+                   help="model preset of a base file without config metadata (NVIDIA's); default: the adapter's "
+                        "recorded config, else the preset the tensor shapes fit")
     for q in (c, m):
         q.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="cast the written tensors")
     a = p.parse_args(argv)

@@ -108,3 +108,35 @@ def test_a_resaved_base_keeps_its_adapters_and_a_different_base_is_refused(tmp_p
     merge_adapter(first, legacy, tmp_path / "merged_legacy.safetensors")
     with pytest.raises(LoraError, match="was trained on base"):
         merge_adapter(different, legacy, tmp_path / "wrong.safetensors")
+
+
+# -- class 7: merge/export on NVIDIA's own base file (no config metadata) ------------------------------------------
+
+
+def test_merge_on_a_base_without_config_metadata_infers_the_preset(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from sana_wm import SanaWM
+    from sana_wm.checkpoint import CheckpointError, load_checkpoint
+    from sana_wm.training.export import main, model_from_checkpoint_file
+    from sana_wm.training.lora import add_lora, checkpoint_digest, save_lora
+
+    torch.manual_seed(0)
+    base = SanaWM.from_preset("tiny")
+    nvidia_like = tmp_path / "sana_wm_tiny.safetensors"  # tensors only, as NVIDIA's release file
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(nvidia_like))
+    model = model_from_checkpoint_file(nvidia_like)
+    assert model.config == base.config
+    add_lora(base, rank=2)
+    adapter = save_lora(base, tmp_path / "adapter.safetensors", checkpoint_digest(nvidia_like))
+    out = tmp_path / "merged.safetensors"
+    # The documented command, exactly: no --preset.
+    assert main(["merge", "--base", str(nvidia_like), "--adapter", str(adapter), "--out", str(out)]) == 0, capsys.readouterr().err
+    load_checkpoint(SanaWM.from_preset("tiny"), out)
+
+    # Shapes that fit no preset: the error names the flag to pass.
+    odd = tmp_path / "odd.safetensors"
+    save_file({k: v.contiguous() for k, v in SanaWM.from_preset("tiny", depth=3).state_dict().items()}, str(odd))
+    with pytest.raises(CheckpointError, match=r"--preset") as info:
+        model_from_checkpoint_file(odd)
+    assert "depth" in str(info.value) or "blocks.3" in str(info.value)
