@@ -221,9 +221,10 @@ class ValidationVideos(L.Callback):
     """Every ``every_n_steps`` steps, generate one video per (prompt, action) through `SanaWMPipeline`.
 
     The first frame is the first latent frame of the current training batch (cached latents carry no pixels), so the
-    video continues a real clip; the trajectory comes from the action string (`sana_wm.camera.action_to_c2w`) with a
-    pinhole of ``fov_deg`` horizontal field of view. mp4s (with the WASD overlay) go to ``dirpath`` and, for wandb,
-    to the logger. All ranks sample (FSDP needs every rank in the forward); rank 0 writes.
+    video continues a real clip, seen through that clip's own intrinsics (its first latent frame's K, from the
+    batch's camera conditions); the trajectory comes from the action string (`sana_wm.camera.action_to_c2w`), which
+    must give at least ``num_frames`` poses. mp4s (with the WASD overlay) go to ``dirpath`` and, for wandb, to the
+    logger. All ranks sample (FSDP needs every rank in the forward); rank 0 writes.
 
     With a ``camera_estimator`` (``estimate(frames, fps, known_intrinsics) -> result with .c2w``, e.g. an annotation
     estimator), rank 0 also re-estimates each video's cameras on every ``camera_interval``-th frame, scores them
@@ -234,20 +235,22 @@ class ValidationVideos(L.Callback):
 
     def __init__(self, dirpath: str | Path, every_n_steps: int, prompts: list[str], actions: list[str],
                  num_frames: int = 17, num_steps: int = 20, guidance_scale: float = 5.0, flow_shift: float = 9.8,
-                 fps: int = 16, seed: int = 42, fov_deg: float = 70.0, camera_estimator=None,
-                 camera_interval: int = 4):
+                 fps: int = 16, seed: int = 42, camera_estimator=None, camera_interval: int = 4):
         super().__init__()
         if every_n_steps > 0 and (not prompts or len(prompts) != len(actions)):
             raise ValueError(
                 f"validation.prompts and validation.actions must be non-empty and of equal length; got "
                 f"{len(prompts)} prompts and {len(actions)} actions"
             )
+        if every_n_steps > 0:
+            from .config import check_validation_actions
+
+            check_validation_actions(actions, num_frames)
         self.dirpath = Path(dirpath)
         self.every = int(every_n_steps)
         self.prompts, self.actions = list(prompts), list(actions)
         self.kw = dict(num_frames=num_frames, num_steps=num_steps, cfg_scale=guidance_scale, flow_shift=flow_shift,
                        fps=fps, seed=seed)
-        self.fov_deg = float(fov_deg)
         self.camera_estimator, self.camera_interval = camera_estimator, int(camera_interval)
         self.camera_metrics: dict[int, dict[str, float]] = {}
         self._last = -1
@@ -262,8 +265,6 @@ class ValidationVideos(L.Callback):
 
     @torch.no_grad()
     def generate(self, trainer, pl_module, batch, step: int) -> list[Path]:
-        import math
-
         import numpy as np
 
         from sana_wm.camera import action_to_c2w
@@ -278,8 +279,9 @@ class ValidationVideos(L.Callback):
         first = inputs["latent"][:1, :, :1].float()
         h, w = first.shape[-2:]
         H, W = h * enc.vae.spatial_compression, w * enc.vae.spatial_compression
-        fx = 0.5 * W / math.tan(math.radians(self.fov_deg) / 2)
-        K = np.array([fx, fx, W / 2, H / 2], dtype=np.float64)
+        # The clip's K at its first latent frame, from latent units (pixels × w / W) back to model-resolution pixels.
+        fx, fy, cx, cy = inputs["camera_conditions"][0, 0, 16:20].double().cpu().tolist()
+        K = np.array([fx * W / w, fy * H / h, cx * W / w, cy * H / h], dtype=np.float64)
         net = pl_module.model
         was_training = net.training
         ctx = pl_module.ema.swapped_in(net) if pl_module.ema is not None and pl_module.ema_cfg.use_for_export else None

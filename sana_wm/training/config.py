@@ -40,6 +40,7 @@ __all__ = [
     "register_configs",
     "validate_config",
     "DEFAULT_LORA_TARGETS",
+    "check_validation_actions",
 ]
 
 
@@ -341,7 +342,7 @@ class ValidationConfig:
 
     every_n_steps: int = 0
     prompts: list[str] = field(default_factory=lambda: ["A first-person walk through a quiet room."])
-    actions: list[str] = field(default_factory=lambda: ["w-8"])
+    actions: list[str] = field(default_factory=lambda: ["w-16"])  # 17 poses: one per frame of the 17-frame clip
     image: str | None = None
     num_frames: int = 17
     num_steps: int = 20
@@ -429,6 +430,23 @@ def _range(key: str, value: float, lo: float, hi: float, lo_open: bool = False) 
         raise ConfigError(f"{key}={value!r} is out of range; expected a value in {bracket}{lo}, {hi}]")
 
 
+def check_validation_actions(actions: list[str], num_frames: int) -> None:
+    """Every validation action must give at least ``num_frames`` poses: the sampler would cut the clip to a shorter
+    trajectory without a word. Raises ConfigError naming the action."""
+    from sana_wm.camera import action_to_c2w
+
+    for i, action in enumerate(actions):
+        try:
+            n = action_to_c2w(action).shape[0]
+        except ValueError as err:
+            raise ConfigError(f"validation.actions[{i}] = {action!r}: {err}") from None
+        if n < num_frames:
+            raise ConfigError(
+                f"validation.actions[{i}] = {action!r} gives {n} frames but validation.num_frames = {num_frames}; "
+                "lengthen the action (N DSL frames give N + 1 poses) or lower validation.num_frames"
+            )
+
+
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     """Check choices and ranges that types cannot express; raises ConfigError naming the key. Returns cfg."""
     from sana_wm.models import PRESETS
@@ -439,6 +457,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.model.ac_blocks is not None:
         depth = cfg.model.depth or PRESETS[cfg.model.preset].depth
         _range("model.ac_blocks", cfg.model.ac_blocks, 0, depth)
+    if cfg.validation.every_n_steps > 0:
+        check_validation_actions(list(cfg.validation.actions), cfg.validation.num_frames)
     o = cfg.objective
     _range("objective.flow_shift", o.flow_shift, 0.0, float("inf"), lo_open=True)
     _choice("objective.timestep_sampling", o.timestep_sampling, ("logit_normal", "uniform"))

@@ -4,6 +4,7 @@ by its tensors, exports work on NVIDIA's file, validation uses the data's camera
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -140,3 +141,43 @@ def test_merge_on_a_base_without_config_metadata_infers_the_preset(tmp_path, cap
     with pytest.raises(CheckpointError, match=r"--preset") as info:
         model_from_checkpoint_file(odd)
     assert "depth" in str(info.value) or "blocks.3" in str(info.value)
+
+
+# -- class 8: validation videos: the whole action, and the data's intrinsics ---------------------------------------
+
+
+def test_validation_action_shorter_than_the_clip_is_an_error():
+    from sana_wm.training.callbacks import ValidationVideos
+
+    with pytest.raises(ValueError, match=r"validation.actions\[1\] = 'w-8' gives 9 frames .* validation.num_frames = 17"):
+        ValidationVideos("unused", 5, ["a", "b"], ["w-16", "w-8"], num_frames=17)
+    ValidationVideos("unused", 5, ["a"], ["w-16"], num_frames=17)  # 17 poses: fine
+
+
+def test_validation_uses_the_intrinsics_of_the_training_data(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from data.schema import Batch
+    from sana_wm.inference.pipeline import SanaWMPipeline
+    from sana_wm.training.callbacks import ValidationVideos
+    from sana_wm.training.config import EncoderConfig, ModelConfig
+    from sana_wm.training.module import SanaWMLitModule
+
+    seen = []
+
+    def fake_generate(self, image, prompt, c2w, intrinsics, **kwargs):
+        seen.append((c2w.shape[0], np.asarray(intrinsics, dtype=np.float64), kwargs["num_frames"]))
+        return SimpleNamespace(video=None, c2w=c2w, fps=16.0)
+
+    monkeypatch.setattr(SanaWMPipeline, "generate", fake_generate)
+    m = SanaWMLitModule(ModelConfig(preset="tiny"), encoders=EncoderConfig(kind="tiny_random", dtype="float32"))
+    cond = torch.zeros(1, 3, 20)
+    cond[..., :16] = torch.eye(4).flatten()
+    cond[..., 16:] = torch.tensor([5.6, 5.2, 3.5, 2.0])  # latent units (pixels / 32)
+    batch = Batch(keys=["k"], captions=["c"], meta=[{}], camera_conditions=cond, chunk_plucker=torch.zeros(1, 48, 3, 4, 7),
+                  latent=torch.randn(1, 16, 3, 4, 7), text_emb=torch.randn(1, 32, 32), text_mask=torch.ones(1, 32, dtype=torch.bool))
+    cb = ValidationVideos(tmp_path, 5, ["a room"], ["w-16"], num_frames=17, num_steps=1)
+    cb.generate(SimpleNamespace(is_global_zero=False, loggers=[]), m, batch, 5)
+    ((poses, K, num_frames),) = seen
+    assert poses == 17 and num_frames == 17
+    np.testing.assert_allclose(K, [5.6 * 32, 5.2 * 32, 3.5 * 32, 2.0 * 32], rtol=1e-6)  # not a fixed 70° FOV
