@@ -47,6 +47,7 @@ __all__ = [
     "build_trainer",
     "resolve_resume",
     "check_resume_checkpoint",
+    "wandb_credentials",
     "train",
 ]
 
@@ -144,11 +145,45 @@ def build_logger(lg: LoggerConfig, output_dir: str | Path):
         from lightning.pytorch.loggers import WandbLogger
 
         os.makedirs(save_dir, exist_ok=True)
+        offline = lg.offline
+        if not offline and not wandb_credentials():
+            # Online logging without an account would stop the run at wandb.init (an error, or a prompt that waits
+            # forever on a cluster); the run is recorded locally instead and can be uploaded later.
+            log.warning("logger=wandb: no W&B credentials (WANDB_API_KEY or `wandb login`), so the run is logged "
+                        "offline to %s/wandb; upload it later with `wandb sync`", save_dir)
+            offline = True
         return WandbLogger(
             project=lg.project, entity=lg.entity, name=lg.run_name, group=lg.group, tags=list(lg.tags),
-            save_dir=save_dir, offline=lg.offline, log_model=False,
+            save_dir=save_dir, offline=offline, log_model=False,
         )
     raise ConfigError(f"logger.name={lg.name!r} is not valid; expected csv, wandb or none")
+
+
+def wandb_credentials() -> bool:
+    """Whether W&B will find credentials without asking: the places `wandb.init` reads, checked locally (no network).
+
+    ``WANDB_API_KEY`` or ``WANDB_IDENTITY_TOKEN_FILE``; else an entry with a password for the W&B host
+    (``WANDB_BASE_URL``, default api.wandb.ai) in the netrc file (``NETRC``, else ~/.netrc or ~/_netrc) that
+    ``wandb login`` writes. ``WANDB_MODE=offline`` or ``disabled`` also needs none.
+    """
+    import netrc
+    from urllib.parse import urlsplit
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return True
+    path = os.environ.get("NETRC")
+    candidates = [Path(path).expanduser()] if path else [Path("~/.netrc").expanduser(), Path("~/_netrc").expanduser()]
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+    for p in candidates:
+        try:
+            creds = netrc.netrc(str(p)).authenticators(host)
+        except (FileNotFoundError, netrc.NetrcParseError, OSError):
+            continue
+        if creds and creds[2]:
+            return True
+    return False
 
 
 def checkpoint_dir(cfg: TrainConfig) -> Path:

@@ -181,3 +181,46 @@ def test_validation_uses_the_intrinsics_of_the_training_data(tmp_path, monkeypat
     ((poses, K, num_frames),) = seen
     assert poses == 17 and num_frames == 17
     np.testing.assert_allclose(K, [5.6 * 32, 5.2 * 32, 3.5 * 32, 2.0 * 32], rtol=1e-6)  # not a fixed 70° FOV
+
+
+# -- class 9: the online wandb logger needs no account -------------------------------------------------------------
+
+
+def _no_wandb_account(monkeypatch, tmp_path):
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # an empty credentials file: no entry for wandb
+    (tmp_path / "netrc").write_text("machine example.com login me password secret\n")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
+
+
+def test_online_wandb_without_credentials_falls_back_to_offline(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from sana_wm.training.config import LoggerConfig
+
+    _no_wandb_account(monkeypatch, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="sana_wm.training.launch"):
+        logger = launch.build_logger(LoggerConfig(name="wandb", offline=False, run_name="t"), tmp_path / "out")
+    notices = [r.getMessage() for r in caplog.records if "wandb" in r.getMessage()]
+    assert len(notices) == 1 and "offline" in notices[0] and "\n" not in notices[0]
+    assert logger._offline is True  # checked before anything could reach the network
+    logger.log_metrics({"train/loss": 0.5}, step=1)
+    logger.experiment.finish()
+    runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].iterdir())
+
+
+def test_online_wandb_with_credentials_stays_online(tmp_path, monkeypatch, caplog):
+    from sana_wm.training.config import LoggerConfig
+
+    _no_wandb_account(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    logger = launch.build_logger(LoggerConfig(name="wandb", offline=False), tmp_path / "out")
+    assert logger._offline is False and not caplog.records  # never initialised here: no network
+    monkeypatch.delenv("WANDB_API_KEY")
+    (tmp_path / "netrc").write_text(f"machine api.wandb.ai login user password {'y' * 40}\n")
+    assert launch.build_logger(LoggerConfig(name="wandb", offline=False), tmp_path / "out2")._offline is False
