@@ -148,8 +148,9 @@ class ExportOnTrainEnd(L.Callback):
     """At the end of training write ``<dirpath>/dit.safetensors`` in the official (or diffusers) layout.
 
     EMA weights are exported when the module keeps an EMA and ``use_for_export`` is on. Under sharded strategies the
-    full state dict is gathered first (every rank takes part; rank 0 writes). LoRA runs export adapters instead
-    (`AdapterCheckpoint`); merge them with `python -m sana_wm.training.export merge`.
+    full state dict is gathered first (every rank takes part; rank 0 writes). A LoRA run exports the base with its
+    adapters merged in (W + (alpha/rank)·B·A), the same file `python -m sana_wm.training.export merge` makes from
+    the base and ``adapters/last.safetensors`` (which `AdapterCheckpoint` writes as well).
     """
 
     def __init__(self, dirpath: str | Path, layout: str = "official"):
@@ -161,8 +162,8 @@ class ExportOnTrainEnd(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         from sana_wm.checkpoint import save_checkpoint
 
-        if pl_module.lora_cfg.enabled:
-            return
+        from .lora import add_lora, merge_lora
+
         # Lightning gathers FSDP shards here; DeepSpeed ZeRO-3 leaves size-0 placeholders, so gather those first.
         with gathered_parameters(trainer, pl_module.parameters()):
             state = trainer.strategy.lightning_module_state_dict()
@@ -182,11 +183,17 @@ class ExportOnTrainEnd(L.Callback):
                             "strategy.fsdp_state_dict=full checkpoints + sana_wm.training.export", len(shadow) - len(fits),
                             len(shadow))
             state.update({k: v.to(state[k].dtype) for k, v in fits.items()})
+        spec = getattr(pl_module.model, "_sana_lora_spec", None) if pl_module.lora_cfg.enabled else None
         with torch.device("meta"):  # no second random initialisation of a 2.6 B model
             export = type(pl_module.model)(pl_module.model.config)
+            if spec is not None:
+                add_lora(export, spec=spec)  # the same adapter layout, so the state (base + adapters) loads as is
         export.load_state_dict(state, strict=True, assign=True)
+        if spec is not None:
+            merge_lora(export)
         self.path = save_checkpoint(export, self.dirpath / "dit.safetensors", layout=self.layout)
-        print(f"exported the trained DiT ({self.layout} layout) to {self.path}", flush=True)
+        what = "base with the LoRA adapters merged" if spec is not None else "trained DiT"
+        print(f"exported the {what} ({self.layout} layout) to {self.path}", flush=True)
 
 
 def parameter_checksum(module: torch.nn.Module) -> float:

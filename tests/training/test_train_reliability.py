@@ -224,3 +224,36 @@ def test_online_wandb_with_credentials_stays_online(tmp_path, monkeypatch, caplo
     monkeypatch.delenv("WANDB_API_KEY")
     (tmp_path / "netrc").write_text(f"machine api.wandb.ai login user password {'y' * 40}\n")
     assert launch.build_logger(LoggerConfig(name="wandb", offline=False), tmp_path / "out2")._offline is False
+
+
+# -- class 12: a LoRA run's output includes the official-layout export ---------------------------------------------
+
+
+def test_lora_run_exports_the_merged_model_in_the_official_layout(tmp_path):
+    from types import SimpleNamespace
+
+    from sana_wm import SanaWM
+    from sana_wm.checkpoint import load_checkpoint, save_checkpoint
+    from sana_wm.training.callbacks import ExportOnTrainEnd
+    from sana_wm.training.config import LoraConfig, ModelConfig
+    from sana_wm.training.lora import merge_lora
+    from sana_wm.training.module import SanaWMLitModule
+
+    torch.manual_seed(0)
+    base = save_checkpoint(SanaWM.from_preset("tiny", reference_numerics=False), tmp_path / "base.safetensors")
+    m = SanaWMLitModule(ModelConfig(preset="tiny", reference_numerics=False, init_checkpoint=str(base)),
+                        lora=LoraConfig(enabled=True, rank=2, alpha=4.0))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in m.model.named_parameters():
+            if ".lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)  # "trained" adapters
+    trainer = SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(lightning_module_state_dict=m.state_dict))
+    cb = ExportOnTrainEnd(tmp_path / "export")
+    cb.on_train_end(trainer, m)
+    assert cb.path == tmp_path / "export" / "dit.safetensors"
+    exported = SanaWM.from_preset("tiny", reference_numerics=False)
+    load_checkpoint(exported, cb.path)  # strict: official keys, no adapter tensors
+    expected = merge_lora(m.model).state_dict()
+    assert sorted(expected) == sorted(exported.state_dict())
+    assert all(torch.equal(v, exported.state_dict()[k]) for k, v in expected.items())
