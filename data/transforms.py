@@ -36,6 +36,7 @@ from .errors import SampleError, SkipReason
 
 __all__ = [
     "LATENT_DOWNSAMPLE",
+    "LATENT_TEMPORAL_STRIDE",
     "FPS_TOLERANCE",
     "check_num_frames",
     "check_target_size",
@@ -45,11 +46,14 @@ __all__ = [
     "validate_intrinsics_array",
     "ClipCamera",
     "build_clip_camera",
+    "check_meta_number",
     "check_metric_scale",
 ]
 
 #: LTX-2 VAE spatial compression: latent h, w = H/32, W/32.
 LATENT_DOWNSAMPLE = 32
+#: LTX-2 VAE temporal compression: F = 8(T - 1) + 1 pixel frames make T latent frames.
+LATENT_TEMPORAL_STRIDE = 8
 #: Relative fps shortfall tolerated before a clip counts as too slow (e.g. 15.8 fps read as 16 fps).
 FPS_TOLERANCE = 0.02
 
@@ -308,12 +312,24 @@ def build_clip_camera(
     )
 
 
+def check_meta_number(value: Any, field: str, integer: bool = False) -> float | int:
+    """The one rule for numeric metadata (fps, sizes, frame counts, metric_scale), wherever it is read or written.
+
+    The value must be a JSON number — not a string such as ``"2.0"``, not a boolean (``true`` is 1 to Python) —
+    finite and > 0, and for ``integer`` fields whole. Returns it as float (int for ``integer``).
+
+    Raises:
+        SampleError: ``bad_meta`` naming ``field`` and the value.
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if ok and integer:
+        ok = float(value).is_integer()
+    if not ok:
+        kind = "positive whole" if integer else "finite positive"
+        raise SampleError(SkipReason.BAD_META, field, f"expected a {kind} JSON number; got {value!r}.")
+    return int(value) if integer else float(value)
+
+
 def check_metric_scale(value: Any, field: str = "json:metric_scale") -> float:
-    """Return the metric scale as a float if finite and > 0, else raise ``SampleError(bad_meta)``."""
-    try:
-        s = float(value)
-    except (TypeError, ValueError):
-        raise SampleError(SkipReason.BAD_META, field, f"expected a positive number; got {value!r}.") from None
-    if not math.isfinite(s) or s <= 0:
-        raise SampleError(SkipReason.BAD_META, field, f"expected a finite number > 0; got {value!r}.")
-    return s
+    """The metric scale (see :func:`check_meta_number`)."""
+    return check_meta_number(value, field)

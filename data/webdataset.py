@@ -84,7 +84,10 @@ from .schema import (
 )
 from .seeding import seed_for
 from .transforms import (
+    LATENT_DOWNSAMPLE,
+    LATENT_TEMPORAL_STRIDE,
     build_clip_camera,
+    check_meta_number,
     check_metric_scale,
     check_num_frames,
     check_target_size,
@@ -205,14 +208,7 @@ def _load_json(raw: dict, schema: str) -> dict:
 def _meta_number(meta: dict, name: str, integer: bool = False) -> float:
     if name not in meta:
         raise SampleError(SkipReason.MISSING_KEY, f"json:{name}", "required metadata field is absent.")
-    v = meta[name]
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
-    if ok and integer:
-        ok = float(v).is_integer()
-    if not ok:
-        kind = "positive integer" if integer else "finite positive number"
-        raise SampleError(SkipReason.BAD_META, f"json:{name}", f"expected a {kind}; got {v!r}.")
-    return int(v) if integer else float(v)
+    return check_meta_number(meta[name], f"json:{name}", integer)
 
 
 def _load_npy(raw: dict, name: str, dtype_name: str | None = None) -> torch.Tensor:
@@ -426,6 +422,23 @@ class LatentDecoder:
         self.check_finite = bool(check_finite)
 
     @staticmethod
+    def _check_sizes(meta: dict, T: int, h: int, w: int) -> None:
+        """The json's pixel size and frame count must be those the latent was encoded from."""
+        size = (_meta_number(meta, "pixel_height", integer=True), _meta_number(meta, "pixel_width", integer=True))
+        frames = _meta_number(meta, "num_frames", integer=True)
+        s, t = LATENT_DOWNSAMPLE, LATENT_TEMPORAL_STRIDE
+        if size != (s * h, s * w):
+            raise SampleError(
+                SkipReason.SHAPE_MISMATCH, "json:pixel_height", f"json says {size[0]}x{size[1]} pixels but the latent's "
+                f"{h}x{w} grid is {s * h}x{s * w}."
+            )
+        if (frames - 1) % t or (frames - 1) // t + 1 != T:
+            raise SampleError(
+                SkipReason.SHAPE_MISMATCH, "json:num_frames", f"json says {frames} frames but the latent's T={T} "
+                f"encodes {t * (T - 1) + 1}."
+            )
+
+    @staticmethod
     def _pixel_poses(raw: dict, meta: dict, dtypes: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The optional per-pixel-frame ``c2w`` (F, 4, 4) and ``intrinsics`` (F, 4), checked like a video
         sample's: F = json num_frames, finite, rigid poses, fx, fy and the principal point > 0."""
@@ -478,6 +491,7 @@ class LatentDecoder:
             raise SampleError(SkipReason.SHAPE_MISMATCH, CHUNK_PLUCKER_KEY, f"expected (48, {T}, {h}, {w}); got {tuple(plk.shape)}.")
         for n in ("camera_conditions", "chunk_plucker") + (("latent", "text_emb") if self.check_finite else ()):
             _check_finite(t[n], names[n])
+        self._check_sizes(meta, T, h, w)
         poses = cond[:, :16].double().reshape(T, 4, 4).numpy()
         try:
             validate_c2w(poses, CAMERA_CONDITIONS_KEY)

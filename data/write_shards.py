@@ -60,7 +60,7 @@ from .schema import (
     check_sample_key,
     tensor_to_npy_bytes,
 )
-from .transforms import check_metric_scale, validate_c2w_array, validate_intrinsics_array
+from .transforms import check_meta_number, check_metric_scale, validate_c2w_array, validate_intrinsics_array
 from .video import open_video, read_frames
 
 __all__ = ["ShardSink", "write_video_sample", "write_latent_sample", "write_folder", "main"]
@@ -264,11 +264,9 @@ def write_video_sample(
         if "fps" not in meta:
             raise ValueError(f"sample {key!r}: meta['fps'] is required for an image sequence.")
         sample[FRAMES_KEY] = _npy(frames)
-    fps = meta["fps"]
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps) or fps <= 0:
-        raise ValueError(f"sample {key!r}: meta['fps'] must be a positive number; got {fps!r}.")
     meta.update(schema=SCHEMA_VERSION, num_frames=int(num), width=int(w), height=int(h))
     try:
+        meta["fps"] = check_meta_number(meta["fps"], "json:fps")
         has_camera = meta.get("camera", True)
         if has_camera:
             _check_pose_scale(meta)

@@ -268,3 +268,34 @@ def test_shard_writer_requires_the_pose_scale_to_be_stated(clip, tmp_path, capsy
     bad = _annotated_folder(tmp_path / "in3", clip, {"metric_scale": 2.5, "pose_scale": "metric"})
     assert main(["--input", str(bad), "--out", str(tmp_path / "o5"), "--strict"]) == 2
     assert "pose_scale" in capsys.readouterr().err
+
+
+# -- class 4: one rule for numeric metadata ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["2.0", True, float("nan"), 0])
+def test_numeric_metadata_is_a_json_number_everywhere(clip, tmp_path, value):
+    """A numeric json field is a JSON number (not a string, not a boolean), finite and > 0 — in the video loader,
+    the latent loader and the shard writer alike."""
+    from data.write_shards import ShardSink, write_video_sample
+
+    frames, c2w, K, mp4 = clip
+    bad = raw_video_sample("bad", frames=frames, c2w=c2w, intrinsics=K, mp4=mp4, meta_overrides={"metric_scale": value})
+    url = write_raw_shard(tmp_path / "v.tar", [bad])
+    ds = make_video_dataset(url, num_frames=F, height=H, width=W, video_format="uint8")
+    assert list(ds) == [] and ds.skip_stats.as_dict() == {SkipReason.BAD_META: 1}
+
+    latent = _edit(raw_latent_sample("bad"), meta={"pixel_height": value})
+    keys, skips = _latent_keys_and_skips(write_raw_shard(tmp_path / "l.tar", [latent]))
+    assert keys == [] and skips == {SkipReason.BAD_META: 1}
+
+    with ShardSink(tmp_path / "w") as sink, pytest.raises(ValueError, match="metric_scale"):
+        write_video_sample(sink, "bad", caption="x", meta={"fps": 16.0, "metric_scale": value}, mp4=mp4, c2w=c2w, intrinsics=K)
+
+
+def test_latent_metadata_must_agree_with_the_tensors(tmp_path):
+    """The latent json's pixel size and frame count describe the latent: (h, w) = size / 32, T = (F - 1) / 8 + 1."""
+    cases = {"pixel_height": 96, "pixel_width": 32, "num_frames": 17}
+    bad = [_edit(raw_latent_sample(f"bad{i}"), meta={k: v}) for i, (k, v) in enumerate(cases.items())]
+    keys, skips = _latent_keys_and_skips(write_raw_shard(tmp_path / "l.tar", [*bad, raw_latent_sample("good")]))
+    assert keys == ["good"] and skips == {SkipReason.SHAPE_MISMATCH: 3}
