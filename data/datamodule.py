@@ -3,8 +3,8 @@
 ``SanaWMDataModule`` builds the train/val :class:`~data.webdataset.ShardDataset` for video or latent
 shards with the trainer's rank and world size, and falls back to the bundled synthetic world
 (:func:`data.synthetic.build_default_dataset`) when no shards are given — the default of
-``make demo`` and of the tests. ``SkipLoggingCallback`` turns the skip counts carried by each batch
-into logged metrics (``data/skipped/<reason>``, per rank).
+``make demo`` and of the tests. ``SkipLoggingCallback`` logs the workers' skip counts as metrics
+(``data/skipped/<reason>`` during the epoch, ``data/skipped_epoch/<reason>`` exact at its end).
 """
 
 from __future__ import annotations

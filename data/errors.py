@@ -6,8 +6,10 @@ the same defect raises :class:`DataError` instead, naming the shard, the sample 
 member/field, so a data problem can be pinned down before a long run.
 
 Counters are per process: each DataLoader worker counts the samples *it* skipped. Every sample the
-loader yields carries a snapshot of its worker's counts (``Sample.skip_counts``) so the training
-process can aggregate them without shared memory (see :class:`data.webdataset.SkipTracker`).
+loader yields carries a snapshot of its worker's counts (``Sample.skip_counts``, summed by
+:class:`data.webdataset.SkipTracker`), and each worker also writes its counts into a shared-memory
+table (:meth:`data.webdataset.ShardDataset.skip_totals`), which alone sees the skips after a
+worker's last sample and those of a worker that delivers nothing.
 """
 
 from __future__ import annotations
