@@ -81,7 +81,7 @@ def make_video_shard(out_dir: str, num_frames: int, clips: int) -> tuple[str, li
     K = np.array([[1000.0, 0, 639.5], [0, 1000.0, 359.5], [0, 0, 1]])
     with ShardSink(out_dir, prefix=f"v{num_frames}", max_count=clips) as sink:
         for i, mp4 in enumerate(mp4s):
-            write_video_sample(sink, f"clip{i}", caption="panning texture", meta={"fps": FPS}, mp4=mp4, c2w=c2w, intrinsics=K)
+            write_video_sample(sink, f"clip{i}", caption="panning texture", meta={"fps": FPS, "metric_scale": 1.0}, mp4=mp4, c2w=c2w, intrinsics=K)
     return sink.paths[0], mp4s
 
 
@@ -135,12 +135,15 @@ LATENT_MEMBERS = ("latent.npy", "text_emb.npy", "text_mask.npy", "camera_conditi
 
 
 def time_raw_latent(shard: str, zero_copy: bool = False) -> float:
-    """The same tar read as the loader (``wds.tarfile_to_samples``), then ``np.load`` of every tensor
+    """The same tar read as the loader (``data.webdataset.read_shards``), then ``np.load`` of every tensor
     member, or with ``zero_copy`` only the tensors viewed in place (the loader's own parsing, no checks)."""
-    import webdataset as wds
+    from data.webdataset import read_shards
+
+    def fail(url, key, exn):
+        raise exn
 
     t0 = time.perf_counter()
-    for raw in wds.tarfile_to_samples()([{"url": shard}]):
+    for raw in read_shards([shard], fail):
         for k in LATENT_MEMBERS:
             npy_bytes_to_tensor(raw[k], zero_copy=zero_copy)
     return time.perf_counter() - t0
