@@ -23,6 +23,11 @@ from the DataLoader (or ``WORKER``/``NUM_WORKERS``); the seeds use the same valu
 trainer's) applies the same ``[rank::world_size][worker::num_workers]`` slicing directly, because the
 webdataset splitters take no rank argument.
 
+Tar members are grouped into samples by :func:`read_shards` (the standard library's ``tarfile`` in stream mode,
+webdataset's ``gopen`` and key rule) rather than webdataset's ``tarfile_to_samples``: that iterator reports a shard
+cut inside a member as several errors, lets the cut sample's remaining members join the next shard's first sample,
+and can pass a sample whose optional member was cut as whole; here a damaged shard is one skip.
+
 Cached latents are decoded without copying: the tensors are views of the tar members' bytes (see
 :func:`~data.schema.npy_bytes_to_tensor`), and the NaN/inf scan is one pass (a sum) per tensor.
 
