@@ -438,6 +438,13 @@ class SanaWMLitModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("sana_wm", {})
+        recorded = meta.get("model_config", {}).get("camera_rms_downscale")
+        if recorded is not None and recorded != self.model.config.camera_rms_downscale:
+            # The same weights compute differently under another camera RMS clamp: never resume across a change.
+            raise ValueError(
+                f"this checkpoint was trained with model.camera_rms_downscale={recorded!r} but the run is configured "
+                f"with {self.model.config.camera_rms_downscale!r}; resume with model.camera_rms_downscale={recorded}"
+            )
         if self.lora_cfg.enabled and meta.get("base_sha256") not in (None, self.base_sha256):
             raise ValueError(
                 f"this LoRA checkpoint was trained on base {meta['base_sha256'][:23]}… but model.init_checkpoint "

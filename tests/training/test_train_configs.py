@@ -98,10 +98,12 @@ def test_a_wrong_type_fails_naming_the_key():
         ("model.preset=huge", "model.preset"),
         ("data.kind=video", "data.kind='video'"),
         ("data.resampled=true", "data.samples_per_epoch"),
+        ("model.camera_rms_downscale=softmax_only", "model.camera_rms_downscale='softmax_only' is not valid; "
+                                                    "expected one of ['none', 'softmax', 'all']"),
     ],
 )
 def test_bad_values_fail_naming_the_key(override, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[").replace("]", r"\]")):
         launch.to_train_config(compose_train_config([override, "data.train_shards=x"]))
 
 
@@ -182,6 +184,20 @@ def test_a_checkpoint_that_does_not_fit_the_model_fails_before_training(tmp_path
         launch.train(_cfg(tmp_path, f"data.train_shards={shards}", f"checkpoint.resume={ckpt}"))
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         launch.train(_cfg(tmp_path, f"data.train_shards={shards}", f"checkpoint.resume={tmp_path}/nope.ckpt"))
+
+
+def test_the_model_follows_camera_rms_downscale_and_a_checkpoint_recorded_otherwise_is_refused(tmp_path, shards):
+    for mode, clamped in (("none", []), ("softmax", [3]), ("all", [0, 1, 2, 3])):
+        module = launch.build_module(_cfg(tmp_path, f"data.train_shards={shards}", f"model.camera_rms_downscale={mode}"))
+        assert module.model.config.camera_rms_downscale == mode
+        assert [i for i, b in enumerate(module.model.blocks) if b.attn.camera_rms_downscale] == clamped
+    assert launch.build_module(_cfg(tmp_path, f"data.train_shards={shards}")).model.config.camera_rms_downscale \
+        == "softmax"
+    ported = save_checkpoint(SanaWM.from_preset("tiny", camera_rms_downscale="all"), tmp_path / "ported.safetensors")
+    with pytest.raises(CheckpointError, match=r"camera_rms_downscale='all' .* configured with "
+                                              r"camera_rms_downscale='none'"):
+        launch.train(_cfg(tmp_path, f"data.train_shards={shards}", f"model.init_checkpoint={ported}",
+                          "model.camera_rms_downscale=none"))
 
 
 def test_a_lora_adapter_for_a_different_base_fails_before_training(tmp_path, shards):
