@@ -110,7 +110,8 @@ def check_camera_rms_downscale(model: torch.nn.Module, path: str | os.PathLike) 
         raise CheckpointError(
             f"{path} was saved from a model with camera_rms_downscale={recorded!r} but the model here is configured "
             f"with camera_rms_downscale={wanted!r}; the same weights compute differently under the two, so build the "
-            f"model with camera_rms_downscale={recorded!r} (model.camera_rms_downscale / --camera_rms_downscale)"
+            f"model with camera_rms_downscale={recorded!r} (model.camera_rms_downscale in a training config, "
+            "model.sana_wm_config in a model root's config.yaml)"
         )
 
 
