@@ -7,30 +7,16 @@ only their forms are NVIDIA's."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from infer_testing import load_infer
 from PIL import Image
 
 from sana_wm.camera import action_to_c2w
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-REPO = Path(__file__).resolve().parents[2]
 DEMO_ACTION = "w-100,dw-60,w-100,aw-60"  # NVIDIA's run_sana_wm.sh example: 320 DSL frames → 321 poses
-
-
-def _infer():
-    import importlib.util
-
-    if "infer" in sys.modules:
-        return sys.modules["infer"]
-    spec = importlib.util.spec_from_file_location("infer", REPO / "infer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["infer"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _walk(n: int) -> np.ndarray:
@@ -63,7 +49,7 @@ def demo(tmp_path_factory):
 
 def _run(demo, out, *extra):
     d, root = demo
-    return _infer().main(["--model_root", str(root), "--step", "2", "--output_dir", str(out), *extra])
+    return load_infer().main(["--model_root", str(root), "--step", "2", "--output_dir", str(out), *extra])
 
 
 @pytest.mark.parametrize("i, frames", [(0, 33), (1, 33), (3, 33), pytest.param(1, 321, marks=pytest.mark.slow)])
