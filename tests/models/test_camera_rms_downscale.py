@@ -62,3 +62,14 @@ def test_every_block_matches_the_nvidia_oracle(runs, mode):
         # The clamp is active in this configuration: the other choice is far off, so the test can tell them apart.
         assert _rel(ours, other) > 1e-2, f"block {i}"
 
+
+
+def test_a_lora_adapter_follows_the_option(tmp_path):
+    from sana_wm.training.lora import LoraError, add_lora, load_lora, save_lora
+
+    trained = SanaWM.from_preset("tiny", camera_rms_downscale="all")
+    add_lora(trained, rank=2)
+    path = save_lora(trained, tmp_path / "adapter.safetensors", base_sha256="0" * 64)
+    load_lora(SanaWM.from_preset("tiny", camera_rms_downscale="all"), path)
+    with pytest.raises(LoraError, match=r"camera_rms_downscale: adapter 'all' vs model 'softmax'"):
+        load_lora(SanaWM.from_preset("tiny"), path)
