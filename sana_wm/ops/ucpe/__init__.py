@@ -1,8 +1,8 @@
 """The camera branch's per-token prologue — optional RMSNorm → ReLU → scale, UCPE, the post-UCPE RMS clamp (optional)
 and the key's squared norm ratio — as one differentiable op, and the plain `ucpe` transform the output side uses.
 
-`ucpe_clamp(x, mat, cos, sin, num_heads, weight, relu, scale, norm_eps, downscale)` is a registered op with one Triton pass
-forward and one backward on CUDA (`triton_ucpe.py`); elsewhere, and with the kernels off, it is the PyTorch composition
+`ucpe_clamp(x, mat, cos, sin, num_heads, weight, relu, scale, norm_eps, downscale)` is a registered op with one
+Triton pass forward and one backward on CUDA (`triton_ucpe.py`); elsewhere, and with the kernels off, it is the PyTorch composition
 in `naive.py`, which is the reference, with its adjoint written out (the op's backward off CUDA). Why a hand kernel: Inductor's kernels for this chain wrote float32 UCPE intermediates and took several times its
 memory floor, and in training the chain ran again in the backward (bench/RESULTS.md, "Kernel design log"). As a registered op it is also one node that selective checkpointing keeps
 (`sana_wm.parallel`). `SANA_WM_FUSED_UCPE=0` runs the composition on CUDA too.
