@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = p.add_argument_group("stage 2 (LTX-2 refiner)")
     r.add_argument("--no_refiner", action="store_true", help="decode the stage-1 latents directly")
-    r.add_argument("--refiner_block_size", type=int, default=3,
-                   help="latent frames per AR block (3, as trained); 0 = single-shot sink-bidirectional pass")
+    r.add_argument("--refiner_block_size", type=int, default=0,
+                   help="0 = NVIDIA's default single-shot sink-bidirectional pass; N = autoregressive blocks of N "
+                        "latent frames (3 in the diffusers port)")
     r.add_argument("--refiner_kv_max_frames", type=int, default=11, help="sink + history frames in the window")
     r.add_argument("--refiner_seed", type=int, default=42)
 

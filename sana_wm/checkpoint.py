@@ -8,6 +8,10 @@ state dict. The loader accepts:
     `y_embedder.y_embedding` (our null-caption table is then kept as initialised, and we say so).
 Everything else is strict: a missing or unexpected key, or a shape mismatch, raises an error that lists them and
 names the file. Saving writes the official layout with safetensors (contiguous tensors, metadata with the config).
+
+The camera branch's post-UCPE RMS clamp changes what the same weights compute (docs/design/nvidia-fidelity.md), so a
+checkpoint records the model's `camera_rms_downscale` and loading refuses one recorded with another value. NVIDIA's
+own file records nothing and loads with the value the model was built with.
 """
 
 from __future__ import annotations
@@ -80,12 +84,45 @@ def normalize_keys(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.T
     return (from_diffusers_layout(out) if layout == "diffusers" else out), layout
 
 
+def recorded_camera_rms_downscale(path: str | os.PathLike) -> str | None:
+    """The `camera_rms_downscale` a safetensors checkpoint of ours records (its own metadata key, else the one in its
+    `sana_wm_config`); None when it records none (NVIDIA's file, a torch pickle)."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "camera_rms_downscale" in meta:
+        return meta["camera_rms_downscale"]
+    try:
+        return json.loads(meta.get("sana_wm_config", "{}")).get("camera_rms_downscale")
+    except ValueError as err:
+        raise CheckpointError(f"{path}: bad sana_wm_config metadata: {err}") from err
+
+
+def check_camera_rms_downscale(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint recorded with another `camera_rms_downscale` than `model` is configured with."""
+    recorded = recorded_camera_rms_downscale(path)
+    config = getattr(model, "config", None)
+    wanted = getattr(config, "camera_rms_downscale", None)
+    if recorded is not None and wanted is not None and recorded != wanted:
+        raise CheckpointError(
+            f"{path} was saved from a model with camera_rms_downscale={recorded!r} but the model here is configured "
+            f"with camera_rms_downscale={wanted!r}; the same weights compute differently under the two, so build the "
+            f"model with camera_rms_downscale={recorded!r} (model.camera_rms_downscale in a training config, "
+            "model.sana_wm_config in a model root's config.yaml)"
+        )
+
+
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, strict: bool = True) -> str:
     """Load an official or diffusers-layout SANA-WM checkpoint into `model`. Returns the detected layout.
 
     Strict: every model key must be present (except `y_embedder.y_embedding` for the diffusers layout, which has no
-    null-caption table) with the right shape, and no unknown key may remain.
+    null-caption table) with the right shape, and no unknown key may remain. A checkpoint that records another
+    `camera_rms_downscale` than `model.config` is refused (`check_camera_rms_downscale`).
     """
+    check_camera_rms_downscale(model, path)
     state, layout = normalize_keys(read_state_dict(path))
     own = model.state_dict()
     missing = [k for k in own if k not in state and not (layout == "diffusers" and k in OFFICIAL_ONLY)]
@@ -123,6 +160,8 @@ def save_checkpoint(
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_dict"):
         meta["sana_wm_config"] = json.dumps(config.to_dict())
+    if getattr(config, "camera_rms_downscale", None) is not None:
+        meta["camera_rms_downscale"] = config.camera_rms_downscale
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(state, str(tmp), metadata=meta)

@@ -493,7 +493,7 @@ class SanaWMPipeline:
         seed: int = 42,
         negative_prompt: str = "",
         refine: bool | None = None,
-        refiner_block_size: int | None = 3,
+        refiner_block_size: int | None = None,
         refiner_kv_max_frames: int = 11,
         refiner_seed: int = 42,
         decode: bool = True,
@@ -517,7 +517,7 @@ class SanaWMPipeline:
             num_steps, cfg_scale, flow_shift (None → the model's), sampler (``flow_euler_ltx`` | ``flow_dpm-solver``),
             seed, negative_prompt: stage-1 sampling.
             refine: run stage 2 (default: when a refiner is loaded).
-            refiner_block_size: 3 (AR, default) or None (single-shot sink-bidirectional).
+            refiner_block_size: None (single-shot sink-bidirectional, NVIDIA's default) or AR blocks (3).
             refiner_kv_max_frames, refiner_seed: stage-2 settings (11, 42).
             decode: decode to pixels. decode_stage1: also decode the stage-1 latent (``stage1_video``).
             prompt_embeds / negative_prompt_embeds: precomputed Gemma-2 (emb (1, L, D), mask (1, L)).

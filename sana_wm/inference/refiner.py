@@ -14,17 +14,19 @@ Refinement of the stage-1 latent z (B, C, T, h, w), normalised as the stage-1 Di
 
 * sink = z[:, :, :1] (the clean first-image frame). Its self-attention K/V are captured once at σ = 0, after the q/k
   RMSNorm and before RoPE, in a pass where the sink attends only to itself; the sink frames are never changed.
-* the other frames are refined in blocks of ``block_size`` latent frames (3). Each block starts from
+* by default (``block_size=None``) NVIDIA's single-shot "sink-bidirectional" pass, the CLI default of its
+  inference script (docs/design/nvidia-fidelity.md §2): one block holding every non-sink frame, so
+  current queries see the sink and all current frames, sink queries only the sink, and one ε covers the whole clip
+  (mixed with the latent in the working dtype, as NVIDIA does). The sink K/V are exact for that mask because
+  nothing the sink computes depends on the current frames.
+* with ``block_size`` set (the AR mode, 3 in the port) the other frames are refined in blocks of that many latent
+  frames. Each block starts from
   x = (1 − σ₀)·z_block + σ₀·ε with one ε per block drawn, in block order, from a generator on the execution device
   seeded ``seed`` (42), and runs the distilled Euler steps σ = (0.909375, 0.725, 0.421875, 0):
   v = F(x, σ·1000) (float timesteps), x̂₀ = x − σ·v, x ← x + (σ_next − σ)·(x − x̂₀)/σ.
   Its queries attend to [sink K/V re-RoPE'd at offset (start − history − 1) | history K/V (post-RoPE) | the block].
   After the block, a σ = 0 pass captures its post-RoPE K/V into the history, trimmed to ``kv_max_frames − 1`` frames.
-  This is the mode the released refiner was trained with and the only one in diffusers' port.
-* ``block_size=None`` is NVIDIA's single-shot "sink-bidirectional" pass (the CLI default when
-  ``--refiner_block_size`` is unset): one block holding every non-sink frame, so current queries see the sink and all
-  current frames, sink queries only the sink, and one ε covers the whole clip. The sink K/V are exact for that mask
-  because nothing the sink computes depends on the current frames.
+  The diffusers port implements only this mode and states the refiner was trained that way.
 
 The decoded sink frame is dropped by the caller (161 → 160 frames, c2w aligned as c2w[1:]); see
 :meth:`sana_wm.inference.pipeline.SanaWMPipeline.generate`.
@@ -310,7 +312,7 @@ class LTX2Refiner:
         *,
         prompt_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
         fps: float = 16.0,
-        block_size: int | None = 3,
+        block_size: int | None = None,
         kv_max_frames: int = 11,
         sink_frames: int = 1,
         seed: int = 42,
@@ -324,7 +326,8 @@ class LTX2Refiner:
             prompt: raw user prompt (encoded with :meth:`encode_prompt` unless ``prompt_embeds`` is given).
             prompt_embeds: precomputed (embeddings, mask) from :meth:`encode_prompt`.
             fps: video frame rate; scales the LTX-2 temporal RoPE.
-            block_size: latent frames per AR block (3); None = single-shot sink-bidirectional pass.
+            block_size: None (default) = NVIDIA's single-shot sink-bidirectional pass; an int = latent frames per AR
+                block (3 as the port).
             kv_max_frames: sink + history frames kept in the K/V window (11); must exceed ``sink_frames``.
             sink_frames: leading frames used as the attention sink and left unchanged (1).
             seed: seed of the per-block noise generator on the execution device (42).
@@ -361,7 +364,7 @@ class LTX2Refiner:
         self._place("refiner.transformer", self.transformer, self.device, skip=is_audio_only)
         try:
             z = latents.to(self.device, dtype)
-            out = latents.detach().float().to(self.device).clone()
+            out = z.float().clone()  # the sink as the refiner holds it (rounded to its dtype), as NVIDIA returns it
             n_layers = len(self.transformer.transformer_blocks)
             cache = SanaWMRefinerKVCache(n_layers)
             sink_pos = list(range(sink_frames))
@@ -383,7 +386,10 @@ class LTX2Refiner:
                 cache.sink_pe = self._rope(list(range(offset, offset + sink_frames)), h, w, B, fps)
                 clean = z[:, :, start:end]
                 eps = torch.randn(clean.shape, generator=generator, device=self.device, dtype=dtype)
-                x = ((1.0 - s0) * clean.float() + s0 * eps.float()).to(dtype)
+                if block_size is None:  # NVIDIA's single-shot pass mixes in the working dtype, rounding each term
+                    x = (1.0 - s0) * clean + s0 * eps
+                else:
+                    x = ((1.0 - s0) * clean.float() + s0 * eps.float()).to(dtype)
                 for k in range(len(sig) - 1):
                     s, s_next = float(sig[k]), float(sig[k + 1])
                     v = self._forward(x, positions, s, text, cache, "inject", fps)

@@ -124,6 +124,8 @@ class HybridSelfAttention(nn.Module):
         dim: channels C (2240). num_heads: Hd (20); head dim D = C / Hd must be divisible by 8 (UCPE groups of 4 in
         the first half). conv_kernel_size: short-conv taps (4). gdn_eps: normaliser ε (1e-8).
         reference_numerics: cast softmax q/k/v to bf16 as the released port does.
+        camera_rms_downscale: apply the post-UCPE RMS clamp in this block's camera branch (the model's
+        `camera_rms_downscale` mode decides per block kind).
     """
 
     def __init__(
@@ -134,12 +136,14 @@ class HybridSelfAttention(nn.Module):
         conv_kernel_size: int = 4,
         gdn_eps: float = 1e-8,
         reference_numerics: bool = True,
+        camera_rms_downscale: bool = False,
     ):
         super().__init__()
         if dim % num_heads or (dim // num_heads) % 8:
             raise ValueError(f"hidden size {dim} / {num_heads} heads must give a head dim divisible by 8")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.use_gdn, self.gdn_eps, self.reference_numerics = use_gdn, gdn_eps, reference_numerics
+        self.camera_rms_downscale = camera_rms_downscale
         # Main branch.
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.q_norm, self.k_norm = RMSNorm(dim), RMSNorm(dim)
@@ -207,14 +211,16 @@ class HybridSelfAttention(nn.Module):
         S = x.shape[1] // ctx.grid[0]
         key_scale = self.head_dim**-0.5 * S**-0.5 if self.use_gdn else 1.0
         # Per token and head (sana_wm.ops.ucpe, one fused op each): RMSNorm (+ ReLU and the key scale in GDN blocks),
-        # then UCPE for the relative ray-to-ray geometry q′ᵀk′ = qᵀ P_i P_j⁻¹ k, then the RMS clamp back to the
-        # pre-UCPE RMS (architecture.md §6.1). The key's op also returns its squared norm inflation ‖k′‖²/‖k‖².
+        # then UCPE for the relative ray-to-ray geometry q′ᵀk′ = qᵀ P_i P_j⁻¹ k, then, if this block downscales,
+        # the RMS clamp back to the pre-UCPE RMS (architecture.md §6.1, nvidia-fidelity.md §1). The key's op also
+        # returns its squared norm inflation ‖k′‖²/‖k‖² (after the clamp when there is one).
         cos, sin = ctx.cam_rope
-        Hd = self.num_heads
-        qu, _ = ucpe_clamp(q, ctx.rays_T, cos, sin, Hd, self.q_norm_cam.weight, self.use_gdn, 1.0, self.q_norm_cam.eps)
+        Hd, down = self.num_heads, self.camera_rms_downscale
+        qu, _ = ucpe_clamp(q, ctx.rays_T, cos, sin, Hd, self.q_norm_cam.weight, self.use_gdn, 1.0, self.q_norm_cam.eps,
+                           down)
         ku, infl = ucpe_clamp(k, ctx.rays_inv, cos, sin, Hd, self.k_norm_cam.weight, self.use_gdn, key_scale,
-                              self.k_norm_cam.eps)
-        vu, _ = ucpe_clamp(v, ctx.rays_inv, cos, sin, Hd)
+                              self.k_norm_cam.eps, down)
+        vu, _ = ucpe_clamp(v, ctx.rays_inv, cos, sin, Hd, downscale=down)
         qu, ku, vu = self._heads(qu), self._heads(ku), self._heads(vu)
         if self.use_gdn:
             # Dynamic β discount by the frame-mean key inflation (docs/design/architecture.md §6.1).

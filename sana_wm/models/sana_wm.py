@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,9 @@ from .rope import cached_camera_table, cached_rope_table
 # Configuration and presets
 # ---------------------------------------------------------------------------------------------------------------------
 
+CameraRmsDownscale = Literal["none", "softmax", "all"]
+CAMERA_RMS_DOWNSCALE_MODES: tuple[str, ...] = get_args(CameraRmsDownscale)
+
 
 @dataclass(frozen=True)
 class SanaWMConfig:
@@ -46,6 +50,10 @@ class SanaWMConfig:
     softmax_every_n: block i is softmax iff (i+1) % n == 0 (blocks 3, 7, 11, 15, 19). conv_kernel_size: GDN short
     conv taps. t_kernel_size: FFN temporal conv taps. plucker_channels: chunk-Plücker channels (48 = 8 frames × 6).
     gdn_eps: normaliser ε. reference_numerics: bf16 softmax casts exactly as the released port (see attention.py).
+    camera_rms_downscale: which blocks shrink the camera branch's UCPE-transformed q/k/v back to their pre-UCPE RMS —
+    ``"softmax"`` (the softmax blocks only: NVIDIA's inference code as released with the bidirectional checkpoint),
+    ``"none"`` (NVIDIA's later code) or ``"all"`` (every block: the diffusers port). docs/design/nvidia-fidelity.md
+    gives the commits.
     """
 
     in_channels: int = 128
@@ -63,6 +71,17 @@ class SanaWMConfig:
     frequency_embedding_size: int = 256
     gdn_eps: float = 1e-8
     reference_numerics: bool = True
+    camera_rms_downscale: CameraRmsDownscale = "softmax"
+
+    def __post_init__(self):
+        if self.camera_rms_downscale not in CAMERA_RMS_DOWNSCALE_MODES:
+            raise ValueError(f"camera_rms_downscale={self.camera_rms_downscale!r} is not valid; expected one of "
+                             f"{list(CAMERA_RMS_DOWNSCALE_MODES)}")
+
+    def downscales_camera(self, index: int) -> bool:
+        """Whether block `index` applies the post-UCPE RMS clamp in its camera branch."""
+        mode = self.camera_rms_downscale
+        return mode == "all" or (mode == "softmax" and self.is_softmax_block(index))
 
     @property
     def head_dim(self) -> int:
@@ -214,13 +233,13 @@ class GLUMBConvTemp(nn.Module):
 class SanaWMBlock(nn.Module):
     """One frame-aware AdaLN-single block (`SanaVideoMSCamCtrlBlock`); GDN or softmax per `use_gdn`."""
 
-    def __init__(self, cfg: SanaWMConfig, use_gdn: bool):
+    def __init__(self, cfg: SanaWMConfig, use_gdn: bool, camera_rms_downscale: bool = False):
         super().__init__()
         C = cfg.hidden_size
         self.use_gdn = use_gdn
         self.scale_shift_table = nn.Parameter(torch.randn(6, C) / C**0.5)
         self.attn = HybridSelfAttention(
-            C, cfg.num_heads, use_gdn, cfg.conv_kernel_size, cfg.gdn_eps, cfg.reference_numerics
+            C, cfg.num_heads, use_gdn, cfg.conv_kernel_size, cfg.gdn_eps, cfg.reference_numerics, camera_rms_downscale
         )
         self.plucker_proj = nn.Linear(C, C)
         self.cross_attn = CrossAttention(C, cfg.num_heads)
@@ -287,7 +306,7 @@ class SanaWM(nn.Module):
         self.plucker_embedder = ConvHolder("proj", PointwiseConv(cfg.plucker_channels, C, ndim=3))
         self.raymap_embedder = ConvHolder("proj", PointwiseConv(3, C, ndim=3))
         self.blocks = nn.ModuleList(
-            [SanaWMBlock(cfg, use_gdn=not cfg.is_softmax_block(i)) for i in range(cfg.depth)]
+            [SanaWMBlock(cfg, not cfg.is_softmax_block(i), cfg.downscales_camera(i)) for i in range(cfg.depth)]
         )
         self.final_layer = FinalLayer(C, cfg.out_channels)
         self.initialize_weights()

@@ -58,7 +58,8 @@ class ModelConfig:
     """The DiT to train: a preset plus field overrides, and where its initial weights come from.
 
     preset: ``sana_wm_1600m_720p`` or ``tiny`` (see `sana_wm.models.PRESETS`). The fields from ``in_channels`` to
-    ``reference_numerics`` override the preset's `SanaWMConfig` field of the same name when not null.
+    ``camera_rms_downscale`` override the preset's `SanaWMConfig` field of the same name when not null;
+    ``camera_rms_downscale`` (``none`` | ``softmax`` | ``all``) must match what ``init_checkpoint`` records.
     init_checkpoint: official/diffusers-layout safetensors (or a `.pt`) loaded strictly before training; null =
     NVIDIA's training initialisation. activation_checkpointing: recompute each block in backward (non-reentrant).
     ac_policy: "full" (recompute whole blocks), "selective" (keep GEMM/attention/scan outputs, recompute the
@@ -84,6 +85,7 @@ class ModelConfig:
     frequency_embedding_size: int | None = None
     gdn_eps: float | None = None
     reference_numerics: bool | None = None
+    camera_rms_downscale: str | None = None
     init_checkpoint: str | None = None
     activation_checkpointing: bool = False
     ac_policy: str = "full"
@@ -449,10 +451,12 @@ def check_validation_actions(actions: list[str], num_frames: int) -> None:
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     """Check choices and ranges that types cannot express; raises ConfigError naming the key. Returns cfg."""
-    from sana_wm.models import PRESETS
+    from sana_wm.models import CAMERA_RMS_DOWNSCALE_MODES, PRESETS
     from sana_wm.parallel import AC_POLICIES
 
     _choice("model.preset", cfg.model.preset, tuple(sorted(PRESETS)))
+    if cfg.model.camera_rms_downscale is not None:
+        _choice("model.camera_rms_downscale", cfg.model.camera_rms_downscale, CAMERA_RMS_DOWNSCALE_MODES)
     _choice("model.ac_policy", cfg.model.ac_policy, AC_POLICIES)
     if cfg.model.ac_blocks is not None:
         depth = cfg.model.depth or PRESETS[cfg.model.preset].depth

@@ -440,8 +440,15 @@ class SanaWMLitModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("sana_wm", {})
-        recorded = meta.get("base_sha256")
-        if self.lora_cfg.enabled and recorded is not None and not same_base(recorded, self.base_sha256, self.init_file):
+        recorded = meta.get("model_config", {}).get("camera_rms_downscale")
+        if recorded is not None and recorded != self.model.config.camera_rms_downscale:
+            # The same weights compute differently under another camera RMS clamp: never resume across a change.
+            raise ValueError(
+                f"this checkpoint was trained with model.camera_rms_downscale={recorded!r} but the run is configured "
+                f"with {self.model.config.camera_rms_downscale!r}; resume with model.camera_rms_downscale={recorded}"
+            )
+        base = meta.get("base_sha256")
+        if self.lora_cfg.enabled and base is not None and not same_base(base, self.base_sha256, self.init_file):
             raise ValueError(
                 f"this LoRA checkpoint was trained on base {meta['base_sha256'][:23]}… but model.init_checkpoint "
                 f"is {str(self.base_sha256)[:23]}…; resume with the same base checkpoint"

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from infer_testing import REPO, load_infer
 from PIL import Image
 
 from sana_wm.camera import action_to_c2w
@@ -18,23 +18,9 @@ from sana_wm.inference.pipeline import SanaWMPipeline
 from sana_wm.inference.video import read_mp4
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-REPO = Path(__file__).resolve().parents[2]
 
 
-def _load_infer():
-    """infer.py lives at the repository root, which need not be on sys.path under every pytest invocation."""
-    import importlib.util
-
-    if "infer" in sys.modules:
-        return sys.modules["infer"]
-    spec = importlib.util.spec_from_file_location("infer", REPO / "infer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["infer"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-infer = _load_infer()
+infer = load_infer()
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Stage-2 refiner: parity with diffusers' SanaWMLTX2Refiner (the port, as an oracle), single-shot vs AR semantics,
+"""Stage-2 refiner: the default single-shot pass equals a transcription of NVIDIA's refine_latents
+(nvidia_refiner_oracle.py), AR parity with diffusers' SanaWMLTX2Refiner (the port), single-shot vs AR semantics,
 and the audio half of the checkpoint staying unused and off the execution device."""
 
 from __future__ import annotations
@@ -81,6 +82,31 @@ def test_single_shot_is_bidirectional_and_ar_is_causal(refiner):
     # the same seed gives the same output; another seed another one
     torch.testing.assert_close(refiner.refine(z, prompt_embeds=text, block_size=None), one, rtol=0, atol=0)
     assert (refiner.refine(z, prompt_embeds=text, block_size=None, seed=7) - one).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_default_single_shot_equals_nvidia_refine_latents(parts, dtype):
+    import copy
+
+    from nvidia_refiner_oracle import nvidia_refine_latents
+
+    from sana_wm.inference.refiner import DISTILLED_SIGMAS
+
+    tr = copy.deepcopy(parts[0]).to(dtype)
+    refiner = LTX2Refiner(tr, *parts[1:], text_max_sequence_length=64)
+    z = torch.randn(2, 8, 6, 2, 3, generator=torch.Generator().manual_seed(3))
+    text = refiner.encode_prompt("a quiet forest")
+    got = refiner.refine(z, prompt_embeds=text, fps=16.0)  # the default: single shot, one sink frame, seed 42
+    want = nvidia_refine_latents(tr, z.to(dtype), text[0].to(dtype).expand(2, -1, -1),
+                                 text[1].expand(2, -1), sigmas=DISTILLED_SIGMAS, fps=16.0)
+    assert got.shape == want.shape == z.shape
+    assert torch.equal(got[:, :, 0], z.to(dtype).float()[:, :, 0])  # the sink comes back unchanged (in the dtype)
+    # The same operations in the same order and dtype (the sink's K/V cached vs recomputed per step changes nothing
+    # the sink computes): bit-equal on CPU, in float32 and in bf16.
+    torch.testing.assert_close(got, want.float(), rtol=0, atol=0)
+    # The oracle tells the modes apart: the AR refinement is far from it.
+    ar = refiner.refine(z, prompt_embeds=text, fps=16.0, block_size=3)
+    assert (ar - want.float()).abs().max() > 1e-2
 
 
 def test_audio_half_is_never_used(parts):

@@ -93,3 +93,35 @@ def test_diffusers_renames_cover_only_the_timestep_mlp():
     changed = {k for k in state if k not in mapped}
     assert changed == {"t_embedder.mlp.0.weight", "t_embedder.mlp.0.bias", "t_embedder.mlp.2.weight",
                        "t_embedder.mlp.2.bias", "y_embedder.y_embedding"}
+
+
+def test_camera_rms_downscale_is_recorded_and_a_different_one_refused(tmp_path):
+    from safetensors import safe_open
+
+    model = SanaWM.from_preset("tiny", camera_rms_downscale="all")
+    path = save_checkpoint(model, tmp_path / "all.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["camera_rms_downscale"] == "all"
+    load_checkpoint(SanaWM.from_preset("tiny", camera_rms_downscale="all"), path)
+    with pytest.raises(CheckpointError, match=r"all\.safetensors was saved from a model with "
+                                              r"camera_rms_downscale='all' .* configured with "
+                                              r"camera_rms_downscale='softmax'"):
+        load_checkpoint(SanaWM.from_preset("tiny"), path)
+
+
+def test_a_checkpoint_without_the_record_loads_with_the_configured_value(tmp_path):
+    # NVIDIA's official file carries tensors only: no metadata, so the model keeps the value it was built with.
+    model = _perturbed_tiny()
+    path = tmp_path / "official.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    for mode in ("none", "softmax", "all"):
+        fresh = SanaWM.from_preset("tiny", camera_rms_downscale=mode)
+        load_checkpoint(fresh, path)
+        assert fresh.config.camera_rms_downscale == mode
+        _same(model, fresh)
+
+
+def test_a_bad_camera_rms_downscale_is_named():
+    with pytest.raises(ValueError, match=r"camera_rms_downscale='softmax_only' is not valid; expected one of "
+                                         r"\['none', 'softmax', 'all'\]"):
+        SanaWM.from_preset("tiny", camera_rms_downscale="softmax_only")

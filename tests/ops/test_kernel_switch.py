@@ -94,8 +94,8 @@ def _prologue(mp):
 
 def _ucpe(mp):
     naive = ucpe.naive_ucpe_clamp
-    kernel = _Counted(lambda x, mat, cos, sin, w, relu, scale, norm_eps, clamp_eps, heads:
-                      naive(x, mat, cos, sin, w, relu, scale, norm_eps, heads))
+    kernel = _Counted(lambda x, mat, cos, sin, w, relu, scale, norm_eps, clamp_eps, heads, downscale:
+                      naive(x, mat, cos, sin, w, relu, scale, norm_eps, heads, downscale))
     reference = _Counted(naive)
     mp.setattr(ucpe, "ucpe_clamp_forward", kernel)
     mp.setattr(ucpe, "naive_ucpe_clamp", reference)

@@ -75,6 +75,50 @@ def test_pretraining_stages_progress_in_clip_length_and_chain_their_weights():
     assert all(c.model.preset == "sana_wm_1600m_720p" and c.objective.flow_shift == 9.95 for c in cfgs)
 
 
+# NVIDIA's stage-1 training recipe, as its example config sets it (configs/sana_wm/stage1/
+# sana_wm_stage1_sekai_chunk_causal_cp2_fsdp2.yaml at NVlabs/Sana 451442f), in our keys.
+NVIDIA_STAGE1 = {
+    "objective.flow_shift": 9.95,  # scheduler.flow_shift
+    "objective.timestep_sampling": "logit_normal",  # scheduler.weighting_scheme
+    "objective.logit_mean": 0.0,
+    "objective.logit_std": 1.0,
+    "objective.image_condition_prob": 0.9,  # train.ltx_image_condition_prob
+    "objective.caption_dropout": 0.1,  # model.class_dropout_prob
+    "optim.lr": 1e-5,
+    "optim.betas": [0.9, 0.999],
+    "optim.eps": 1e-10,
+    "optim.weight_decay": 0.0,
+    "optim.scheduler": "constant",  # lr_schedule
+    "optim.warmup_steps": 0,
+    "optim.grad_clip": 0.5,  # gradient_clip
+    "ema.enabled": False,  # ema_update
+    "trainer.precision": "bf16-mixed",  # mixed_precision bf16 (fp32 attention is built into the model)
+    "trainer.accumulate_grad_batches": 1,
+    "data.batch_size": 1,  # train_batch_size
+    "model.activation_checkpointing": True,  # grad_checkpointing
+    "model.camera_rms_downscale": "none",  # the training code has no post-UCPE RMS downscale
+    "seed": 3407,
+}
+
+
+def _get(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def test_stage1_reproduces_nvidias_stage1_recipe():
+    cfg = launch.to_train_config(compose_train_config(["experiment=pretrain_720p_stage1"]))
+    resolved = {key: _get(cfg, key) for key in NVIDIA_STAGE1}
+    assert resolved == NVIDIA_STAGE1
+    assert cfg.model.preset == "sana_wm_1600m_720p" and not cfg.objective.per_frame_timesteps
+    # The later stages inherit it; only the last one anneals the learning rate (this project's choice).
+    for stage in (2, 3, 4):
+        later = launch.to_train_config(compose_train_config([f"experiment=pretrain_720p_stage{stage}"]))
+        differs = {key for key in NVIDIA_STAGE1 if _get(later, key) != NVIDIA_STAGE1[key]}
+        assert differs == ({"optim.scheduler"} if stage == 4 else set()), stage
+
+
 def test_a_misspelt_key_fails_naming_the_key():
     with pytest.raises(Exception, match=r"optim\.lrr"):
         compose_train_config(["optim.lrr=1e-4"])
@@ -98,10 +142,12 @@ def test_a_wrong_type_fails_naming_the_key():
         ("model.preset=huge", "model.preset"),
         ("data.kind=video", "data.kind='video'"),
         ("data.resampled=true", "data.samples_per_epoch"),
+        ("model.camera_rms_downscale=softmax_only", "model.camera_rms_downscale='softmax_only' is not valid; "
+                                                    "expected one of ['none', 'softmax', 'all']"),
     ],
 )
 def test_bad_values_fail_naming_the_key(override, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[").replace("]", r"\]")):
         launch.to_train_config(compose_train_config([override, "data.train_shards=x"]))
 
 
@@ -182,6 +228,20 @@ def test_a_checkpoint_that_does_not_fit_the_model_fails_before_training(tmp_path
         launch.train(_cfg(tmp_path, f"data.train_shards={shards}", f"checkpoint.resume={ckpt}"))
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         launch.train(_cfg(tmp_path, f"data.train_shards={shards}", f"checkpoint.resume={tmp_path}/nope.ckpt"))
+
+
+def test_the_model_follows_camera_rms_downscale_and_a_checkpoint_recorded_otherwise_is_refused(tmp_path, shards):
+    for mode, clamped in (("none", []), ("softmax", [3]), ("all", [0, 1, 2, 3])):
+        module = launch.build_module(_cfg(tmp_path, f"data.train_shards={shards}", f"model.camera_rms_downscale={mode}"))
+        assert module.model.config.camera_rms_downscale == mode
+        assert [i for i, b in enumerate(module.model.blocks) if b.attn.camera_rms_downscale] == clamped
+    assert launch.build_module(_cfg(tmp_path, f"data.train_shards={shards}")).model.config.camera_rms_downscale \
+        == "softmax"
+    ported = save_checkpoint(SanaWM.from_preset("tiny", camera_rms_downscale="all"), tmp_path / "ported.safetensors")
+    with pytest.raises(CheckpointError, match=r"camera_rms_downscale='all' .* configured with "
+                                              r"camera_rms_downscale='none'"):
+        launch.train(_cfg(tmp_path, f"data.train_shards={shards}", f"model.init_checkpoint={ported}",
+                          "model.camera_rms_downscale=none"))
 
 
 def test_a_lora_adapter_for_a_different_base_fails_before_training(tmp_path, shards):

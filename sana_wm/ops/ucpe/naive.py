@@ -1,5 +1,6 @@
 """Reference for the camera branch's per-token prologue (plain PyTorch, float64-capable): optional RMSNorm → ReLU →
-scale, then UCPE, then the post-UCPE RMS clamp, and the squared norm ratio the GDN's β discount is built from.
+scale, then UCPE, then (when `downscale`) the post-UCPE RMS clamp, and the squared norm ratio the GDN's β discount is
+built from. Whether a block clamps is the model's `camera_rms_downscale` choice (docs/design/nvidia-fidelity.md).
 `naive_ucpe_clamp` is the composition the model ran before the fused op, with the same roundings;
 `naive_ucpe_clamp_backward` is its adjoint written out, which the Triton backward follows step by step."""
 
@@ -46,24 +47,29 @@ def _prenorm(x, weight, relu, scale, norm_eps):
 
 def naive_ucpe_clamp(x: torch.Tensor, mat: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                      weight: torch.Tensor | None = None, relu: bool = False, scale: float = 1.0,
-                     norm_eps: float = 1e-5, num_heads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                     norm_eps: float = 1e-5, num_heads: int = 1,
+                     downscale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, N, C = Hd·D] → (xu [B, N, C] in x's dtype, ratio [B, N, Hd] float32 (float64 for float64 x)):
 
         a     = x, or ReLU?(RMSNorm(x)·weight)·scale when a norm weight is given
-        xu    = clamp_to_reference_rms(a, UCPE(a))              per head
+        xu    = clamp_to_reference_rms(a, UCPE(a)) if downscale else UCPE(a)      per head
         ratio = (max(‖xu‖, ε) / max(‖a‖, ε))²                   per head; the key's inflation (β discount)
     """
     a = _prenorm(x, weight, relu, scale, norm_eps).unflatten(-1, (num_heads, -1))
-    xu = clamp_to_reference_rms(a, ucpe(a, mat, cos, sin))
+    xu = ucpe(a, mat, cos, sin)
+    if downscale:
+        xu = clamp_to_reference_rms(a, xu)
     wide = torch.promote_types(x.dtype, torch.float32)
     ratio = (xu.to(wide).norm(dim=-1).clamp_min(CLAMP_EPS) / a.to(wide).norm(dim=-1).clamp_min(CLAMP_EPS)) ** 2
     return xu.flatten(-2), ratio
 
 
-def naive_ucpe_clamp_backward(x, mat, cos, sin, weight, relu, scale, norm_eps, num_heads, g_xu, g_ratio):
+def naive_ucpe_clamp_backward(x, mat, cos, sin, weight, relu, scale, norm_eps, num_heads, g_xu, g_ratio,
+                              downscale: bool = True):
     """The adjoint of `naive_ucpe_clamp` written out in the wide dtype: (dx in x's dtype, dweight or None).
 
-    Per head, with u = UCPE(a), f = min(ρ_a / max(ρ_u, ε), 1), ρ = √(mean(·²) + ε), xu = f·u:
+    Per head, with u = UCPE(a), f = min(ρ_a / max(ρ_u, ε), 1) (f ≡ 1, ∂f = 0 without `downscale`),
+    ρ = √(mean(·²) + ε), xu = f·u:
         G   = g_xu + g_ratio · 2·xu / max(‖a‖, ε)²   [‖xu‖ ≥ ε]        the ratio's pull on xu
         du  = f·G + (∂f/∂ρ_u)·u / (D·ρ_u),   ∂f = Σ G·u where f = ρ_a/max(ρ_u, ε) ≤ 1, else 0
         da  = UCPEᵀ(du) + (∂f/∂ρ_a)·a / (D·ρ_a) − g_ratio · 2·ratio·a / ‖a‖²   [‖a‖ ≥ ε]
@@ -79,13 +85,13 @@ def naive_ucpe_clamp_backward(x, mat, cos, sin, weight, relu, scale, norm_eps, n
     rho_u = (u.square().mean(-1, keepdim=True) + eps).sqrt()
     den = rho_u.clamp_min(eps)
     q = rho_a / den
-    f = q.clamp(max=1.0)
+    f = q.clamp(max=1.0) if downscale else torch.ones_like(q)
     xu = (u * f).to(x.dtype).to(wide)
     na, nu = a.norm(dim=-1, keepdim=True), xu.norm(dim=-1, keepdim=True)
     ratio = (nu.clamp_min(eps) / na.clamp_min(eps)) ** 2
     gr = g_ratio.to(wide)[..., None]
     G = g_xu.unflatten(-1, (num_heads, -1)).to(wide) + torch.where(nu >= eps, gr * 2 * xu / na.clamp_min(eps) ** 2, 0)
-    dq = torch.where(q <= 1.0, (G * u).sum(-1, keepdim=True), 0)
+    dq = torch.where(q <= 1.0, (G * u).sum(-1, keepdim=True), 0) if downscale else torch.zeros_like(q)
     d_den = -dq * rho_a / den**2
     d_rho_u = torch.where(rho_u >= eps, d_den, 0)
     du = f * G + d_rho_u * u / (D * rho_u)

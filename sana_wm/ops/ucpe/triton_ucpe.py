@@ -1,4 +1,5 @@
-"""Triton forward and backward of the camera branch's prologue (`naive.py` is the reference, step for step).
+"""Triton forward and backward of the camera branch's prologue (`naive.py` is the reference, step for step). The RMS
+clamp is a compile-time switch (DOWNSCALE): off, xu is the rounded UCPE output and the clamp's adjoint terms vanish.
 
 One program owns one token row of C = Hd·D channels and walks it in chunks of HC heads, each held as four
 [heads × groups] component tiles: component j of group g of head h is channel h·D + 4g + j. In that layout the geometry
@@ -142,7 +143,8 @@ _MIN_ROWS = min(c.kwargs["ROWS"] for c in _BWD_CONFIGS)
 @triton.autotune(configs=_FWD_CONFIGS, key=["C", "HD", "HAS_NORM"])
 @triton.jit
 def _ucpe_clamp_fwd(X, Wt, M, COS, SIN, XU, RATIO, N, C, sxb, sxn, scale, norm_eps, eps, HAS_NORM: tl.constexpr,
-                    RELU: tl.constexpr, HD: tl.constexpr, D: tl.constexpr, HC: tl.constexpr, GB: tl.constexpr):
+                    RELU: tl.constexpr, HD: tl.constexpr, D: tl.constexpr, HC: tl.constexpr, GB: tl.constexpr,
+                    DOWNSCALE: tl.constexpr):
     row = tl.program_id(0)
     b, n = row // N, row % N
     DT: tl.constexpr = XU.dtype.element_ty
@@ -159,9 +161,12 @@ def _ucpe_clamp_fwd(X, Wt, M, COS, SIN, XU, RATIO, N, C, sxb, sxn, scale, norm_e
         u0, u1, u2, u3 = _ucpe(a0, a1, a2, a3, m, rope, g, D, False)
         u0, u1, u2, u3 = _wide(u0, DT), _wide(u1, DT), _wide(u2, DT), _wide(u3, DT)
         sa = tl.sum(a0 * a0 + a1 * a1 + a2 * a2 + a3 * a3, 1)  # per head
-        su = tl.sum(u0 * u0 + u1 * u1 + u2 * u2 + u3 * u3, 1)
-        f = tl.minimum(tl.sqrt(sa / D + eps) / tl.maximum(tl.sqrt(su / D + eps), eps), 1.0)[:, None]
-        v0, v1, v2, v3 = _wide(u0 * f, DT), _wide(u1 * f, DT), _wide(u2 * f, DT), _wide(u3 * f, DT)
+        if DOWNSCALE:  # the post-UCPE RMS clamp (without it xu is u, already rounded)
+            su = tl.sum(u0 * u0 + u1 * u1 + u2 * u2 + u3 * u3, 1)
+            f = tl.minimum(tl.sqrt(sa / D + eps) / tl.maximum(tl.sqrt(su / D + eps), eps), 1.0)[:, None]
+            v0, v1, v2, v3 = _wide(u0 * f, DT), _wide(u1 * f, DT), _wide(u2 * f, DT), _wide(u3 * f, DT)
+        else:
+            v0, v1, v2, v3 = u0, u1, u2, u3
         _store4(XU + row.to(tl.int64) * C, offs, mask, v0, v1, v2, v3)
         ratio = tl.maximum(tl.sqrt(tl.sum(v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3, 1)), eps) / tl.maximum(tl.sqrt(sa), eps)
         tl.store(RATIO + row.to(tl.int64) * HD + h, ratio * ratio, mask=h < HD)
@@ -170,7 +175,7 @@ def _ucpe_clamp_fwd(X, Wt, M, COS, SIN, XU, RATIO, N, C, sxb, sxn, scale, norm_e
 @triton.jit
 def _chunk_grad(xrow, Wt, m, rope, GXU, GRATIO, row, c0, C, r, scale, eps, HAS_NORM: tl.constexpr,
                 RELU: tl.constexpr, HD: tl.constexpr, D: tl.constexpr, HC: tl.constexpr, GB: tl.constexpr,
-                DT: tl.constexpr):
+                DT: tl.constexpr, DOWNSCALE: tl.constexpr):
     """The adjoint of `naive_ucpe_clamp_backward` for one chunk of heads, up to the gradient at the prenorm's output
     (after ×scale, the ReLU mask and ×weight when there is a norm): (d, n̂ rounded, g before ×weight, x, offs, mask)."""
     h, g, offs, mask = _chunk(c0, HD, D, HC, GB)
@@ -188,7 +193,10 @@ def _chunk_grad(xrow, Wt, m, rope, GXU, GRATIO, row, c0, C, r, scale, eps, HAS_N
     rho_a, rho_u = tl.sqrt(sa / D + eps), tl.sqrt(su / D + eps)
     den = tl.maximum(rho_u, eps)
     q = rho_a / den
-    f = tl.minimum(q, 1.0)[:, None]
+    if DOWNSCALE:
+        f = tl.minimum(q, 1.0)[:, None]
+    else:  # no clamp: f ≡ 1 and, below, no gradient through it
+        f = (q * 0.0 + 1.0)[:, None]
     v0, v1, v2, v3 = _wide(u0 * f, DT), _wide(u1 * f, DT), _wide(u2 * f, DT), _wide(u3 * f, DT)
     na, nu = tl.sqrt(sa), tl.sqrt(tl.sum(v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3, 1))
     na_c = tl.maximum(na, eps)
@@ -199,7 +207,10 @@ def _chunk_grad(xrow, Wt, m, rope, GXU, GRATIO, row, c0, C, r, scale, eps, HAS_N
     pull = tl.where(nu >= eps, 2.0 * gr / (na_c * na_c), 0.0)[:, None]
     G0, G1, G2, G3 = _load4(GXU + row.to(tl.int64) * C, offs, mask)
     G0, G1, G2, G3 = G0 + pull * v0, G1 + pull * v1, G2 + pull * v2, G3 + pull * v3
-    dq = tl.where(q <= 1.0, tl.sum(G0 * u0 + G1 * u1 + G2 * u2 + G3 * u3, 1), 0.0)
+    if DOWNSCALE:
+        dq = tl.where(q <= 1.0, tl.sum(G0 * u0 + G1 * u1 + G2 * u2 + G3 * u3, 1), 0.0)
+    else:
+        dq = tl.zeros_like(q)
     d_rho_u = tl.where(rho_u >= eps, -dq * rho_a / (den * den), 0.0)
     cu = (d_rho_u / (D * rho_u))[:, None]
     d0, d1, d2, d3 = _ucpe(f * G0 + cu * u0, f * G1 + cu * u1, f * G2 + cu * u2, f * G3 + cu * u3, m, rope, g, D,
@@ -220,7 +231,7 @@ def _chunk_grad(xrow, Wt, m, rope, GXU, GRATIO, row, c0, C, r, scale, eps, HAS_N
 @triton.jit
 def _ucpe_clamp_bwd(X, Wt, M, COS, SIN, GXU, GRATIO, DX, DW, SC, N, C, rows, sxb, sxn, scale, norm_eps, eps,
                     HAS_NORM: tl.constexpr, RELU: tl.constexpr, HD: tl.constexpr, D: tl.constexpr, HC: tl.constexpr,
-                    GB: tl.constexpr, ROWS: tl.constexpr):
+                    GB: tl.constexpr, ROWS: tl.constexpr, DOWNSCALE: tl.constexpr):
     pid = tl.program_id(0)
     DT: tl.constexpr = DX.dtype.element_ty
     for k in range(ROWS):
@@ -237,7 +248,7 @@ def _ucpe_clamp_bwd(X, Wt, M, COS, SIN, GXU, GRATIO, DX, DW, SC, N, C, rows, sxb
                 for c0 in range(0, HD, HC):
                     d0, d1, d2, d3, n0, n1, n2, n3, g0, g1, g2, g3, x0, x1, x2, x3, offs, mask = _chunk_grad(
                         xrow, Wt, m, rope, GXU, GRATIO, row, c0, C, r, scale, eps, HAS_NORM, RELU, HD, D,
-                        HC, GB, DT)
+                        HC, GB, DT, DOWNSCALE)
                     acc += (d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3) * r
                     dwrow = DW + pid.to(tl.int64) * C
                     p0, p1, p2, p3 = _load4(dwrow, offs, mask)
@@ -255,14 +266,14 @@ def _ucpe_clamp_bwd(X, Wt, M, COS, SIN, GXU, GRATIO, DX, DW, SC, N, C, rows, sxb
                 for c0 in range(0, HD, HC):
                     d0, d1, d2, d3, _, _, _, _, _, _, _, _, _, _, _, _, offs, mask = _chunk_grad(
                         xrow, Wt, m, rope, GXU, GRATIO, row, c0, C, 1.0, scale, eps, HAS_NORM, RELU, HD, D,
-                        HC, GB, DT)
+                        HC, GB, DT, DOWNSCALE)
                     _store4(dxrow, offs, mask, d0, d1, d2, d3)
 
 
 def ucpe_clamp_forward(x, mat, cos, sin, weight, relu: bool, scale: float, norm_eps: float, eps: float,
-                       num_heads: int):
+                       num_heads: int, downscale: bool = True):
     """x [B, N, C] (channel stride 1), mat [B, N, 4, 4] contiguous → (xu [B, N, C] contiguous in x's dtype, ratio
-    [B, N, Hd] float32)."""
+    [B, N, Hd] float32); `downscale` turns the RMS clamp on."""
     B, N, C = x.shape
     D = C // num_heads
     xu = torch.empty((B, N, C), dtype=x.dtype, device=x.device)
@@ -270,12 +281,12 @@ def ucpe_clamp_forward(x, mat, cos, sin, weight, relu: bool, scale: float, norm_
     has_norm = weight is not None
     _ucpe_clamp_fwd[(B * N,)](x, weight if has_norm else x, mat, cos, sin, xu, ratio, N, C, x.stride(0), x.stride(1),
                               float(scale), float(norm_eps), float(eps), HAS_NORM=has_norm, RELU=bool(relu),
-                              HD=num_heads, D=D, GB=triton.next_power_of_2(D // 4))
+                              HD=num_heads, D=D, GB=triton.next_power_of_2(D // 4), DOWNSCALE=bool(downscale))
     return xu, ratio
 
 
 def ucpe_clamp_backward(x, mat, cos, sin, weight, relu: bool, scale: float, norm_eps: float, eps: float,
-                        num_heads: int, g_xu, g_ratio):
+                        num_heads: int, g_xu, g_ratio, downscale: bool = True):
     """(dx [B, N, C] contiguous in x's dtype, dweight [C] float32 or None) for upstream g_xu [B, N, C] and g_ratio
     [B, N, Hd]."""
     B, N, C = x.shape
@@ -290,5 +301,5 @@ def ucpe_clamp_backward(x, mat, cos, sin, weight, relu: bool, scale: float, norm
     _ucpe_clamp_bwd[lambda meta: (triton.cdiv(rows, meta["ROWS"]),)](
         x, weight if has_norm else x, mat, cos, sin, g_xu.contiguous(), g_ratio.float().contiguous(), dx, dw, scratch,
         N, C, rows, x.stride(0), x.stride(1), float(scale), float(norm_eps), float(eps), HAS_NORM=has_norm,
-        RELU=bool(relu), HD=num_heads, D=D, GB=triton.next_power_of_2(D // 4))
+        RELU=bool(relu), HD=num_heads, D=D, GB=triton.next_power_of_2(D // 4), DOWNSCALE=bool(downscale))
     return dx, (dw.sum(0) if has_norm else None)
