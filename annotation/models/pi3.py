@@ -838,8 +838,8 @@ def _resize_frames(frames: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
 @torch.no_grad()
 def predict(model: Pi3, frames: np.ndarray, *, frame_budget: int = 64, overlap: int = 8,
             principal_point: str = "centre", pixel_limit: int = 255_000, device: str | torch.device | None = None,
-            dtype: torch.dtype = torch.bfloat16, conf_threshold: float = 0.1, max_align_points: int = 200_000
-            ) -> Pi3Prediction:
+            dtype: torch.dtype = torch.bfloat16, conf_threshold: float = 0.1, max_align_points: int = 200_000,
+            known_K: np.ndarray | None = None) -> Pi3Prediction:
     """Poses, intrinsics and confidence for a clip ``frames`` (N, H, W, 3) uint8.
 
     Frames are resized by :func:`working_size` (LANCZOS, no crop). Clips longer than ``frame_budget``
@@ -847,6 +847,10 @@ def predict(model: Pi3, frames: np.ndarray, *, frame_budget: int = 64, overlap: 
     first chunk's frame by a Sim(3) fit of its world points on the overlapping frames (pixels confident
     in both, sigmoid(conf) > ``conf_threshold``). Each frame keeps the values of the first chunk that saw it.
     On CUDA the trunk runs under ``dtype`` autocast (the heads stay fp32).
+
+    ``known_K`` ((N, 3, 3) in integer-index pixels of the input frames) is fed to a multimodal Pi3X as
+    its intrinsics prior (moved to the working resolution and to the prior's +½ pixel centres); a model
+    without the prior branch refuses it.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 1:
@@ -859,6 +863,13 @@ def predict(model: Pi3, frames: np.ndarray, *, frame_budget: int = 64, overlap: 
     N, H, W = frames.shape[:3]
     hw = working_size(H, W, pixel_limit, model.cfg.patch_size)
     images = _resize_frames(frames, hw)
+    K_prior = None
+    if known_K is not None:
+        if not model.cfg.multimodal:
+            raise ValueError("`known_K` is a prior of the multimodal Pi3X; this model was built without that branch.")
+        K_prior = rescale_intrinsics(np.asarray(known_K, np.float64).reshape(N, 3, 3), (H, W), hw)
+        K_prior[:, :2, 2] += 0.5  # the prior's rays are K⁻¹[u + ½, v + ½, 1]
+        K_prior = torch.from_numpy(K_prior).float()
     c2w = np.zeros((N, 4, 4))
     K = np.zeros((N, 3, 3))
     conf = np.zeros(N)
@@ -870,7 +881,8 @@ def predict(model: Pi3, frames: np.ndarray, *, frame_budget: int = 64, overlap: 
         end = min(start + frame_budget, N)
         batch = images[start:end].to(device)[None]
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=device.type == "cuda"):
-            out = model(batch)
+            priors = None if K_prior is None else Priors(intrinsics=K_prior[start:end].to(device)[None])
+            out = model(batch, priors)
         local = out["local_points"][0].float()
         prob = torch.sigmoid(out["conf"][0, ..., 0].float())
         poses = out["camera_poses"][0].double().cpu().numpy()

@@ -38,10 +38,11 @@ def test_build_estimator_defaults_to_the_weight_free_backend():
 
 
 def test_pi3_estimator_returns_every_frame_at_the_input_resolution():
-    est = Pi3Estimator(None, "pi3x", device="cpu", frame_budget=4, overlap=2, stride=2, model=build_pi3("tiny"))  # 1 chunk
+    est = Pi3Estimator(None, "pi3x", device="cpu", frame_budget=4, overlap=2, stride=2, pixel_limit=28 * 42,
+                       model=build_pi3("tiny"))
     frames = np.random.default_rng(0).integers(0, 255, (7, 40, 60, 3), dtype=np.uint8)
     res = est.estimate(frames, fps=8.0)
-    assert res.c2w.shape == (7, 4, 4) and res.K.shape == (7, 3, 3)
+    assert res.c2w.shape == (7, 4, 4) and res.K.shape == (7, 3, 3) and res.info["working_hw"] == [28, 42]
     assert res.scale_kind == "metric" and res.licence == "CC-BY-NC-4.0" and res.estimator == "pi3x"
     np.testing.assert_array_equal(res.confidence[[1, 3, 5]], 0.0)  # interpolated frames
     assert (res.confidence[[0, 2, 4, 6]] > 0).all()
@@ -105,3 +106,16 @@ def test_colmap_reports_a_clip_it_cannot_reconstruct():
     with pytest.raises(EstimationError, match="registered 0 of 6 frames") as info:
         build_estimator("colmap", num_threads=1).estimate(frames, 16.0)
     assert info.value.reason == "sfm_failed"
+
+
+def test_known_intrinsics_forms():
+    from annotation.estimators.base import known_K
+
+    K = np.array([[50.0, 0, 29.5], [0, 52.0, 19.5], [0, 0, 1]])
+    for form in (K, [50.0, 52.0, 29.5, 19.5], np.tile(K, (4, 1, 1)), np.tile([50.0, 52.0, 29.5, 19.5], (4, 1))):
+        np.testing.assert_array_equal(known_K(form, 4), np.broadcast_to(K, (4, 3, 3)))
+    assert known_K(None, 4) is None
+    with pytest.raises(ValueError, match=r"or 4 of either; got shape \(3, 4\)"):
+        known_K(np.ones((3, 4)), 4)
+    with pytest.raises(ValueError, match="fx, fy > 0"):
+        known_K([0.0, 50, 10, 10], 2)

@@ -281,3 +281,31 @@ def test_predict_on_cuda_runs_the_trunk_in_bf16_and_the_heads_in_fp32():
     assert out["camera_poses"].dtype == torch.float32 and out["local_points"].dtype == torch.float32
     pred = predict(model, frames, frame_budget=4, overlap=2, pixel_limit=28 * 42)
     np.testing.assert_allclose(np.linalg.det(pred.c2w[:, :3, :3]), 1.0, atol=1e-5)
+
+
+def test_predict_feeds_known_intrinsics_to_the_prior_branch_at_the_working_resolution():
+    model = _random(build_pi3("tiny", multimodal=True))
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        cfg = model.cfg
+
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, images, priors=None):
+            seen.append(priors)
+            return self.inner(images, priors)
+
+    frames = np.random.default_rng(0).integers(0, 255, (3, 40, 60, 3), dtype=np.uint8)
+    K = np.tile(np.array([[50.0, 0, 29.5], [0, 50.0, 19.5], [0, 0, 1]]), (3, 1, 1))  # centred, integer-index
+    with_prior = predict(Recorder(), frames, frame_budget=4, overlap=2, pixel_limit=28 * 42, known_K=K)
+    # 40×60 → 28×42 (×0.7): f 35; the centred principal point lands on the working image's centre in the
+    # prior's +½ convention: (21, 14)
+    expected = torch.tensor([[35.0, 0, 21.0], [0, 35.0, 14.0], [0, 0, 1]]).expand(1, 3, 3, 3)
+    torch.testing.assert_close(seen[0].intrinsics.cpu(), expected, rtol=0, atol=1e-5)
+    without = predict(model, frames, frame_budget=4, overlap=2, pixel_limit=28 * 42)
+    assert np.abs(with_prior.c2w - without.c2w).max() > 1e-4
+    with pytest.raises(ValueError, match="built without that branch"):
+        predict(build_pi3("tiny"), frames, pixel_limit=28 * 42, known_K=K)
