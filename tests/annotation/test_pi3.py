@@ -217,7 +217,7 @@ class _GaugeModel(torch.nn.Module):
         self.rng = np.random.default_rng(0)
         self.calls = 0
 
-    def forward(self, images):
+    def forward(self, images, priors=None):
         idx = (images[0, :, 0, 0, 0] * 255).round().long().numpy()
         H, W = self.hw
         v, u = np.mgrid[:H, :W]
