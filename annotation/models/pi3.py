@@ -110,6 +110,9 @@ class Pi3Config:
                                  ("metric", self.metric_width, self.metric_heads)):
             if dim % heads or (dim // heads) % 4:
                 raise ValueError(f"{name} width {dim} / {heads} heads must give a head dim divisible by 4 (2-D RoPE).")
+        if self.multimodal and (self.dec_dim // self.dec_heads) % 8:
+            raise ValueError(f"pose injection splits each head into 4-vectors and two RoPE quarters: the decoder head "
+                             f"dim {self.dec_dim // self.dec_heads} must be divisible by 8.")
         if self.dec_depth < 2 or self.dec_depth % 2:
             raise ValueError(f"`dec_depth` must be even and ≥ 2 (frame/global pairs); got {self.dec_depth}.")
         if any(i % 2 == 0 or i >= self.dec_depth for i in self.inject_after):
