@@ -1,0 +1,183 @@
+"""Weight-free poses with COLMAP (pycolmap): SIFT → sequential matching → global or incremental SfM.
+
+One camera is shared by all frames of a clip. Known intrinsics fix it (a PINHOLE camera that bundle
+adjustment does not refine); otherwise a SIMPLE_PINHOLE camera (one focal length, principal point at
+the centre) is estimated. Poses come out up to an unknown similarity: the result's scale is 'relative'
+(1.0) unless a metres-per-unit value is configured ('user').
+
+Mapper: ``'global'`` runs COLMAP's global SfM (GLOMAP: rotation averaging, then global positioning,
+then bundle adjustment), available in pycolmap ≥ 3.12 as ``pycolmap.global_mapping``. For video it
+registers every frame in one solve and is much faster than incremental SfM on long clips; it is also
+what CamI2V's evaluation uses. ``'incremental'`` (classic COLMAP) adds one frame at a time and
+recovers better when matches are weak. ``'auto'`` (default) uses global mapping where the installed
+pycolmap has it and falls back to incremental mapping when it registers fewer than ``min_registered``
+of the frames.
+
+COLMAP puts pixel centres at +½ (the top-left pixel's centre is (0.5, 0.5)); this module converts to
+and from the project's integer-index convention (cx_colmap = cx + ½).
+
+Confidence: 1 for frames the reconstruction registered, 0 for frames whose pose was interpolated
+(slerp / linear) from registered neighbours.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from annotation.estimators.base import EstimationError, PoseResult, check_frames, known_K
+from annotation.geometry import interpolate_poses
+
+__all__ = ["ColmapEstimator"]
+
+
+def _pycolmap():
+    try:
+        import pycolmap
+    except ImportError as err:  # an optional dependency
+        raise ImportError("the COLMAP backend needs pycolmap: pip install 'sana-wm[annotation]'") from err
+    return pycolmap
+
+
+class ColmapEstimator:
+    """COLMAP structure-from-motion as a pose estimator (CPU).
+
+    Args:
+        mapper: 'auto', 'global' or 'incremental' (module docstring).
+        overlap: sequential matching pairs each frame with this many following frames.
+        min_registered: fraction of frames that must register, else :class:`EstimationError` ('sfm_failed').
+        num_threads: CPU threads (−1 = all).
+        max_num_features: SIFT features per frame.
+        metres_per_unit: a user-given scale; None leaves the scale relative.
+        seed: COLMAP's random seed (RANSAC, global positioning), for repeatable runs.
+    """
+
+    licence = "none: weight-free (COLMAP is BSD-3-Clause)"
+
+    def __init__(self, mapper: str = "auto", overlap: int = 10, min_registered: float = 0.5, num_threads: int = -1,
+                 max_num_features: int = 8192, metres_per_unit: float | None = None, seed: int = 0):
+        if mapper not in ("auto", "global", "incremental"):
+            raise ValueError(f"`mapper` must be 'auto', 'global' or 'incremental'; got {mapper!r}.")
+        if not 0 < min_registered <= 1:
+            raise ValueError(f"`min_registered` must be in (0, 1]; got {min_registered}.")
+        if metres_per_unit is not None and not metres_per_unit > 0:
+            raise ValueError(f"`metres_per_unit` must be positive; got {metres_per_unit}.")
+        pycolmap = _pycolmap()
+        if mapper == "global" and not hasattr(pycolmap, "global_mapping"):
+            raise ValueError(f"mapper 'global' needs pycolmap ≥ 3.12 (global_mapping); installed: {pycolmap.__version__}.")
+        self.mapper, self.overlap, self.min_registered = mapper, int(overlap), float(min_registered)
+        self.num_threads, self.max_num_features, self.seed = int(num_threads), int(max_num_features), int(seed)
+        self.metres_per_unit = metres_per_unit
+        self.name = "colmap"
+        self.version = f"pycolmap {pycolmap.__version__}"
+
+    # -- COLMAP stages -----------------------------------------------------------------------------
+
+    def _extract_and_match(self, db: Path, images: Path, K: np.ndarray | None) -> None:
+        pycolmap = _pycolmap()
+        reader = pycolmap.ImageReaderOptions()
+        if K is not None:
+            reader.camera_model = "PINHOLE"
+            reader.camera_params = ",".join(repr(float(v)) for v in (K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5))
+        else:
+            reader.camera_model = "SIMPLE_PINHOLE"
+        extraction = pycolmap.FeatureExtractionOptions()
+        extraction.use_gpu = False
+        extraction.num_threads = self.num_threads
+        extraction.sift.max_num_features = self.max_num_features
+        pycolmap.extract_features(db, images, camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
+                                  extraction_options=extraction, device=pycolmap.Device.cpu)
+        matching = pycolmap.FeatureMatchingOptions()
+        matching.use_gpu = False
+        matching.num_threads = self.num_threads
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = self.overlap
+        pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu)
+
+    def _map(self, kind: str, db: Path, images: Path, out: Path, fixed_K: bool):
+        pycolmap = _pycolmap()
+        out.mkdir(parents=True, exist_ok=True)
+        if kind == "global":
+            options = pycolmap.GlobalPipelineOptions()
+            options.num_threads = self.num_threads
+            options.random_seed = self.seed
+            ba = options.mapper.bundle_adjustment
+            ba.refine_focal_length = not fixed_K
+            ba.refine_extra_params = not fixed_K
+            ba.refine_principal_point = False
+            ba.ceres.use_gpu = False
+            recs = pycolmap.global_mapping(db, images, out, options)
+        else:
+            options = pycolmap.IncrementalPipelineOptions()
+            options.num_threads = self.num_threads
+            options.random_seed = self.seed
+            options.ba_refine_focal_length = not fixed_K
+            options.ba_refine_extra_params = not fixed_K
+            options.ba_refine_principal_point = False
+            options.ba_use_gpu = False
+            recs = pycolmap.incremental_mapping(db, images, out, options)
+        return max(recs.values(), key=lambda r: r.num_reg_images()) if recs else None
+
+    # -- the interface -----------------------------------------------------------------------------
+
+    def estimate(self, frames: np.ndarray, fps: float, known_intrinsics: Any = None,
+                 work_dir: str | os.PathLike | None = None) -> PoseResult:
+        """Poses (and, without ``known_intrinsics``, one shared K) for ``frames`` (N, H, W, 3) uint8."""
+        from PIL import Image
+
+        frames = check_frames(frames)
+        N, H, W = frames.shape[:3]
+        if N < 2:
+            raise EstimationError("too_short", f"structure from motion needs ≥ 2 frames; got {N}.")
+        K_known = known_K(known_intrinsics, N)
+        if K_known is not None and not np.allclose(K_known, K_known[0]):
+            raise ValueError("the COLMAP backend shares one camera per clip; `known_intrinsics` varies over frames.")
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            tmp = Path(tmp)
+            images = tmp / "images"
+            images.mkdir()
+            names = [f"{i:06d}.png" for i in range(N)]
+            for name, f in zip(names, frames, strict=True):
+                Image.fromarray(f).save(images / name, compress_level=1)
+            self._extract_and_match(tmp / "db.db", images, None if K_known is None else K_known[0])
+            kinds = ["incremental"] if self.mapper == "incremental" or (
+                self.mapper == "auto" and not hasattr(_pycolmap(), "global_mapping")) else ["global"]
+            if self.mapper == "auto" and kinds == ["global"]:
+                kinds.append("incremental")
+            best, used = None, None
+            for kind in kinds:
+                rec = self._map(kind, tmp / "db.db", images, tmp / kind, K_known is not None)
+                if rec is not None and (best is None or rec.num_reg_images() > best.num_reg_images()):
+                    best, used = rec, kind
+                if best is not None and best.num_reg_images() >= self.min_registered * N:
+                    break
+        registered = 0 if best is None else best.num_reg_images()
+        if best is None or registered < max(2, self.min_registered * N):
+            raise EstimationError("sfm_failed", f"COLMAP ({', '.join(kinds)} mapping) registered {registered} of {N} "
+                                  f"frames; at least {self.min_registered:.0%} are required.")
+        index = {name: i for i, name in enumerate(names)}
+        known, poses = [], []
+        for image in sorted(best.images.values(), key=lambda im: im.name):
+            w2c = np.eye(4)
+            w2c[:3] = image.cam_from_world().matrix()
+            known.append(index[image.name])
+            poses.append(np.linalg.inv(w2c))
+        c2w = interpolate_poses(np.stack(poses), np.array(known), N)
+        camera = next(iter(best.cameras.values()))
+        K = camera.calibration_matrix().astype(np.float64)
+        K[0, 2] -= 0.5
+        K[1, 2] -= 0.5
+        confidence = np.zeros(N)
+        confidence[known] = 1.0
+        scale, kind = (1.0, "relative") if self.metres_per_unit is None else (float(self.metres_per_unit), "user")
+        return PoseResult(
+            c2w=c2w, K=np.broadcast_to(K, (N, 3, 3)).copy(), confidence=confidence, scale=scale, scale_kind=kind,
+            estimator=self.name, version=self.version, licence=self.licence,
+            info={"mapper": used, "registered": int(registered), "num_points3D": int(best.num_points3D()),
+                  "mean_reprojection_error": float(best.compute_mean_reprojection_error()),
+                  "intrinsics": "fixed" if K_known is not None else "estimated"},
+        )

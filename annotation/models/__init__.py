@@ -1,0 +1,1 @@
+"""Pose-estimation networks implemented for annotation (Pi3 / Pi3X)."""
