@@ -16,7 +16,9 @@ Each clip passing the filters becomes one latent sample (data/write_shards.py `w
 stored, its caption encoded by Gemma-2 with the chi prefix (as the trainer's cache does), and the camera tensors
 built as NVIDIA's loader builds them — translations × the metric scale, poses relative to the first frame,
 intrinsics to latent units, conditions at pixel frames 8i, chunk Plücker maps (`sana_wm.camera.prepare_camera`). A
-clip without camera gets identity poses and K = [w, h, w/2, h/2] in latent units, as NVIDIA's loader does.
+clip without camera is dropped (``no_camera``), as our video loader drops one: made-up poses for footage whose camera
+may move would teach the model that moving footage means a static camera. ``--identity-camera`` keeps it the way
+NVIDIA's loader does, with identity poses and K = [w, h, w/2, h/2] in latent units.
 
 Caption choice: ``--caption-weights prompt=0,_LongScene…=100`` (NVIDIA's ``caption_proportion``) picks, per clip, one
 of the captions it has, in proportion to the weights, with a generator seeded by ``--seed`` and the clip key (NVIDIA
@@ -29,7 +31,8 @@ Dropped, counted by reason and listed in ``<out>/import_report.json``: a raw zip
 latent entry smaller than ``--min-latent-bytes`` (10 MiB, NVIDIA's default;
 ``latent_too_small``), a latent without metadata (``no_metadata``) or metadata without a latent (``no_latent``), a
 filter score missing or out of range (``filter_missing:<suffix>``, ``filter_out_of_range:<suffix>``), an unreadable
-latent (``bad_latent``), camera data that does not fit (``bad_camera``). Shards are written into
+latent (``bad_latent``), a clip without camera (``no_camera``, unless ``--identity-camera``), camera data that does
+not fit (``bad_camera``). Shards are written into
 ``<out>.partial/`` and moved to ``<out>`` only when the whole run succeeded, so no partial shard is ever left under
 the output name with a manifest.
 
@@ -220,11 +223,13 @@ def import_sana_zip(
     max_count: int = 64,
     seed: int = 0,
     latent_dtype: torch.dtype = torch.bfloat16,
+    identity_camera: bool = False,
 ) -> dict:
     """Convert one raw folder + latent-cache folder into latent shards under `out_dir`; returns the report.
 
     `text_encoder` is a `sana_wm.encoders.text.GemmaTextEncoder` (or anything with ``encode([caption]) → (emb
-    (1, L, D), mask (1, L))``). Raises SanaZipImportError for unusable inputs (missing folders, an existing non-empty
+    (1, L, D), mask (1, L))``). `identity_camera`: keep clips without camera with identity poses (NVIDIA's loader)
+    instead of dropping them. Raises SanaZipImportError for unusable inputs (missing folders, an existing non-empty
     `out_dir`); per-clip problems are skipped and counted in the report.
     """
     raw_dir, cache_dir, out_dir = Path(raw_dir), Path(cache_dir), Path(out_dir)
@@ -306,6 +311,10 @@ def import_sana_zip(
                         except (ValueError, OSError, zipfile.BadZipFile) as err:
                             skip("bad_latent", f"{where} ({err})")
                             continue
+                        ids = set() if cam is None else {str(i) for i in cam["ids"].tolist()}
+                        if key not in ids and not identity_camera:
+                            skip("no_camera", where)
+                            continue
                         scale = numeric_score(scales.get(key))
                         scale = scale if scale is not None and math.isfinite(scale) else 1.0
                         try:
@@ -336,6 +345,7 @@ def import_sana_zip(
         raise
     report = {"written": written, "skipped": dict(sorted(skipped.items())), "examples": examples,
               "args": {"raw": str(raw_dir), "cache": str(cache_dir), "caption_suffixes": list(caption_suffixes),
+                       "identity_camera": identity_camera,
                        "caption_weights": weights, "filters": [list(f) for f in filters],
                        "min_latent_bytes": min_latent_bytes, "seed": seed}}
     (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2))
@@ -358,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-latent-bytes", type=int, default=MIN_LATENT_BYTES)
     p.add_argument("--max-count", type=int, default=64, help="samples per shard")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-clip caption choice")
+    p.add_argument("--identity-camera", action="store_true",
+                   help="keep clips without camera with identity poses, as NVIDIA's loader (default: drop them)")
     p.add_argument("--device", default=None)
     p.add_argument("--encoder-dtype", choices=("float32", "bfloat16"), default="bfloat16")
     p.add_argument("--max-sequence-length", type=int, default=300)
@@ -376,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 max_sequence_length=a.max_sequence_length)
         report = import_sana_zip(a.raw, a.cache, a.out, text, caption_suffixes=a.caption_suffix,
                                  caption_weights=weights, filters=filters, min_latent_bytes=a.min_latent_bytes,
-                                 max_count=a.max_count, seed=a.seed)
+                                 max_count=a.max_count, seed=a.seed, identity_camera=a.identity_camera)
     except (SanaZipImportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

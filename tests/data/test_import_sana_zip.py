@@ -1,7 +1,7 @@
 """`python -m data.import_sana_zip` on a small archive in NVIDIA's released layout that the test builds: clips that
 pass become latent samples our loader reads back (latent as stored, caption chosen and encoded, camera tensors as
-NVIDIA's loader builds them: metric scale, relative poses, latent-unit intrinsics, identity for a clip without
-camera); every bad input is skipped and counted by reason; a failed run leaves no shard behind."""
+NVIDIA's loader builds them: metric scale, relative poses, latent-unit intrinsics; a clip without camera dropped, or
+with --identity-camera given identity poses as NVIDIA's loader does); every bad input is skipped and counted by reason; a failed run leaves no shard behind."""
 
 from __future__ import annotations
 
@@ -80,12 +80,12 @@ def text():
 def _run(tmp_path, text, **kw):
     raw, cache = _build(tmp_path)
     args = dict(caption_suffixes=[LONG], caption_weights={LONG: 1.0}, filters=[("_dover", 0.25, 1.0)],
-                min_latent_bytes=1000)
+                min_latent_bytes=1000, identity_camera=True)
     return import_sana_zip(raw, cache, tmp_path / "out", text, **{**args, **kw})
 
 
 def test_the_archive_converts_and_bad_input_is_counted(tmp_path, text):
-    report = _run(tmp_path, text)
+    report = _run(tmp_path, text)  # NVIDIA's loader's way: a clip without camera kept with identity poses
     assert report["written"] == 3
     assert report["skipped"] == {"bad_latent_cache": 1, "bad_raw_zip": 1, "filter_missing:_dover": 1,
                                  "filter_out_of_range:_dover": 1, "latent_too_small": 1, "no_latent": 1,
@@ -118,6 +118,12 @@ def test_the_archive_converts_and_bad_input_is_counted(tmp_path, text):
     # No camera: identity poses and K = [w, h, w/2, h/2] in latent units.
     torch.testing.assert_close(c.camera_conditions[:, :16], torch.eye(4).flatten().repeat(T, 1))
     torch.testing.assert_close(c.camera_conditions[:, 16:], torch.tensor([[4.0, 3.0, 2.0, 1.5]] * 2))
+
+
+def test_a_clip_without_camera_is_dropped_by_default(tmp_path, text):
+    report = _run(tmp_path, text, identity_camera=False)
+    assert report["written"] == 2 and report["skipped"]["no_camera"] == 1
+    assert report["examples"]["no_camera"] == ["part0.zip:clip_c"]
 
 
 def test_caption_weights_choose_per_clip_and_reproducibly(tmp_path, text):
@@ -161,7 +167,7 @@ def test_bad_arguments_are_named(tmp_path, text):
     assert main([*base, "--caption-weights", f"{LONG}=1"]) == 2  # a weight for a suffix not given
     assert main([*base, "--caption-suffix", LONG, "--caption-weights", f"{LONG}=1", "--filter", "_dover=0.25:1",
                  "--min-latent-bytes", "1000"]) == 0
-    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["num_samples"] == 3
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["num_samples"] == 2  # clip_c: no camera
 
 
 def test_numeric_score_reads_nvidias_sidecar_forms():
