@@ -95,27 +95,11 @@ def check_frames(frames: Any) -> np.ndarray:
 def known_K(known_intrinsics: Any, num_frames: int) -> np.ndarray | None:
     """User intrinsics → (N, 3, 3) pinhole matrices, or None.
 
-    Accepted: [fx, fy, cx, cy], a 3×3 K, or one of either per frame (N of them), in integer-index pixels
-    of the frames (the ``sana_wm.camera`` convention). Parsed here rather than with
-    ``sana_wm.camera.as_fxfycxcy`` because importing ``sana_wm`` loads the generator, which annotation
-    must not need.
+    Accepted: [fx, fy, cx, cy], a 3×3 K, or one of either per frame, in integer-index pixels of the frames —
+    read by ``sana_wm.camera``, the one owner of the camera convention (it loads no model code).
     """
     if known_intrinsics is None:
         return None
-    arr = np.asarray(known_intrinsics, dtype=np.float64)
-    if arr.shape in ((4,), (3, 3)):
-        arr = np.broadcast_to(arr, (num_frames, *arr.shape))
-    if arr.shape == (num_frames, 4):
-        K = np.zeros((num_frames, 3, 3))
-        K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = arr.T[0], arr.T[1], arr.T[2], arr.T[3], 1.0
-    elif arr.shape == (num_frames, 3, 3):
-        K = arr.copy()
-        if not np.allclose(K[:, 2], [0.0, 0.0, 1.0]) or not np.allclose(K[:, 1, 0], 0.0):
-            raise ValueError(f"`known_intrinsics` must be pinhole K matrices [[fx, s, cx], [0, fy, cy], [0, 0, 1]]; "
-                             f"got {K[0].tolist()} for the first frame.")
-    else:
-        raise ValueError(f"`known_intrinsics` must be [fx, fy, cx, cy], a 3×3 K, or {num_frames} of either; "
-                         f"got shape {arr.shape}.")
-    if not np.isfinite(K).all() or (K[:, 0, 0] <= 0).any() or (K[:, 1, 1] <= 0).any():
-        raise ValueError("`known_intrinsics` must be finite with fx, fy > 0 (pixels).")
-    return K
+    from sana_wm.camera import as_fxfycxcy, intrinsics_matrix
+
+    return intrinsics_matrix(as_fxfycxcy(known_intrinsics, num_frames, name="known_intrinsics"))
