@@ -216,8 +216,11 @@ def parallelize(
 
     cp_mesh: a 1-D DeviceMesh (or process group) of the ranks that share one clip, each computing a slice of its
     latent frames (`sana_wm.context_parallel`); None or one rank: no CP. fsdp_mesh: the mesh FSDP2 shards over; with
-    CP it must include the CP ranks (a flattened dp × cp mesh), so that the gradient reduction also sums the slices'
-    shares."""
+    CP it must include the CP ranks (a flattened dp × cp mesh), so that the gradient reduction also reaches the
+    slices' shares. FSDP2 averages gradients over its mesh, so under CP each rank's loss must be its slice's share of
+    its clip's loss times the CP size (the trainer's `SanaWMLitModule` does this): the average over dp · cp ranks is
+    then the average over dp of whole-clip gradients. (FSDP2's `set_gradient_divide_factor` would say this directly,
+    but its pre-multiplied sum does not exist in gloo.)"""
     cp_size = 1
     if cp_mesh is not None:
         import torch.distributed as dist
