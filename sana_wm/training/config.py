@@ -385,9 +385,11 @@ class PathsConfig:
 
 @dataclass
 class TrainConfig:
-    """Root of `configs/train.yaml`. output_dir holds logs, checkpoints and exports of the run."""
+    """Root of `configs/train.yaml`. output_dir holds logs, checkpoints and exports of the run. dry_run: print the
+    run's plan (mesh, frames and tokens per rank, memory per GPU; `sana_wm.training.plan`) and exit."""
 
     task_name: str = "train"
+    dry_run: bool = False
     seed: int = 3407
     output_dir: str = "${paths.output_root}/${task_name}"
     tags: list[str] = field(default_factory=list)
