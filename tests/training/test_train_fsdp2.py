@@ -15,6 +15,7 @@ import torch
 from sana_wm import SanaWM
 from sana_wm.checkpoint import load_checkpoint
 from sana_wm.testing.training import run_in_process_group, write_tiny_latent_shards
+from sana_wm.training.export import export_training_checkpoint
 
 COMMON = ["model=tiny", "trainer=cpu", "data.num_workers=0", "data.pin_memory=false", "trainer.max_steps=3",
           "checkpoint.every_n_steps=0", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
@@ -42,6 +43,11 @@ def test_fsdp2_with_cp2_matches_one_process_and_resumes_on_one_rank(tmp_path):
     _close(weights["fsdp2"], weights["single"], init)
     ckpt = tmp_path / "fsdp2" / "checkpoints" / "last.ckpt"
     assert ckpt.is_dir() and any(p.suffix == ".distcp" for p in ckpt.iterdir())
+    # The DCP folder exports offline to the official single file, equal to the export written at the end of training.
+    offline = export_training_checkpoint(ckpt, tmp_path / "offline.safetensors")
+    model = SanaWM.from_preset("tiny")
+    load_checkpoint(model, offline)
+    assert all(torch.equal(v, weights["fsdp2"][k]) for k, v in model.state_dict().items())
     # The 2-rank DCP checkpoint resumed by one process (FSDP2 over one rank: the shards resharded) for two more steps
     # ends where the one-process run resumed from its own checkpoint does. (Not where an uninterrupted five-step run
     # does: a resumed single-process run differs from one by 0.16 of 8.0 on x_embedder here, with or without FSDP2.)
