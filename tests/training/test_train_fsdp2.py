@@ -94,3 +94,16 @@ def test_fsdp2_bad_mesh_or_mismatched_configs_fail_on_every_rank(tmp_path):
         r = run_in_process_group(["train.py", *base, *extra], nproc=2, timeout=200)
         out = r.stdout + r.stderr
         assert r.returncode != 0 and out.count(message) >= 2, out[-3000:]  # both ranks say it; none hangs
+
+
+@pytest.mark.slow
+def test_fsdp2_dp2_cp2_mesh_on_four_processes_runs_steps(tmp_path):
+    write_tiny_latent_shards(tmp_path / "shards", num_samples=2, samples_per_shard=1)  # one shard per dp rank
+    r = run_in_process_group(["train.py", *COMMON, "trainer.max_steps=2", "strategy=fsdp2", "strategy.cp_size=2",
+                              "trainer.devices=4", "strategy.process_group_backend=gloo",
+                              f"data.train_shards={tmp_path / 'shards'}", f"output_dir={tmp_path / 'run'}"],
+                             nproc=4, timeout=500)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "fsdp2: mesh dp=2 × cp=2 on cpu" in out
+    assert (tmp_path / "run" / "export" / "dit.safetensors").exists()
