@@ -123,14 +123,18 @@ class AdapterCheckpoint(L.Callback):
         self._last_saved = -1
 
     def _save(self, trainer, pl_module, name: str) -> Path | None:
-        from .lora import save_lora
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        from .lora import lora_state_dict, save_lora
 
         adapters = [p for n, p in pl_module.model.named_parameters() if ".lora_" in n]
         with gathered_parameters(trainer, adapters):  # every rank takes part under ZeRO-3
+            # FSDP2: every rank takes part in gathering the adapters' shards
+            tensors = lora_state_dict(pl_module.model) if isinstance(trainer.strategy, ModelParallelStrategy) else None
             if not trainer.is_global_zero:
                 return None
             path = save_lora(pl_module.model, self.dirpath / name, pl_module.base_sha256 or "",
-                             {"global_step": str(trainer.global_step)})
+                             {"global_step": str(trainer.global_step)}, tensors=tensors)
         log.info("saved LoRA adapter %s", path)
         return path
 
