@@ -24,11 +24,23 @@ register_configs()  # the schema must be in the ConfigStore before Hydra compose
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from sana_wm.checkpoint import CheckpointError
     from sana_wm.training.data import DataConfigError
     from sana_wm.training.launch import train
     from sana_wm.training.lora import LoraError
 
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        # Every job of a sweep writes (and resumes) in its own folder, <output_dir>/multirun/<job number>; one shared
+        # output_dir would make the second job resume the first one's last.ckpt.
+        cfg.output_dir = hc.runtime.output_dir
+    if cfg.get("dry_run"):
+        print(f"output_dir: {cfg.output_dir}")
+        print(dry_run_plan(cfg))
+        return None
     try:
         metrics = train(cfg)
     except (ConfigError, DataConfigError, CheckpointError, LoraError, FileNotFoundError) as err:
@@ -40,6 +52,25 @@ def main(cfg: DictConfig) -> float | None:
             print(f"{key}: {metrics[key]}")
     loss = metrics.get("train/loss")
     return float(loss) if loss is not None else None  # Hydra sweepers optimise the returned value
+
+
+def dry_run_plan(cfg: DictConfig) -> str:
+    """The plan of this config on the world size it names (trainer.devices × trainer.num_nodes, when numbers) and on
+    8 and 64 GPUs, without building the model's weights or touching the data."""
+    from sana_wm.training.launch import to_train_config
+    from sana_wm.training.plan import training_plan
+
+    typed = to_train_config(cfg)
+    worlds = [8, 64]
+    if isinstance(typed.trainer.devices, int):
+        worlds.insert(0, typed.trainer.devices * typed.trainer.num_nodes)
+    plans = []
+    for world in dict.fromkeys(worlds):
+        try:
+            plans.append(training_plan(typed, world))
+        except ValueError as err:
+            plans.append(f"plan for {world} GPUs: {err}")
+    return "\n".join(plans)
 
 
 if __name__ == "__main__":

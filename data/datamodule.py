@@ -107,6 +107,10 @@ class SanaWMDataModule(L.LightningDataModule):
     def _rank_world(self) -> tuple[int | None, int | None]:
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
+            # A strategy whose ranks share samples (context parallelism) names the data-parallel coordinate.
+            rank_world = getattr(trainer.strategy, "data_rank_world", None)
+            if rank_world is not None:
+                return int(rank_world[0]), int(rank_world[1])
             return int(trainer.global_rank), int(trainer.world_size)
         return None, None  # ShardDataset falls back to torch.distributed / env
 

@@ -4,13 +4,13 @@
 the whole block, "selective" keeps the outputs of the GEMMs, attention kernels and GDN scans and recomputes only the
 cheap element-wise work, "ffn" keeps those too but recomputes only the FFN's wide middle and lets torch.compile's
 partitioner decide the rest), per-block `torch.compile` (plus the model's prologue and final layer), and FSDP2
-sharding (`fully_shard` per block, then the root) over a device mesh. The trainer (`train.py`) calls it from
+context parallelism over latent frames (`sana_wm.context_parallel`, over a CP mesh), and FSDP2 sharding
+(`fully_shard` per block, then the root) over a device mesh. The trainer (`train.py`) calls it from
 `LightningModule.configure_model` for checkpointing and compile only: its strategies (DDP, Lightning's FSDP, DeepSpeed)
 wrap the model themselves, after it. The FSDP2 part (`fsdp_mesh`) is for loops of one's own.
 
-Not implemented yet: context parallelism over the latent-time axis (docs/design/training-recipe.md §3: distributed
-prefix scan of the GDN states, halo exchange of the short convs). `parallelize` raises if asked for it rather than
-silently ignoring it.
+Context parallelism and torch.compile are not combined yet: `parallelize` refuses the pair rather than tracing the
+collectives into the block graphs.
 """
 
 from __future__ import annotations
@@ -209,14 +209,26 @@ def parallelize(
     ac_blocks: int | None = None,
     compile: bool = False,
     fsdp_mesh=None,
-    context_parallel: int = 1,
+    cp_mesh=None,
     param_dtype: torch.dtype = torch.bfloat16,
 ) -> nn.Module:
-    """Apply checkpointing → compile → FSDP2 to `model` in place and return it."""
-    if context_parallel != 1:
-        raise NotImplementedError(
-            f"context_parallel={context_parallel}: context parallelism is not implemented yet; use 1"
-        )
+    """Apply checkpointing → compile → context parallelism → FSDP2 to `model` in place and return it.
+
+    cp_mesh: a 1-D DeviceMesh (or process group) of the ranks that share one clip, each computing a slice of its
+    latent frames (`sana_wm.context_parallel`); None or one rank: no CP. fsdp_mesh: the mesh FSDP2 shards over; with
+    CP it must include the CP ranks (a flattened dp × cp mesh), so that the gradient reduction also reaches the
+    slices' shares. FSDP2 averages gradients over its mesh, so under CP each rank's loss must be its slice's share of
+    its clip's loss times the CP size (the trainer's `SanaWMLitModule` does this): the average over dp · cp ranks is
+    then the average over dp of whole-clip gradients. (FSDP2's `set_gradient_divide_factor` would say this directly,
+    but its pre-multiplied sum does not exist in gloo.)"""
+    cp_size = 1
+    if cp_mesh is not None:
+        import torch.distributed as dist
+
+        cp_size = dist.get_world_size(cp_mesh.get_group() if hasattr(cp_mesh, "get_group") else cp_mesh)
+    if cp_size > 1 and compile:
+        raise NotImplementedError(f"context parallelism (cp size {cp_size}) with compile=True: not supported yet "
+                                  "(the frame exchanges would break the compiled block graphs); turn one off")
     if activation_checkpointing and ac_policy == "ffn" and not compile:
         raise ValueError("ac_policy='ffn' needs compile=True (the compiler's partitioner makes most of its save/"
                          "recompute choices; run eagerly it would keep every activation outside the FFN)")
@@ -224,8 +236,12 @@ def parallelize(
         apply_activation_checkpointing(model, ac_policy, ac_blocks, compiled=compile)
     if compile:
         apply_compile(model)
+    if cp_size > 1:
+        from sana_wm.context_parallel import apply_context_parallel
+
+        apply_context_parallel(model, cp_mesh)
     if fsdp_mesh is not None:
         apply_fsdp(model, fsdp_mesh, param_dtype=param_dtype)
-    log.info("parallelize: checkpointing=%s (%s, blocks=%s) compile=%s fsdp=%s", activation_checkpointing, ac_policy,
-             "all" if ac_blocks is None else ac_blocks, compile, fsdp_mesh)
+    log.info("parallelize: checkpointing=%s (%s, blocks=%s) compile=%s cp=%d fsdp=%s", activation_checkpointing,
+             ac_policy, "all" if ac_blocks is None else ac_blocks, compile, cp_size, fsdp_mesh)
     return model

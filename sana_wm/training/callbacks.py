@@ -123,14 +123,18 @@ class AdapterCheckpoint(L.Callback):
         self._last_saved = -1
 
     def _save(self, trainer, pl_module, name: str) -> Path | None:
-        from .lora import save_lora
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        from .lora import lora_state_dict, save_lora
 
         adapters = [p for n, p in pl_module.model.named_parameters() if ".lora_" in n]
         with gathered_parameters(trainer, adapters):  # every rank takes part under ZeRO-3
+            # FSDP2: every rank takes part in gathering the adapters' shards
+            tensors = lora_state_dict(pl_module.model) if isinstance(trainer.strategy, ModelParallelStrategy) else None
             if not trainer.is_global_zero:
                 return None
             path = save_lora(pl_module.model, self.dirpath / name, pl_module.base_sha256 or "",
-                             {"global_step": str(trainer.global_step)})
+                             {"global_step": str(trainer.global_step)}, tensors=tensors)
         log.info("saved LoRA adapter %s", path)
         return path
 
@@ -142,6 +146,19 @@ class AdapterCheckpoint(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._save(trainer, pl_module, "last.safetensors")
+
+
+def _full_state_dict(trainer, pl_module) -> dict:
+    """The module's whole state dict on rank 0 (every rank takes part). FSDP2 (ModelParallelStrategy, which keeps
+    its own state dict sharded for DCP checkpoints) gathers the model's DTensors here."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    if not isinstance(trainer.strategy, ModelParallelStrategy):
+        return trainer.strategy.lightning_module_state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(pl_module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {f"model.{k}": v for k, v in full.items()}
 
 
 class ExportOnTrainEnd(L.Callback):
@@ -166,7 +183,7 @@ class ExportOnTrainEnd(L.Callback):
 
         # Lightning gathers FSDP shards here; DeepSpeed ZeRO-3 leaves size-0 placeholders, so gather those first.
         with gathered_parameters(trainer, pl_module.parameters()):
-            state = trainer.strategy.lightning_module_state_dict()
+            state = _full_state_dict(trainer, pl_module)
             if trainer.is_global_zero:
                 state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         if not trainer.is_global_zero:
@@ -211,9 +228,9 @@ class RankAgreement(L.Callback):
     """
 
     def on_train_end(self, trainer, pl_module) -> None:
-        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
-        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
+        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
             return  # sharded: ranks hold different shards by design
         value = parameter_checksum(pl_module.model)
         print(f"[rank {trainer.global_rank}] parameter checksum {value!r}", flush=True)

@@ -278,8 +278,12 @@ class TrainerConfig:
 class StrategyConfig:
     """How the model is distributed (one schema for every strategy; unused fields are ignored).
 
-    name: ``auto`` (single device), ``ddp``, ``fsdp`` (Lightning's FSDPStrategy, one unit per block) or
+    name: ``auto`` (single device), ``ddp``, ``fsdp`` (Lightning's FSDPStrategy, one unit per block), ``fsdp2``
+    (FSDP2 `fully_shard` with context parallelism, Lightning's ModelParallelStrategy: `sana_wm.training.fsdp2`) or
     ``deepspeed`` (ZeRO ``stage`` 2 or 3). process_group_backend: null = nccl on GPU, gloo on CPU.
+    cp_size (fsdp2): ranks that share one clip, each computing a contiguous slice of its latent frames; the mesh is
+    (world / cp_size) × cp_size. param_dtype (fsdp2): the dtype FSDP2 computes in (float32 master weights, float32
+    gradient reduction).
     fsdp_sharding: FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD. fsdp_state_dict: ``full`` (one consolidated
     file, exportable directly) or ``sharded`` (a folder per checkpoint; faster at scale).
     """
@@ -294,6 +298,8 @@ class StrategyConfig:
     fsdp_state_dict: str = "full"
     fsdp_cpu_offload: bool = False
     fsdp_limit_all_gathers: bool = True
+    cp_size: int = 1
+    param_dtype: str = "bfloat16"
     stage: int = 2
     offload_optimizer: bool = False
     offload_parameters: bool = False
@@ -379,9 +385,11 @@ class PathsConfig:
 
 @dataclass
 class TrainConfig:
-    """Root of `configs/train.yaml`. output_dir holds logs, checkpoints and exports of the run."""
+    """Root of `configs/train.yaml`. output_dir holds logs, checkpoints and exports of the run. dry_run: print the
+    run's plan (mesh, frames and tokens per rank, memory per GPU; `sana_wm.training.plan`) and exit."""
 
     task_name: str = "train"
+    dry_run: bool = False
     seed: int = 3407
     output_dir: str = "${paths.output_root}/${task_name}"
     tags: list[str] = field(default_factory=list)
@@ -507,12 +515,20 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if d.resampled and not d.samples_per_epoch:
         raise ConfigError("data.resampled=true draws shards forever; set data.samples_per_epoch (per rank) too")
     s = cfg.strategy
-    _choice("strategy.name", s.name, ("auto", "ddp", "fsdp", "deepspeed"))
-    if cfg.ema.enabled and (s.name == "fsdp" or (s.name == "deepspeed" and s.stage == 3)):
+    _choice("strategy.name", s.name, ("auto", "ddp", "fsdp", "fsdp2", "deepspeed"))
+    _range("strategy.cp_size", s.cp_size, 1, float("inf"))
+    if s.cp_size > 1 and s.name != "fsdp2":
+        raise ConfigError(f"strategy.cp_size={s.cp_size} (context parallelism) needs strategy=fsdp2; got "
+                          f"strategy.name={s.name!r}")
+    if s.cp_size > 1 and cfg.model.compile:
+        raise ConfigError(f"strategy.cp_size={s.cp_size} with model.compile=true is not supported yet; set one of them "
+                          "off")
+    _choice("strategy.param_dtype", s.param_dtype, ("float32", "bfloat16", "float16"))
+    if cfg.ema.enabled and (s.name in ("fsdp", "fsdp2") or (s.name == "deepspeed" and s.stage == 3)):
         # Under weight sharding each rank's parameters are shards (FSDP) or empty placeholders (ZeRO-3), so the EMA
         # would average shards that the checkpoint (written by rank 0) cannot hold whole. Refuse rather than save a
         # partial or empty average.
-        where = "strategy=fsdp" if s.name == "fsdp" else "strategy=deepspeed_zero3"
+        where = f"strategy={s.name}" if s.name.startswith("fsdp") else "strategy=deepspeed_zero3"
         raise ConfigError(
             f"ema.enabled=true is not supported with {where} (sharded weights); use strategy=ddp or "
             "deepspeed_zero2, or set ema.enabled=false"

@@ -124,6 +124,17 @@ def _preset_config(name: str) -> SanaWMConfig:
 
 
 def _read_training_checkpoint(path: Path) -> dict:
+    if path.is_dir() and (path / ".metadata").exists():
+        # torch.distributed.checkpoint folder (strategy=fsdp2): the tensors from every rank's shard, Lightning's
+        # other entries from its meta.pt.
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        tmp = path.parent / (path.name + ".consolidated.pt")
+        dcp_to_torch_save(path, tmp)
+        ckpt = torch.load(tmp, map_location="cpu", weights_only=False)  # written by us just now
+        tmp.unlink()
+        meta = path / "meta.pt"
+        return {**(torch.load(meta, map_location="cpu", weights_only=False) if meta.exists() else {}), **ckpt}
     if path.is_dir():
         # DeepSpeed ZeRO folder: consolidate the shards into one fp32 state dict first.
         from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict

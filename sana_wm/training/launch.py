@@ -117,6 +117,12 @@ def build_strategy(s: StrategyConfig, cfg: TrainConfig | None = None):
             sharding_strategy=s.fsdp_sharding, state_dict_type=s.fsdp_state_dict,
             cpu_offload=s.fsdp_cpu_offload, limit_all_gathers=s.fsdp_limit_all_gathers, use_orig_params=True,
         )
+    if s.name == "fsdp2":
+        from .fsdp2 import FSDP2Strategy, config_digest
+
+        return FSDP2Strategy(cp_size=s.cp_size, param_dtype=getattr(torch, s.param_dtype),
+                             config_digest=config_digest(cfg) if cfg is not None else "",
+                             process_group_backend=s.process_group_backend, timeout=timeout)
     if s.name == "deepspeed":
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
@@ -129,7 +135,7 @@ def build_strategy(s: StrategyConfig, cfg: TrainConfig | None = None):
             process_group_backend=s.process_group_backend, timeout=timeout,
             exclude_frozen_parameters=lora,  # LoRA: checkpoints carry the adapters only
         )
-    raise ConfigError(f"strategy.name={s.name!r} is not valid; expected auto, ddp, fsdp or deepspeed")
+    raise ConfigError(f"strategy.name={s.name!r} is not valid; expected auto, ddp, fsdp, fsdp2 or deepspeed")
 
 
 def build_logger(lg: LoggerConfig, output_dir: str | Path):

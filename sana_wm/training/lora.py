@@ -319,9 +319,13 @@ def _file_key(name: str) -> str:
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors of `model` with file keys (see module docstring), detached, on CPU, contiguous."""
+    from torch.distributed.tensor import DTensor
+
     out = {}
     for name, t in model.state_dict().items():
         if ".lora_" in name:
+            if isinstance(t, DTensor):  # FSDP2 shard: gathered whole (a collective: every rank must call this)
+                t = t.full_tensor()
             out[_file_key(name)] = t.detach().to("cpu").contiguous()
     if not out:
         raise LoraError("the model has no LoRA adapters to save")
@@ -333,8 +337,10 @@ def save_lora(
     path: str | os.PathLike,
     base_sha256: str,
     extra_metadata: dict[str, str] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the adapters of `model` (safetensors) with the base hash, the LoRA spec and the model config."""
+    """Write the adapters of `model` (safetensors) with the base hash, the LoRA spec and the model config.
+    tensors: `lora_state_dict(model)` when the caller already gathered it (FSDP2: on every rank)."""
     spec = getattr(model, "_sana_lora_spec", None)
     if spec is None:
         raise LoraError("the model has no LoRA spec (attach adapters with sana_wm.training.lora.add_lora)")
@@ -346,7 +352,7 @@ def save_lora(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(lora_state_dict(model), str(tmp), metadata=meta)
+    save_file(lora_state_dict(model) if tensors is None else tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)  # never leave a truncated adapter under the real name
     return path
 

@@ -31,6 +31,7 @@ import torch
 from data.schema import Batch
 from data.seeding import seed_for
 from sana_wm.checkpoint import load_checkpoint
+from sana_wm.context_parallel import context_parallel_of
 from sana_wm.diffusion import (
     apply_image_condition,
     flow_loss,
@@ -207,11 +208,16 @@ class SanaWMLitModule(L.LightningModule):
 
         from sana_wm.parallel import parallelize
 
+        from .fsdp2 import FSDP2Strategy
+
         strategy = self._trainer.strategy if self._trainer is not None else None
         cfg = self.model_cfg
+        mesh = {}
+        if isinstance(strategy, FSDP2Strategy):  # checkpointing → compile → CP → FSDP2, on the strategy's meshes
+            mesh = {"cp_mesh": strategy.cp_mesh, "fsdp_mesh": strategy.fsdp_mesh, "param_dtype": strategy.param_dtype}
         parallelize(self.model, activation_checkpointing=cfg.activation_checkpointing
                     and not isinstance(strategy, FSDPStrategy), ac_policy=cfg.ac_policy, ac_blocks=cfg.ac_blocks,
-                    compile=cfg.compile)
+                    compile=cfg.compile, **mesh)
         self._configured = True
 
     def setup(self, stage: str) -> None:
@@ -226,8 +232,16 @@ class SanaWMLitModule(L.LightningModule):
 
     def _generator(self, tag: int, counter: int) -> torch.Generator:
         g = torch.Generator(device=self.device)
-        g.manual_seed(seed_for(self.seed, tag, self.global_rank, counter))
+        g.manual_seed(seed_for(self.seed, tag, self._data_rank(), counter))
         return g
+
+    def _data_rank(self) -> int:
+        """The rank that picks this process's samples and random draws: the global rank, or under context
+        parallelism the dp coordinate, shared by the ranks that split one clip."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if hasattr(strategy, "data_rank_world"):
+            return strategy.data_rank_world[0]
+        return self.global_rank
 
     def _batch_counter(self) -> int:
         if self._trainer is None:
@@ -292,9 +306,32 @@ class SanaWMLitModule(L.LightningModule):
             x_t, sigma_to_timestep(sigmas), text, mask,
             camera_conditions=inputs["camera_conditions"], chunk_plucker=inputs["chunk_plucker"],
         )
-        loss = flow_loss(pred, target, loss_mask)
+        cp = context_parallel_of(self.model)
+        loss = flow_loss(pred, target, loss_mask) if cp is None else self._cp_flow_loss(cp, pred, target, loss_mask)
         stats = {"batch_size": B, "grid": (T, H, W), "text_tokens": int(text.shape[1]), "sigma_mean": float(sigmas.mean())}
         return loss, stats
+
+    @staticmethod
+    def _cp_flow_loss(cp, pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor | None) -> torch.Tensor:
+        """`flow_loss` under context parallelism: pred is this rank's slice of the frames. Returns this rank's share
+        (its real, counted elements' squared error over the whole clip's count), so the shares' sum over the CP
+        group — what the gradient reduction forms — is the whole clip's `flow_loss`. Every rank holds the whole
+        target and mask, so the count needs no communication."""
+        B, C, T, H, W = target.shape
+        mask = torch.ones(B, T, device=target.device) if loss_mask is None else loss_mask.reshape(B, T).float()
+        count = mask.sum() * C * H * W
+        local = cp.shard_frames(mask, 1) * cp.frame_mask(target.device)[None]
+        err = (pred.float() - cp.shard_frames(target, 2).float()).square() * local[:, None, :, None, None]
+        return err.sum() / count.clamp_min(1.0)
+
+    def _logged_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The whole clip's loss for logging: under CP, the sum of the group's shares."""
+        cp = context_parallel_of(self.model)
+        if cp is None:
+            return loss
+        total = loss.detach().clone()
+        torch.distributed.all_reduce(total, group=cp.group)
+        return total
 
     # ------------------------------------------------------------------------------------------------ train / val
 
@@ -304,12 +341,14 @@ class SanaWMLitModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step} (keys {batch.keys})")
         self.last_batch_stats = stats
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=stats["batch_size"])
+        self.log("train/loss", self._logged_loss(loss), on_step=True, on_epoch=False, prog_bar=True, batch_size=stats["batch_size"])
         self.log("train/sigma_mean", stats["sigma_mean"], on_step=True, on_epoch=False, batch_size=stats["batch_size"])
         lr = self._current_lr()
         if lr is not None:
             self.log("train/lr", lr, on_step=True, on_epoch=False, prog_bar=True)
-        return loss
+        cp = context_parallel_of(self.model)
+        # Under CP the loss is this rank's share; FSDP2 averages the gradients over every rank, CP ranks included.
+        return loss if cp is None else loss * cp.size
 
     def _current_lr(self) -> float | None:
         # Not `self.optimizers()`: under DeepSpeed the trainer's optimizer list is not the torch optimizer.
@@ -325,7 +364,7 @@ class SanaWMLitModule(L.LightningModule):
         inputs = self.prepare_batch(batch)
         # Fixed draws per validation batch: the curve measures the model, not the noise.
         loss, stats = self.flow_step(inputs, self._generator(_TAG_VAL, batch_idx), train=False)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
+        self.log("val/loss", self._logged_loss(loss), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=stats["batch_size"])
         return loss
 
@@ -357,11 +396,17 @@ class SanaWMLitModule(L.LightningModule):
         strategy = self.trainer.strategy
         if isinstance(strategy, DeepSpeedStrategy):
             return None  # ZeRO owns the gradients; logged from the engine after the step
+        from torch.distributed.tensor import DTensor
+
         sq = torch.zeros((), device=self.device, dtype=torch.float32)
+        sharded = isinstance(strategy, FSDPStrategy)
         for p in self.model.parameters():
             if p.grad is not None:
-                sq = sq + p.grad.detach().float().pow(2).sum()
-        if isinstance(strategy, FSDPStrategy) and torch.distributed.is_initialized():
+                grad = p.grad.detach()
+                if isinstance(grad, DTensor):  # FSDP2: this rank's shard
+                    grad, sharded = grad.to_local(), True
+                sq = sq + grad.float().pow(2).sum()
+        if sharded and torch.distributed.is_initialized():
             torch.distributed.all_reduce(sq)
         return sq.sqrt()
 

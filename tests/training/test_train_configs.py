@@ -136,7 +136,7 @@ def test_a_wrong_type_fails_naming_the_key():
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("strategy.name=fsdp2", "strategy.name"),
+        ("strategy.name=fsdp3", "strategy.name"),
         ("objective.image_condition_prob=1.5", "objective.image_condition_prob"),
         ("optim.scheduler=linear", "optim.scheduler"),
         ("model.preset=huge", "model.preset"),
@@ -164,6 +164,11 @@ def test_bad_values_fail_naming_the_key(override, key):
         (["model.ac_blocks=5"], "model.ac_blocks=5 is out of range; expected a value in"),
         (["strategy=fsdp", "model.activation_checkpointing=true", "model.ac_blocks=2"],
          "model.ac_blocks=2 is not supported with strategy=fsdp"),
+        (["strategy=ddp", "strategy.cp_size=2"], "needs strategy=fsdp2; got strategy.name='ddp'"),
+        (["strategy=fsdp2", "strategy.cp_size=2", "model.compile=true"], "strategy.cp_size=2 with model.compile"),
+        (["strategy=fsdp2", "strategy.cp_size=0"], "strategy.cp_size=0 is out of range"),
+        (["strategy=fsdp2", "ema.enabled=true"], "ema.enabled=true is not supported with strategy=fsdp2"),
+        (["strategy=fsdp2", "strategy.param_dtype=int8"], "strategy.param_dtype"),
     ],
 )
 def test_unsupported_combinations_fail_before_any_compute(overrides, key):
