@@ -63,6 +63,7 @@ def tiny_ltx2_vae(
     spatial_compression: int = 32,
     block_out_channels: tuple[int, int, int, int] = (16, 32, 64, 128),
     decoder_block_out_channels: tuple[int, int, int] = (16, 32, 64),
+    encoder_spatial_padding_mode: str = "zeros",
 ):
     """A ~2 M-parameter ``AutoencoderKLLTX2Video`` with 8× temporal and ``spatial_compression``× spatial compression.
 
@@ -79,6 +80,9 @@ def tiny_ltx2_vae(
         spatial_compression: 32 (the real LTX-2 layout), 16 or 8 (see :data:`VAE_LAYOUTS`).
         block_out_channels: encoder widths of the four stages.
         decoder_block_out_channels: decoder widths of the three up-sampling stages (pixels first).
+        encoder_spatial_padding_mode: ``"zeros"`` (the LTX-2 config) or ``"reflect"``. Trained from scratch at this
+            size, a zero-padded encoder stalls near MSE 0.1 (it cannot even overfit one batch) while a reflect-padded
+            one keeps learning (docs/demo.md); the demo's codec uses ``"reflect"``.
 
     Returns:
         ``diffusers.AutoencoderKLLTX2Video`` in eval mode, float32, on CPU.
@@ -94,6 +98,7 @@ def tiny_ltx2_vae(
             latent_channels=latent_channels,
             block_out_channels=tuple(block_out_channels),
             decoder_block_out_channels=tuple(decoder_block_out_channels),
+            encoder_spatial_padding_mode=encoder_spatial_padding_mode,
             layers_per_block=(1, 1, 1, 1, 1),
             decoder_layers_per_block=(1, 1, 1, 1),
             downsample_type=down,
