@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--flow_shift", type=float, default=None, help="σ-grid shift (default from config.yaml, 9.8)")
     s.add_argument("--sampling_algo", choices=["flow_euler_ltx", "flow_dpm-solver"], default="flow_euler_ltx")
     s.add_argument("--seed", type=int, default=42, help="stage-1 noise seed")
-    s.add_argument("--height", type=int, default=None, help="override the model resolution (multiple of 32)")
+    s.add_argument("--height", type=int, default=None, help="override the model resolution (multiple of the VAE's spatial compression, 32 for LTX-2)")
     s.add_argument("--width", type=int, default=None)
 
     r = p.add_argument_group("stage 2 (LTX-2 refiner)")
@@ -220,8 +220,9 @@ def check_inputs(args) -> Inputs:
         raise InputError(f"--flow_shift must be > 0; got {args.flow_shift}")
     for flag in ("--height", "--width"):
         v = getattr(args, flag[2:])
-        if v is not None and (v <= 0 or v % 32):
-            raise InputError(f"{flag} must be a positive multiple of 32; got {v}")
+        if v is not None and (v <= 0 or v % 8):
+            # the exact multiple is the VAE's spatial compression (32 for LTX-2), checked once the VAE is loaded
+            raise InputError(f"{flag} must be a positive multiple of 8 (of the VAE's spatial compression); got {v}")
     if args.action is None and (args.translation_speed is not None or args.rotation_speed_deg is not None):
         raise InputError("--translation_speed / --rotation_speed_deg apply to --action only")
 

@@ -50,7 +50,8 @@ __all__ = [
     "check_metric_scale",
 ]
 
-#: LTX-2 VAE spatial compression: latent h, w = H/32, W/32.
+#: LTX-2 VAE spatial compression: latent h, w = H/32, W/32. A VAE with another layout (the CPU demo's 8x codec)
+#: passes its own ``spatial_stride`` to the functions below.
 LATENT_DOWNSAMPLE = 32
 #: LTX-2 VAE temporal compression: F = 8(T - 1) + 1 pixel frames make T latent frames.
 LATENT_TEMPORAL_STRIDE = 8
@@ -71,12 +72,14 @@ def check_num_frames(num_frames: int, name: str = "num_frames") -> int:
     return int(num_frames)
 
 
-def check_target_size(height: int, width: int) -> tuple[int, int]:
-    """Return (height, width) if both are positive multiples of 32, else raise ``ValueError``."""
+def check_target_size(height: int, width: int, spatial_stride: int = LATENT_DOWNSAMPLE) -> tuple[int, int]:
+    """Return (height, width) if both are positive multiples of the VAE's ``spatial_stride`` (32), else raise
+    ``ValueError``."""
+    s = int(spatial_stride)
     for label, v in (("height", height), ("width", width)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < LATENT_DOWNSAMPLE or v % LATENT_DOWNSAMPLE:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < s or v % s:
             raise ValueError(
-                f"target `{label}` must be a positive multiple of {LATENT_DOWNSAMPLE} (latent grid = pixels/32); got {v!r}."
+                f"target `{label}` must be a positive multiple of {s} (latent grid = pixels/{s}); got {v!r}."
             )
     return int(height), int(width)
 
@@ -284,6 +287,7 @@ def build_clip_camera(
     metric_scale: float,
     target_hw: tuple[int, int],
     temporal_stride: int = 8,
+    spatial_stride: int = LATENT_DOWNSAMPLE,
 ) -> ClipCamera:
     """Camera tensors for the frames ``indices`` of a clip, after resize + crop.
 
@@ -293,8 +297,9 @@ def build_clip_camera(
         indices: ``(F,)`` sampled frame indices.
         geom: resize/crop geometry from source to target pixels (unused without camera).
         metric_scale: multiplies translations (> 0).
-        target_hw: (H, W) of the cropped frames, multiples of 32.
+        target_hw: (H, W) of the cropped frames, multiples of ``spatial_stride``.
         temporal_stride: VAE temporal compression (8).
+        spatial_stride: VAE spatial compression (32): the Plücker maps live on the (H/s, W/s) latent grid.
 
     Returns:
         :class:`ClipCamera`.
@@ -303,7 +308,8 @@ def build_clip_camera(
     h, w = target_hw
     c2w_rel = scale_translation(relative_to_first(c2w_src[indices]), metric_scale)
     intr = crop_intrinsics(intrinsics_src[indices], geom)
-    cond, plucker = prepare_camera(c2w_rel, intr, (h, w), (h // LATENT_DOWNSAMPLE, w // LATENT_DOWNSAMPLE), num, temporal_stride)
+    s = int(spatial_stride)
+    cond, plucker = prepare_camera(c2w_rel, intr, (h, w), (h // s, w // s), num, temporal_stride)
     return ClipCamera(
         c2w=torch.from_numpy(np.ascontiguousarray(c2w_rel, dtype=np.float32)),
         intrinsics=torch.from_numpy(np.ascontiguousarray(intr, dtype=np.float32)),

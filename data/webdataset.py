@@ -242,6 +242,7 @@ class VideoDecoder:
         video_format: 'float' → (3, F, H, W) in [-1, 1]; 'uint8' → (F, H, W, 3).
         decode_threads: decord threads per worker.
         temporal_stride: VAE temporal compression (8).
+        spatial_stride: VAE spatial compression (32); height and width must be multiples of it.
     """
 
     def __init__(
@@ -254,9 +255,10 @@ class VideoDecoder:
         video_format: str = "float",
         decode_threads: int = 1,
         temporal_stride: int = 8,
+        spatial_stride: int = 32,
     ):
         self.num_frames = check_num_frames(num_frames)
-        self.height, self.width = check_target_size(height, width)
+        self.height, self.width = check_target_size(height, width, spatial_stride)
         if target_fps is not None and not (np.isfinite(target_fps) and target_fps > 0):
             raise ValueError(f"`target_fps` must be a positive number or None; got {target_fps!r}.")
         if frame_sampling not in ("random", "start", "center"):
@@ -268,6 +270,7 @@ class VideoDecoder:
         self.video_format = video_format
         self.decode_threads = int(decode_threads)
         self.temporal_stride = int(temporal_stride)
+        self.spatial_stride = int(spatial_stride)
 
     @staticmethod
     def _check_count(n_video: int, meta_f: int, field: str) -> None:
@@ -345,7 +348,8 @@ class VideoDecoder:
             )
         geom = resize_crop_geometry(src_h, src_w, self.height, self.width)
         video = resize_center_crop(frames, geom, self.height, self.width, self.video_format)
-        cam = build_clip_camera(c2w, intr, indices, geom, metric_scale, (self.height, self.width), self.temporal_stride)
+        cam = build_clip_camera(c2w, intr, indices, geom, metric_scale, (self.height, self.width), self.temporal_stride,
+                                spatial_stride=self.spatial_stride)
         stride = 1.0 if self.target_fps is None else max(1.0, fps / self.target_fps)
         return Sample(
             key=key,
@@ -782,11 +786,14 @@ def make_video_dataset(
     frame_sampling: str = "random",
     video_format: str = "float",
     decode_threads: int = 1,
+    spatial_stride: int = 32,
     **dataset_kwargs: Any,
 ) -> ShardDataset:
     """A :class:`ShardDataset` of video shards; ``dataset_kwargs`` go to ``ShardDataset``
-    (shuffle_shards, shuffle_buffer, resampled, samples_per_epoch, seed, rank, world_size, strict)."""
-    decoder = VideoDecoder(num_frames, height, width, target_fps, frame_sampling, video_format, decode_threads)
+    (shuffle_shards, shuffle_buffer, resampled, samples_per_epoch, seed, rank, world_size, strict).
+    ``spatial_stride`` is the VAE's spatial compression (32): the camera maps are built on its latent grid."""
+    decoder = VideoDecoder(num_frames, height, width, target_fps, frame_sampling, video_format, decode_threads,
+                           spatial_stride=spatial_stride)
     return ShardDataset(urls, decoder, **dataset_kwargs)
 
 

@@ -31,6 +31,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "clips_per_shard": 4,
     "trajectory": "mixed",
     "supersample": 2,
+    "pattern_scale": 1.0,
 }
 _PARAMS_FILE = "synthetic.json"
 
@@ -60,6 +61,7 @@ def build_default_dataset(
     supersample: int = DEFAULT_CONFIG["supersample"],
     workers: int | None = None,
     overwrite: bool = False,
+    pattern_scale: float = DEFAULT_CONFIG["pattern_scale"],
 ) -> list[str]:
     """Render ``num_clips`` clips into video shards under ``out_dir`` (+ ``manifest.json``).
 
@@ -68,7 +70,7 @@ def build_default_dataset(
 
     Args:
         out_dir: output folder.
-        num_clips … supersample: dataset parameters (see :func:`make_clip`).
+        num_clips … supersample, pattern_scale: dataset parameters (see :func:`make_clip`).
         workers: render processes (default: min(2, CPUs)); 1 renders in this process.
         overwrite: rebuild even if an identical dataset exists.
 
@@ -88,6 +90,7 @@ def build_default_dataset(
         "clips_per_shard": int(clips_per_shard),
         "trajectory": trajectory,
         "supersample": int(supersample),
+        "pattern_scale": float(pattern_scale),
     }
     out_dir = str(out_dir)
     params_path = os.path.join(out_dir, _PARAMS_FILE)
@@ -101,7 +104,7 @@ def build_default_dataset(
             return shards
     if num_clips < 1:
         raise ValueError(f"`num_clips` must be >= 1; got {num_clips}.")
-    jobs = [(plan_clip(i, seed, num_frames, height, width, fps, trajectory), supersample) for i in range(num_clips)]
+    jobs = [(plan_clip(i, seed, num_frames, height, width, fps, trajectory, pattern_scale), supersample) for i in range(num_clips)]
     workers = min(2, os.cpu_count() or 1, num_clips) if workers is None else int(workers)
     with ShardSink(out_dir, prefix="synthetic", max_count=clips_per_shard) as sink:
         if workers <= 1:
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips-per-shard", type=int, default=DEFAULT_CONFIG["clips_per_shard"])
     p.add_argument("--trajectory", choices=("mixed", "dsl", "smooth"), default=DEFAULT_CONFIG["trajectory"])
     p.add_argument("--supersample", type=int, default=DEFAULT_CONFIG["supersample"], help="anti-aliasing rays per pixel side")
+    p.add_argument("--pattern-scale", type=float, default=DEFAULT_CONFIG["pattern_scale"],
+                   help="multiplies the materials' pattern periods (> 1: coarser patterns)")
     p.add_argument("--workers", type=int, default=None, help="render processes (default min(2, CPUs))")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shards = build_default_dataset(
             a.out, a.num_clips, a.num_frames, a.height, a.width, a.fps, a.seed, a.clips_per_shard,
-            a.trajectory, a.supersample, a.workers, a.overwrite,
+            a.trajectory, a.supersample, a.workers, a.overwrite, a.pattern_scale,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -54,6 +54,7 @@ def plan_clip(
     width: int = 224,
     fps: float = 16.0,
     trajectory: str = "mixed",
+    pattern_scale: float = 1.0,
 ) -> SyntheticClip:
     """Everything about clip ``index`` except its pixels (``frames`` is None): scene, poses, K, caption.
 
@@ -66,6 +67,7 @@ def plan_clip(
         height, width: frame size (even; multiples of 32 avoid any resize in the loader).
         fps: frame rate of the clip.
         trajectory: 'mixed', 'dsl' or 'smooth'.
+        pattern_scale: multiplies the materials' pattern periods (see :func:`random_scene`).
     """
     if (num_frames - 1) % 8 or num_frames < 1:
         raise ValueError(f"`num_frames` must be of the form 8k+1; got {num_frames}.")
@@ -79,7 +81,7 @@ def plan_clip(
     from .trajectories import dsl_trajectory, smooth_trajectory
 
     rng = np.random.default_rng(seed_for(seed, index))
-    scene = random_scene(rng)
+    scene = random_scene(rng, pattern_scale)
     K = pinhole_intrinsics(height, width, float(rng.uniform(65.0, 85.0)))
     kind = trajectory if trajectory != "mixed" else ("dsl" if index % 2 == 0 else "smooth")
     if kind == "dsl":
@@ -118,6 +120,7 @@ def make_clip(
     fps: float = 16.0,
     trajectory: str = "mixed",
     supersample: int = 2,
+    pattern_scale: float = 1.0,
 ) -> SyntheticClip:
     """Plan and render clip ``index`` of the dataset with base ``seed`` (deterministic in both).
 
@@ -129,5 +132,6 @@ def make_clip(
         fps: frame rate of the clip.
         trajectory: 'mixed', 'dsl' or 'smooth'.
         supersample: anti-aliasing factor of :func:`render`.
+        pattern_scale: multiplies the materials' pattern periods (see :func:`random_scene`).
     """
-    return render_clip(plan_clip(index, seed, num_frames, height, width, fps, trajectory), supersample)
+    return render_clip(plan_clip(index, seed, num_frames, height, width, fps, trajectory, pattern_scale), supersample)

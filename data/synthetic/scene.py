@@ -167,8 +167,14 @@ def _overlaps(a_lo: np.ndarray, a_hi: np.ndarray, boxes: list[Box], gap: float) 
     return any(np.all(a_lo < np.asarray(b.hi) + gap) and np.all(a_hi > np.asarray(b.lo) - gap) for b in boxes)
 
 
-def random_scene(rng: np.random.Generator) -> Scene:
-    """Sample a room (5–9 m × 5–9 m × 2.6–3.4 m), its materials, 1–4 boxes and 0–2 pillars near the walls."""
+def random_scene(rng: np.random.Generator, pattern_scale: float = 1.0) -> Scene:
+    """Sample a room (5–9 m × 5–9 m × 2.6–3.4 m), its materials, 1–4 boxes and 0–2 pillars near the walls.
+
+    ``pattern_scale`` multiplies every material's pattern period after the draws (same rooms, same random stream):
+    > 1 gives coarser checkers, stripes and bricks, i.e. images with less fine detail for a small codec.
+    """
+    if not (np.isfinite(pattern_scale) and pattern_scale > 0):
+        raise ValueError(f"`pattern_scale` must be a positive number; got {pattern_scale!r}.")
     width, depth, height = rng.uniform(5.0, 9.0), rng.uniform(5.0, 9.0), rng.uniform(2.6, 3.4)
     eye = rng.uniform(1.4, 1.7)  # camera height above the floor at y = 0 of the first pose
     lo = np.array([-width / 2, -(height - eye), -depth / 2])
@@ -207,4 +213,6 @@ def random_scene(rng: np.random.Generator) -> Scene:
     for _ in range(int(rng.integers(0, 3))):
         place("pillar")
     light = [float(rng.uniform(-0.3, 0.3) * width), float(lo[1] + 0.25), float(rng.uniform(-0.3, 0.3) * depth)]
+    for m in (walls, floor, ceiling, *(b.material for b in boxes)):
+        m.scale *= float(pattern_scale)
     return Scene(lo.tolist(), hi.tolist(), walls, floor, ceiling, boxes, light)

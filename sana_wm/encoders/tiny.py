@@ -5,7 +5,7 @@ preset is: a real architecture at a size a laptop CPU runs.
 
 Everything is built in-process and offline: an LTX-2 VAE with a few thousand parameters per block,
 a 2-layer Gemma-2, and a byte-level BPE tokenizer trained on a handful of strings. Shapes and
-conventions match the real models (32×/8× compression, BOS-prefixed right-padded tokenisation);
+conventions match the real models (32×/8× compression by default, BOS-prefixed right-padded tokenisation);
 only the sizes and the weights differ. Builders are seeded, so two calls give identical models.
 
 Helpers ``save_tiny_vae`` / ``save_tiny_text_encoder`` write the diffusers layout
@@ -23,6 +23,7 @@ import torch
 from .text import CHI_PROMPT
 
 __all__ = [
+    "VAE_LAYOUTS",
     "tiny_ltx2_vae",
     "save_tiny_vae",
     "tiny_tokenizer",
@@ -42,18 +43,33 @@ _TOKENIZER_CORPUS = [
 ]
 
 
+#: Spatial compression → (encoder downsample_type, decoder upsample_type) of a four-stage LTX-2 VAE with a 4×
+#: patchifier and 8× temporal compression. 32 is the released layout; 16 and 8 trade stages that halve H and W for
+#: stages that halve only T, so the latent grid is finer while the temporal layout (which the DiT's 8-frame
+#: chunk-Plücker input assumes) is unchanged.
+VAE_LAYOUTS: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    32: (("spatial", "temporal", "spatiotemporal", "spatiotemporal"), ("spatiotemporal", "spatiotemporal", "spatiotemporal")),
+    16: (("spatial", "temporal", "spatiotemporal", "temporal"), ("spatiotemporal", "spatiotemporal", "temporal")),
+    8: (("spatial", "temporal", "temporal", "temporal"), ("spatiotemporal", "temporal", "temporal")),
+}
+
+
 def tiny_ltx2_vae(
     latent_channels: int = 8,
     *,
     scaling_factor: float = 1.0,
     seed: int = 0,
     random_stats: bool = True,
+    spatial_compression: int = 32,
+    block_out_channels: tuple[int, int, int, int] = (16, 32, 64, 128),
+    decoder_block_out_channels: tuple[int, int, int] = (16, 32, 64),
+    encoder_spatial_padding_mode: str = "zeros",
 ):
-    """A ~2 M-parameter ``AutoencoderKLLTX2Video`` with the real 32× spatial / 8× temporal layout.
+    """A ~2 M-parameter ``AutoencoderKLLTX2Video`` with 8× temporal and ``spatial_compression``× spatial compression.
 
-    The decoder channels must double per stage: its up-sampling halves them (docs/design/libraries.md §1). The
-    compression
-    ratios are passed explicitly (diffusers would otherwise record 64/16).
+    The decoder channels must double per stage: its up-sampling halves them (docs/design/libraries.md §1), so its
+    last stage works with half of ``decoder_block_out_channels[0]`` channels. The compression ratios are passed
+    explicitly (diffusers would otherwise record 64/16).
 
     Args:
         latent_channels: C of the latent (128 for the real VAE).
@@ -61,22 +77,34 @@ def tiny_ltx2_vae(
         seed: weight-initialisation seed.
         random_stats: fill ``latents_mean`` / ``latents_std`` with non-trivial per-channel values (the
             real VAE ships them) so that tests exercise the normalisation; False keeps 0 / 1.
+        spatial_compression: 32 (the real LTX-2 layout), 16 or 8 (see :data:`VAE_LAYOUTS`).
+        block_out_channels: encoder widths of the four stages.
+        decoder_block_out_channels: decoder widths of the three up-sampling stages (pixels first).
+        encoder_spatial_padding_mode: ``"zeros"`` (the LTX-2 config) or ``"reflect"``. Trained from scratch at this
+            size, a zero-padded encoder stalls near MSE 0.1 (it cannot even overfit one batch) while a reflect-padded
+            one keeps learning (docs/demo.md); the demo's codec uses ``"reflect"``.
 
     Returns:
         ``diffusers.AutoencoderKLLTX2Video`` in eval mode, float32, on CPU.
     """
     from diffusers import AutoencoderKLLTX2Video
 
+    if spatial_compression not in VAE_LAYOUTS:
+        raise ValueError(f"spatial_compression must be one of {sorted(VAE_LAYOUTS)}; got {spatial_compression!r}")
+    down, up = VAE_LAYOUTS[spatial_compression]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKLLTX2Video(
             latent_channels=latent_channels,
-            block_out_channels=(16, 32, 64, 128),
-            decoder_block_out_channels=(16, 32, 64),
+            block_out_channels=tuple(block_out_channels),
+            decoder_block_out_channels=tuple(decoder_block_out_channels),
+            encoder_spatial_padding_mode=encoder_spatial_padding_mode,
             layers_per_block=(1, 1, 1, 1, 1),
             decoder_layers_per_block=(1, 1, 1, 1),
+            downsample_type=down,
+            upsample_type=up,
             scaling_factor=scaling_factor,
-            spatial_compression_ratio=32,
+            spatial_compression_ratio=spatial_compression,
             temporal_compression_ratio=8,
         )
         if random_stats:

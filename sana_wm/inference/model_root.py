@@ -276,6 +276,8 @@ class InferenceConfig:
     model: the DiT architecture. height, width: model resolution in pixels. flow_shift: stage-1 σ-grid shift.
     text_max_length: Gemma-2 tokens seen by the DiT (300). chi_prompt: positive-prompt prefix (None → built-in).
     vae_framewise / vae_tile_frames / vae_tile_stride: temporal VAE tiling (96 / 64 in the release).
+    vae_stride: (temporal, spatial, spatial) compression config.yaml declares for the VAE (LTX-2: 8, 32, 32); the
+    pipeline checks it against the VAE it loads.
     """
 
     model: SanaWMConfig
@@ -287,6 +289,7 @@ class InferenceConfig:
     vae_framewise: bool = True
     vae_tile_frames: int = 96
     vae_tile_stride: int = 64
+    vae_stride: tuple[int, int, int] = (8, 32, 32)
     source: str = ""
 
 
@@ -412,11 +415,28 @@ def load_inference_config(paths: ModelPaths) -> InferenceConfig:
         model_cfg = _model_from_section(model_sec, where)
         source = where
 
+    vae_stride = (8, 32, 32)
+    stride = vae_sec.get("vae_stride")
+    if stride is not None:
+        ok = (isinstance(stride, (list, tuple)) and len(stride) == 3 and all(isinstance(v, int) and v > 0 for v in stride)
+              and stride[1] == stride[2] and int(stride[0]) == 8)
+        if not ok:
+            # The DiT's chunk-Plücker input packs 8 frames per latent frame, so the temporal stride is fixed at 8;
+            # the spatial one follows the VAE (32 for LTX-2, 8 for the CPU demo's codec).
+            raise ModelRootError(
+                f"{where}: vae.vae_stride must be [8, s, s] with s a positive integer (LTX-2: [8, 32, 32]); got {stride!r}"
+            )
+        vae_stride = (int(stride[0]), int(stride[1]), int(stride[2]))
+    s = vae_stride[1]
+
     height, width = 704, 1280
     if "sample_size" in model_sec:
         size = model_sec["sample_size"]
-        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(int(v) > 0 and int(v) % 32 == 0 for v in size)):
-            raise ModelRootError(f"{where}: model.sample_size must be [H, W], multiples of 32; got {size!r}")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(int(v) > 0 and int(v) % s == 0 for v in size)):
+            raise ModelRootError(
+                f"{where}: model.sample_size must be [H, W], multiples of the VAE stride {s} (vae.vae_stride); "
+                f"got {size!r}"
+            )
         height, width = int(size[0]), int(size[1])
     elif "image_size" in model_sec:
         size = int(model_sec["image_size"])
@@ -427,9 +447,6 @@ def load_inference_config(paths: ModelPaths) -> InferenceConfig:
             )
         height, width = IMAGE_SIZE_TO_HW[size]
 
-    stride = vae_sec.get("vae_stride")
-    if stride is not None and [int(s) for s in stride] != [8, 32, 32]:
-        raise ModelRootError(f"{where}: vae.vae_stride = {stride}; only the LTX-2 layout [8, 32, 32] is supported")
 
     chi = text_sec.get("chi_prompt")
     if chi is not None:
@@ -452,5 +469,6 @@ def load_inference_config(paths: ModelPaths) -> InferenceConfig:
         vae_framewise=bool(vae_sec.get("use_framewise_decoding", True)),
         vae_tile_frames=int(vae_sec.get("tile_sample_min_num_frames", 96)),
         vae_tile_stride=int(vae_sec.get("tile_sample_stride_num_frames", 64)),
+        vae_stride=vae_stride,
         source=source,
     )

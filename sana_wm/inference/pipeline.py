@@ -373,6 +373,13 @@ class SanaWMPipeline:
         log.info("DiT %s (%s) from %s; config from %s", type(dit).__name__, dtype, paths.dit, cfg.source)
 
         codec = LatentCodec.from_pretrained(paths.vae, dtype=dtype)
+        declared = cfg.vae_stride
+        actual = (codec.temporal_compression, codec.spatial_compression, codec.spatial_compression)
+        if declared != actual:
+            raise ValueError(
+                f"{paths.config_file}: vae.vae_stride = {list(declared)} but the VAE in {paths.vae} compresses "
+                f"(T, H, W) by {list(actual)}; fix vae_stride in config.yaml"
+            )
         text_encoder = GemmaTextEncoder.from_pretrained(
             paths.text_encoder, dtype=dtype, max_sequence_length=cfg.text_max_length,
             chi_prompt=cfg.chi_prompt or CHI_PROMPT,

@@ -65,7 +65,8 @@ def cache_latents(
         out_dir: output folder (``rank<r>/`` inside it when world_size > 1).
         vae, text_encoder: local diffusers-layout folders (see `LatentCodec.from_pretrained`,
             `GemmaTextEncoder.from_pretrained`).
-        num_frames, height, width, target_fps, frame_sampling: clip sampling (8k+1 frames, multiples of 32).
+        num_frames, height, width, target_fps, frame_sampling: clip sampling (8k+1 frames, multiples of the VAE's
+            spatial compression: 32 for LTX-2).
         batch_size, num_workers: encoding batch and decoding workers.
         device: ``cuda`` / ``cpu`` (default: cuda if available).
         encoder_dtype: parameter dtype of both encoders.
@@ -97,7 +98,8 @@ def cache_latents(
     )
     dataset = make_video_dataset(
         urls, num_frames=num_frames, height=height, width=width, target_fps=target_fps,
-        frame_sampling=frame_sampling, video_format="float", shuffle_shards=False, shuffle_buffer=0,
+        frame_sampling=frame_sampling, video_format="float", spatial_stride=codec.spatial_compression,
+        shuffle_shards=False, shuffle_buffer=0,
         rank=rank, world_size=world_size, strict=strict,
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)

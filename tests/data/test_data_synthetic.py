@@ -77,6 +77,16 @@ def test_floor_depth_matches_ray_geometry():
         np.testing.assert_allclose(depth[v, W // 3 : 2 * W // 3], eye * fy / (v - cy), rtol=1e-4)
 
 
+def test_pattern_scale_coarsens_patterns_of_the_same_room():
+    base, coarse = random_scene(np.random.default_rng(5)), random_scene(np.random.default_rng(5), pattern_scale=3.0)
+    mats = lambda s: [s.walls, s.floor, s.ceiling, *(b.material for b in s.boxes)]  # noqa: E731
+    assert [(m.pattern, m.color, m.color2) for m in mats(base)] == [(m.pattern, m.color, m.color2) for m in mats(coarse)]
+    np.testing.assert_allclose([m.scale for m in mats(coarse)], [3.0 * m.scale for m in mats(base)])
+    assert (base.room_lo, base.room_hi, base.light) == (coarse.room_lo, coarse.room_hi, coarse.light)
+    with pytest.raises(ValueError, match="`pattern_scale` must be a positive number; got 0"):
+        random_scene(np.random.default_rng(5), pattern_scale=0)
+
+
 def test_screen_space_culling_does_not_change_images(monkeypatch):
     rng = np.random.default_rng(3)
     scene = random_scene(rng)

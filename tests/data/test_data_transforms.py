@@ -49,6 +49,25 @@ def test_shape_checks():
     assert check_target_size(704, 1280) == (704, 1280)
     with pytest.raises(ValueError, match="multiple of 32"):
         check_target_size(720, 1280)
+    assert check_target_size(64, 112, spatial_stride=8) == (64, 112)
+    with pytest.raises(ValueError, match=r"`width` must be a positive multiple of 16 \(latent grid = pixels/16\); got 120"):
+        check_target_size(64, 120, spatial_stride=16)
+
+
+def test_camera_maps_follow_the_vae_spatial_stride(tmp_path):
+    """With an 8x VAE the Plücker maps live on the (H/8, W/8) grid the latents have; the per-frame conditions (in
+    latent units) are the 32x ones rescaled by 4."""
+    frames = np.full((9, 64, 128, 3), 90, np.uint8)
+    c2w = np.stack([_yaw_pitch(0.02 * i, 0.0, [0.0, 0.0, 0.05 * i]) for i in range(9)])
+    K = pinhole_intrinsics(64, 128, 70.0)
+    url = write_raw_shard(tmp_path / "s.tar", [raw_video_sample("s", frames=frames, c2w=c2w, intrinsics=K, as_mp4=False)])
+    kw = dict(num_frames=9, height=64, width=128, target_fps=None, frame_sampling="start", strict=True)
+    (s8,) = list(make_video_dataset(url, spatial_stride=8, **kw))
+    (s32,) = list(make_video_dataset(url, **kw))
+    assert tuple(s8.chunk_plucker.shape) == (48, 2, 8, 16)
+    assert tuple(s32.chunk_plucker.shape) == (48, 2, 2, 4)
+    torch.testing.assert_close(s8.camera_conditions[:, :16], s32.camera_conditions[:, :16])
+    torch.testing.assert_close(s8.camera_conditions[:, 16:], 4 * s32.camera_conditions[:, 16:], rtol=1e-5, atol=1e-5)
 
 
 def test_resize_center_crop_layouts_agree():

@@ -142,3 +142,16 @@ def test_framewise_tiling_keeps_shapes_and_first_tile():
     assert torch.equal(codec.decode(z, clamp=False), full)
     with pytest.raises(ValueError, match="multiples of 8"):
         codec.enable_framewise_tiling(tile_frames=96, stride_frames=100)
+
+
+@pytest.mark.parametrize("stride", [8, 16])
+def test_tiny_vae_with_a_finer_latent_grid(tmp_path, stride):
+    """The 16x / 8x layouts keep 8x temporal compression; the codec reads the true strides from the saved config."""
+    tiny_ltx2_vae(latent_channels=4, spatial_compression=stride).save_pretrained(tmp_path / "vae")
+    c = LatentCodec.from_pretrained(tmp_path / "vae")
+    assert (c.spatial_compression, c.temporal_compression) == (stride, 8)
+    z = c.encode(_video(f=9, h=32, w=48))
+    assert z.shape == (1, 4, 2, 32 // stride, 48 // stride)
+    assert c.decode(z).shape == (1, 3, 9, 32, 48)
+    with pytest.raises(ValueError, match="spatial_compression must be one of \\[8, 16, 32\\]; got 4"):
+        tiny_ltx2_vae(spatial_compression=4)

@@ -151,3 +151,29 @@ def test_refiner_index_sets_text_length(tmp_path):
     root = _layout(tmp_path / "root")
     (root / "refiner" / "model_index.json").write_text(json.dumps({"text_max_sequence_length": 256}))
     assert resolve_refiner_paths(root / "refiner").text_max_sequence_length == 256
+
+
+def test_vae_stride_sets_the_size_multiple(tmp_path):
+    """A VAE with another spatial stride (the CPU demo's 8x codec) declares it; sample_size follows that stride."""
+    config = {"model": {"model": "tiny", "sample_size": [64, 112]}, "vae": {"vae_stride": [8, 8, 8]}}
+    root = _layout(tmp_path / "root", config=config, refiner=False)
+    cfg = load_inference_config(resolve_model_paths(root, need_refiner=False))
+    assert (cfg.vae_stride, cfg.height, cfg.width) == ((8, 8, 8), 64, 112)
+    assert load_inference_config(resolve_model_paths(_layout(tmp_path / "r0", refiner=False), need_refiner=False)
+                                 ).vae_stride == (8, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "vae_stride, sample_size, message",
+    [
+        ([8, 32, 32], [64, 112], r"multiples of the VAE stride 32.*\[64, 112\]"),
+        ([8, 8, 16], [64, 112], r"\[8, s, s\].*\[8, 8, 16\]"),
+        ([4, 8, 8], [64, 112], r"\[8, s, s\].*\[4, 8, 8\]"),
+        ("8x8", [64, 112], r"\[8, s, s\].*'8x8'"),
+    ],
+)
+def test_bad_vae_stride_is_named(tmp_path, vae_stride, sample_size, message):
+    config = {"model": {"model": "tiny", "sample_size": sample_size}, "vae": {"vae_stride": vae_stride}}
+    root = _layout(tmp_path / "root", config=config, refiner=False)
+    with pytest.raises(ModelRootError, match=message):
+        load_inference_config(resolve_model_paths(root, need_refiner=False))

@@ -1,0 +1,152 @@
+"""Does a generated video move the way it was commanded? Camera motion re-estimated from the pixels.
+
+Used by the CPU demo's camera-following score and usable on any video with an action-DSL command. Two image-space
+cues, both from phase correlation (global translation by the normalised cross-power spectrum) of consecutive
+frames, summed over a segment of the command:
+
+* **turn** — the whole frame's horizontal shift. A camera yawing right (``sana_wm.camera``: positive yaw turns
+  right) sees the scene slide left, so the expected sign of the shift is minus the commanded yaw's.
+* **move forward / back** — radial expansion: the right half's horizontal shift minus the left half's, plus the
+  bottom half's vertical shift minus the top half's, divided by the half-sizes (a relative scale change). Walking
+  forward spreads the image out (positive), walking back pulls it in. A pure turn shifts both halves alike and
+  cancels out.
+
+A check passes when the cue has the commanded sign *and* a magnitude above a small floor (a frozen video fails
+rather than scoring a coin flip). Pixels are (F, H, W, 3) uint8 RGB, as :class:`GenerationResult.video`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from sana_wm.camera import ACTION_KEYMAPS
+
+__all__ = ["phase_shift", "segment_motion", "command_segments", "MotionCheck", "camera_following"]
+
+#: Smallest |shift| in pixels summed over a segment that counts as a turn.
+MIN_TURN_PX = 1.0
+#: Smallest relative expansion summed over a segment that counts as moving forward / back.
+MIN_EXPANSION = 0.01
+
+
+def _gray(frame: np.ndarray) -> np.ndarray:
+    return np.asarray(frame, np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(dy, dx) in pixels by which the content of grayscale image ``b`` is displaced relative to ``a``.
+
+    Phase correlation with a Hann window and a parabolic sub-pixel peak; shifts beyond half the size wrap.
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"phase_shift: need two 2-D images of one shape; got {a.shape} and {b.shape}")
+    win = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
+    fa = np.fft.fft2((a - a.mean()) * win)
+    fb = np.fft.fft2((b - b.mean()) * win)
+    cross = fb * np.conj(fa)
+    r = np.fft.ifft2(cross / (np.abs(cross) + 1e-9)).real
+    iy, ix = np.unravel_index(int(np.argmax(r)), r.shape)
+
+    def refine(i: int, n: int, axis_vals) -> float:
+        lo, mid, hi = axis_vals((i - 1) % n), axis_vals(i), axis_vals((i + 1) % n)
+        den = lo - 2 * mid + hi
+        off = 0.5 * (lo - hi) / den if abs(den) > 1e-12 else 0.0
+        v = i + float(np.clip(off, -0.5, 0.5))
+        return v - n if v > n / 2 else v
+
+    dy = refine(iy, r.shape[0], lambda j: r[j, ix])
+    dx = refine(ix, r.shape[1], lambda j: r[iy, j])
+    return dy, dx
+
+
+def segment_motion(frames: np.ndarray, start: int, end: int) -> tuple[float, float]:
+    """(horizontal shift in pixels, relative expansion) of ``frames[start..end]``, summed over consecutive pairs."""
+    if not 0 <= start < end < len(frames):
+        raise ValueError(f"segment_motion: need 0 <= start < end < {len(frames)}; got {start}, {end}")
+    H, W = frames.shape[1:3]
+    shift = expansion = 0.0
+    prev = _gray(frames[start])
+    for i in range(start + 1, end + 1):
+        cur = _gray(frames[i])
+        shift += phase_shift(prev, cur)[1]
+        left = phase_shift(prev[:, : W // 2], cur[:, : W // 2])[1]
+        right = phase_shift(prev[:, W // 2 :], cur[:, W // 2 :])[1]
+        top = phase_shift(prev[: H // 2], cur[: H // 2])[0]
+        bottom = phase_shift(prev[H // 2 :], cur[H // 2 :])[0]
+        expansion += (right - left) / (W / 2) + (bottom - top) / (H / 2)
+        prev = cur
+    return shift, expansion
+
+
+def command_segments(action: str, scheme: str = "release") -> list[tuple[int, int, int, int]]:
+    """Segments of an action-DSL string as (first frame, last frame, yaw sign, forward sign).
+
+    Yaw sign +1 = turn right, −1 = turn left, 0 = none; forward sign +1 = forward, −1 = back, 0 = none. Frame
+    indices follow :func:`sana_wm.camera.action_to_c2w` (frame 0 is the start pose, each step adds one frame).
+    """
+    if scheme not in ACTION_KEYMAPS:
+        raise ValueError(f"unknown action scheme {scheme!r}; expected one of {sorted(ACTION_KEYMAPS)}")
+    k = ACTION_KEYMAPS[scheme]
+    out, frame = [], 0
+    for seg in action.split(","):
+        keys, sep, n = seg.strip().rpartition("-")
+        if not sep or not n.isdigit() or int(n) < 1:
+            raise ValueError(f"action segment {seg!r} of {action!r}: expected '<keys>-<frames>' with frames >= 1")
+        keys = "" if keys == "none" else keys
+        yaw = (k.yaw_right in keys) - (k.yaw_left in keys)
+        fwd = (k.forward in keys) - (k.back in keys)
+        out.append((frame, frame + int(n), int(yaw), int(fwd)))
+        frame += int(n)
+    return out
+
+
+@dataclass(frozen=True)
+class MotionCheck:
+    """One commanded motion of one segment and what the video did.
+
+    kind: 'turn' or 'move'. expected: +1 / −1 (turn right / left; forward / back). measured: the cue (pixels for a
+    turn, relative expansion for a move), already signed so that a positive value agrees with ``expected`` = +1.
+    ok: the sign agrees and the magnitude passes the floor.
+    """
+
+    action: str
+    segment: int
+    kind: str
+    expected: int
+    measured: float
+    ok: bool
+
+
+def camera_following(frames: np.ndarray, action: str, scheme: str = "release") -> list[MotionCheck]:
+    """One :class:`MotionCheck` per turn and per forward/back move commanded by ``action`` (segments that run past
+    the video's last frame are cut to it; segments left with no frame pair are skipped)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"camera_following: frames must be (F, H, W, 3); got {frames.shape}")
+    checks = []
+    for i, (a, b, yaw, fwd) in enumerate(command_segments(action, scheme)):
+        b = min(b, len(frames) - 1)
+        if b <= a or (yaw == 0 and fwd == 0):
+            continue
+        shift, expansion = segment_motion(frames, a, b)
+        if yaw:
+            turn = -shift  # the scene slides opposite to the turn
+            checks.append(MotionCheck(action, i, "turn", yaw, float(turn), bool(np.sign(turn) == yaw and abs(turn) >= MIN_TURN_PX)))
+        if fwd:
+            checks.append(MotionCheck(action, i, "move", fwd, float(expansion),
+                                      bool(np.sign(expansion) == fwd and abs(expansion) >= MIN_EXPANSION)))
+    return checks
+
+
+def following_rate(checks: list[MotionCheck]) -> dict:
+    """{"rate": fraction of checks passed, "passed", "checks", "by_kind": {kind: rate}, "details": [...]}."""
+    kinds = sorted({c.kind for c in checks})
+    return {
+        "rate": float(np.mean([c.ok for c in checks])) if checks else float("nan"),
+        "passed": int(sum(c.ok for c in checks)),
+        "checks": len(checks),
+        "by_kind": {k: float(np.mean([c.ok for c in checks if c.kind == k])) for k in kinds},
+        "details": [asdict(c) for c in checks],
+    }

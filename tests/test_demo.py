@@ -1,0 +1,82 @@
+"""`make demo` (sana_wm.demo): its pieces (fast) and the whole run at a reduced size (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sana_wm.demo import EVAL_ACTIONS, _zero_camera_branch, contact_sheet, main
+from sana_wm.inference.motion import command_segments
+
+
+def test_eval_actions_are_balanced_33_frame_commands():
+    assert len(EVAL_ACTIONS) >= 8
+    segs = [s for a in EVAL_ACTIONS for s in command_segments(a)]
+    assert all(command_segments(a)[-1][1] == 32 for a in EVAL_ACTIONS)
+    yaws = [s[2] for s in segs if s[2]]
+    moves = [s[3] for s in segs if s[3]]
+    assert (yaws.count(1), yaws.count(-1)) == (5, 5)
+    assert (moves.count(1), moves.count(-1)) == (7, 3)
+
+
+def test_zeroing_the_camera_branch_makes_the_dit_ignore_the_camera():
+    from sana_wm.camera import action_to_c2w, prepare_camera
+    from sana_wm.models import PRESETS, SanaWM
+
+    torch.manual_seed(0)
+    dit = SanaWM(PRESETS["tiny"]).eval()
+    with torch.no_grad():  # a trained camera branch: non-zero output projections and Plücker embedding
+        for block in dit.blocks:
+            for lin in (block.attn.out_proj_cam, block.plucker_proj):
+                lin.weight.normal_(std=0.05)
+                lin.bias.normal_(std=0.05)
+        for p in dit.plucker_embedder.parameters():
+            p.normal_(std=0.05)
+    K = np.array([60.0, 60.0, 56.0, 32.0])
+    x = torch.randn(1, 16, 3, 8, 14)
+    y = torch.randn(1, 32, 32)
+
+    def run(action):
+        cam, plk = prepare_camera(action_to_c2w(action), K, (64, 112), (8, 14), num_frames=17)
+        with torch.no_grad():
+            return dit(x, torch.tensor([500.0]), y, camera_conditions=cam[None], chunk_plucker=plk[None])
+
+    assert not torch.allclose(run("w-16"), run("l-16"))
+    assert _zero_camera_branch(dit) == 4 * len(dit.blocks)
+    torch.testing.assert_close(run("w-16"), run("l-16"))
+
+
+def test_contact_sheet_layout(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (9, 16, 24, 3), dtype=np.uint8)
+    path = contact_sheet(tmp_path / "s.png", frames[0], "w-4,l-4", {"a": frames, "b": frames}, num_shown=4, zoom=2)
+    w, h = Image.open(path).size
+    # 4 columns of 48-px frames with 4-px gaps; 3 rows (input + path, a, b) of 32 px + 14-px labels + gaps
+    assert (w, h) == (4 * (48 + 4) + 4, 3 * (32 + 14 + 4) + 4)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_at_reduced_size(tmp_path):
+    """The whole demo with a handful of steps everywhere: every stage runs and the summary has its fields."""
+    rc = main(["--out", str(tmp_path / "demo"), "--num-clips", "2", "--heldout-clips", "1", "--vae-steps", "3",
+               "--dit-steps", "10", "--steps", "2", "--eval-actions", "8", "--eval-steps", "1"])
+    assert rc == 0
+    out = tmp_path / "demo"
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert set(summary["wall_seconds"]) == {"world", "codec", "cache", "train", "generate", "evaluate", "total"}
+    vae = summary["vae"]
+    assert (vae["steps"], vae["spatial_compression"], vae["latent_channels"], vae["heldout_clips"]) == (3, 8, 16, 1)
+    assert np.isfinite(vae["psnr_heldout"]) and np.isfinite(vae["psnr_train"])
+    assert [s for s, _ in summary["dit_loss_curve"]] and all(np.isfinite(v) for _, v in summary["dit_loss_curve"])
+    cf = summary["camera_following"]
+    assert cf["actions"] == list(EVAL_ACTIONS[:8])
+    for label in ("with_camera", "camera_branch_zeroed"):
+        assert cf[label]["checks"] == 16 and 0.0 <= cf[label]["rate"] <= 1.0
+        assert len(cf[label]["details"]) == 16
+    for key in ("video", "contact_sheet", "dit_checkpoint"):
+        assert (out / summary["outputs"][key]).is_file(), key
