@@ -119,7 +119,7 @@ def load_lpips(alexnet_weights: str | os.PathLike | None) -> Callable | Skipped:
         import lpips  # noqa: F401  (the linear-layer weights ship with the package)
         import torchvision  # noqa: F401
     except ImportError as err:
-        return Skipped("lpips", f"{err.name} is not installed (pip install -e '.[eval]')")
+        return Skipped("lpips", f"{err.name} is not installed (pip install -e '.[lpips]')")
     # pnet_rand=True: build AlexNet without torchvision's download; its weights come from `path`.
     model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
     state = torch.load(path, map_location="cpu", weights_only=True)

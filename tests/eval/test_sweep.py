@@ -89,7 +89,7 @@ def test_two_settings_resume_and_rows(model_root, tmp_path, monkeypatch):
     assert "b_fails` (partial): estimator[cami2v]" in report
     assert "lpips: no local AlexNet weights configured" in report
     assert "fvd: no local I3D TorchScript configured" in report
-    assert "not drawn: matplotlib is not installed" in report or "![" in report
+    assert "![rot_err_deg_mean[sana_wm] vs cfg_scale](plots/" in report  # matplotlib is in the `eval` extra
 
     # Rerun: finished cells are skipped without loading a model or generating.
     generated.clear()
@@ -127,7 +127,7 @@ def test_hydra_multirun_cli(model_root, tmp_path):
     np.testing.assert_equal(len(list(out.glob("cells/*/a_gt.mp4"))), 2)
 
 
-def test_report_means_per_setting_and_type(tmp_path):
+def test_report_means_per_setting_and_type(tmp_path, monkeypatch):
     """write_report alone, on hand-written rows: the CSV columns, the means and the plots (or why none)."""
     rows = [("c1", "1", "t1", "ok", 1.0), ("c1", "2", "t2", "ok", 3.0), ("c2", "1", "t1", "failed", None),
             ("c2", "2", "t1", "ok", 5.0)]
@@ -149,14 +149,13 @@ def test_report_means_per_setting_and_type(tmp_path):
     assert "| c1 | 2 | 2 |" in report and "| c2 | 1 | 5 |" in report
     assert "| c1 | t2 | 1 | 3 |" in report
     assert "- `c2` / `1` (failed): boom" in report
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        assert "not drawn: matplotlib is not installed" in report
-    else:
-        assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
-            "psnr_db_mean_gt_by_cfg_scale.png", "psnr_db_mean_gt_by_trajectory_type.png"]
-        assert "![psnr_db_mean[gt] vs cfg_scale](plots/psnr_db_mean_gt_by_cfg_scale.png)" in report
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "psnr_db_mean_gt_by_cfg_scale.png", "psnr_db_mean_gt_by_trajectory_type.png"]
+    assert "![psnr_db_mean[gt] vs cfg_scale](plots/psnr_db_mean_gt_by_cfg_scale.png)" in report
+    # Without matplotlib (not installed) the report says so instead of dropping the plots silently.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    sweep.write_report(tmp_path)
+    assert "not drawn: matplotlib is not installed" in (tmp_path / "report.md").read_text()
 
 
 def test_pipeline_input_check_rejects_before_any_model_loads(tmp_path, monkeypatch):
