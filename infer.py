@@ -180,8 +180,8 @@ def _intrinsics(args, image) -> tuple[np.ndarray, str, dict | None]:
     return _load_npy(args.intrinsics, "--intrinsics"), f"--intrinsics {args.intrinsics!r}", None
 
 
-#: horizontal field of view (degrees) an estimated K must have, the annotation pipeline's quality range
-HFOV_RANGE_DEG = (25.0, 120.0)
+#: horizontal and vertical field of view (degrees) an estimated K must have; the annotation pipeline's FOV range
+FOV_RANGE_DEG = (25.0, 120.0)
 
 _PASS_INTRINSICS = ("pass --intrinsics <file.npy> with (4,) [fx, fy, cx, cy], (3, 3) K, (F, 4) or (F, 3, 3) in "
                     "input-image pixels")
@@ -194,11 +194,11 @@ def estimate_intrinsics(image, estimator: str = "pi3x", weights: str | None = No
     The single-image path needs a feed-forward model (Pi3X / Pi3: K from the predicted rays); the weight-free COLMAP
     backend cannot calibrate from one image, so without ``weights`` this is an input error, never a default K.
 
-    Returns the JSON record: estimator, version, licence, weights, image_hw, K (3×3), hfov_deg.
+    Returns the JSON record: estimator, version, licence, weights, image_hw, K (3×3), hfov_deg, vfov_deg.
 
     Raises:
-        InputError: no weights, unusable weights, a failed estimate, or a horizontal FOV outside
-            :data:`HFOV_RANGE_DEG` (the message gives the FOV and the ways out).
+        InputError: no weights, unusable weights, a failed estimate, or a horizontal or vertical FOV outside
+            :data:`FOV_RANGE_DEG` (the message gives the FOV and the ways out).
     """
     if weights is None:
         raise InputError(
@@ -221,16 +221,20 @@ def estimate_intrinsics(image, estimator: str = "pi3x", weights: str | None = No
     del model  # the estimator's weights leave memory before the generator loads
     K = np.asarray(result.K[0], dtype=np.float64)
     height, width = frame.shape[:2]
-    fov = float(horizontal_fov_deg(K, width))
-    lo, hi = HFOV_RANGE_DEG
-    if not lo <= fov <= hi:
-        raise InputError(
-            f"the intrinsics estimated by {result.estimator} give a horizontal FOV of {fov:.1f}° "
-            f"(fx = {K[0, 0]:.1f} px for a {width}-px-wide image), outside [{lo:g}°, {hi:g}°]: the estimate is not "
-            f"trusted; {_PASS_INTRINSICS}, or pass other --intrinsics_estimator_weights")
+    hfov = float(horizontal_fov_deg(K, width))
+    vfov = float(np.degrees(2 * np.arctan(height / (2 * K[1, 1]))))
+    lo, hi = FOV_RANGE_DEG
+    # Both axes are gated, as the reference CLI does; the horizontal one is the annotation pipeline's filter.
+    for axis, fov, focal, extent, size in (("horizontal", hfov, "fx", K[0, 0], f"{width}-px-wide"),
+                                           ("vertical", vfov, "fy", K[1, 1], f"{height}-px-high")):
+        if not lo <= fov <= hi:
+            raise InputError(
+                f"the intrinsics estimated by {result.estimator} give a {axis} FOV of {fov:.1f}° ({focal} = "
+                f"{extent:.1f} px for a {size} image), outside [{lo:g}°, {hi:g}°]: the estimate is not trusted; "
+                f"{_PASS_INTRINSICS}, or pass other --intrinsics_estimator_weights")
     return {
         "estimator": result.estimator, "version": result.version, "licence": result.licence, "weights": str(weights),
-        "image_hw": [int(height), int(width)], "K": K.tolist(), "hfov_deg": fov,
+        "image_hw": [int(height), int(width)], "K": K.tolist(), "hfov_deg": hfov, "vfov_deg": vfov,
     }
 
 
@@ -296,7 +300,7 @@ def check_inputs(args) -> Inputs:
         K = estimate["K"]
         notices.insert(0, f"intrinsics estimated by {estimate['estimator']} ({estimate['licence']} weights) from "
                           f"--image: fx={K[0][0]:.1f} fy={K[1][1]:.1f} cx={K[0][2]:.1f} cy={K[1][2]:.1f}, horizontal "
-                          f"FOV {estimate['hfov_deg']:.1f}°")
+                          f"FOV {estimate['hfov_deg']:.1f}°, vertical {estimate['vfov_deg']:.1f}°")
     return Inputs(image, prompt, c2w, plan.intrinsics, plan.num_frames, output_dir, stem, notices, estimate)
 
 

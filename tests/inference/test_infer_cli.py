@@ -233,7 +233,7 @@ PASS_INTRINSICS = ("pass --intrinsics <file.npy> with (4,) [fx, fy, cx, cy], (3,
 def pi3x_weights(files):
     """A tiny random Pi3X in the released layout (model.safetensors + config.json).
 
-    Seed 11 is one whose random heads give this image a usable K (horizontal FOV ~35°); most random tiny models give
+    Seed 11 is one whose random heads give this image a usable K (FOV ~35° wide, ~117° high); most random tiny models give
     a negative or near-zero focal length, which the FOV gate rejects (test below)."""
     import torch
     from safetensors.torch import save_file
@@ -263,8 +263,8 @@ def _no_intrinsics_argv(files, out, *extra):
             "--device", "cpu", "--output_dir", str(out), *extra]
 
 
-def _hfov(fx: float, width: int = 160) -> float:
-    return float(np.degrees(2 * np.arctan(width / (2 * fx))))
+def _fov(focal: float, extent: int = 160) -> float:
+    return float(np.degrees(2 * np.arctan(extent / (2 * focal))))
 
 
 def test_cli_estimates_intrinsics_with_pi3x_weights(files, pi3x_weights, tiny_pi3x_sizes, tmp_path, capsys):
@@ -272,7 +272,7 @@ def test_cli_estimates_intrinsics_with_pi3x_weights(files, pi3x_weights, tiny_pi
 
     frame = np.asarray(Image.open(files["image"]).convert("RGB"))[None]
     K = Pi3Estimator(pi3x_weights, device="cpu").estimate(frame, 16.0).K[0]
-    assert 25 < _hfov(K[0, 0]) < 120 and K[1, 1] > 0, "the fixture's seed no longer gives a usable K"
+    assert 25 < _fov(K[0, 0]) < 120 and 25 < _fov(K[1, 1], 120) < 120, "the fixture's seed no longer gives a usable K"
 
     rc = infer.main(_no_intrinsics_argv(files, tmp_path, "--intrinsics_estimator_weights", str(pi3x_weights)))
     err = capsys.readouterr().err
@@ -283,7 +283,8 @@ def test_cli_estimates_intrinsics_with_pi3x_weights(files, pi3x_weights, tiny_pi
         "estimator": "pi3x", "version": "pi3x-impl1", "licence": "CC-BY-NC-4.0", "weights": str(pi3x_weights),
         "image_hw": [120, 160]}
     np.testing.assert_allclose(estimate["K"], K, rtol=1e-6)
-    assert estimate["hfov_deg"] == pytest.approx(_hfov(K[0, 0]), rel=1e-6)
+    assert estimate["hfov_deg"] == pytest.approx(_fov(K[0, 0]), rel=1e-6)
+    assert estimate["vfov_deg"] == pytest.approx(_fov(K[1, 1], 120), rel=1e-6)
     # the estimate is what the pipeline used: 0.6 resize, 4 rows cropped top and bottom (120x160 → 64x96)
     expected = np.array([[0.6 * K[0, 0], 0, 0.6 * K[0, 2]], [0, 0.6 * K[1, 1], 0.6 * K[1, 2] - 4], [0, 0, 1]])
     np.testing.assert_allclose(np.load(tmp_path / "img_intrinsics.npy")[0], expected, rtol=1e-5)
@@ -317,11 +318,12 @@ def test_cli_estimated_K_reaches_the_pipeline_and_the_json(files, pi3x_weights, 
     rc = infer.main(_no_intrinsics_argv(files, tmp_path, "--intrinsics_estimator_weights", str(pi3x_weights)))
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "fx=90.0 fy=90.0 cx=80.0 cy=60.0, horizontal FOV 83.3°" in err
+    assert "fx=90.0 fy=90.0 cx=80.0 cy=60.0, horizontal FOV 83.3°, vertical 67.4°" in err
     np.testing.assert_array_equal(seen["intrinsics"], np.tile([90.0, 90.0, 80.0, 60.0], (9, 1)))
     estimate = json.loads((tmp_path / "img.json").read_text())["intrinsics_estimate"]
     assert estimate["K"] == K and estimate["estimator"] == "pi3x" and estimate["licence"] == "CC-BY-NC-4.0"
     assert estimate["hfov_deg"] == pytest.approx(2 * np.degrees(np.arctan(80 / 90)), abs=1e-12)
+    assert estimate["vfov_deg"] == pytest.approx(2 * np.degrees(np.arctan(60 / 90)), abs=1e-12)
     np.testing.assert_allclose(np.load(tmp_path / "img_intrinsics.npy")[0], [[54.0, 0, 48.0], [0, 54.0, 32.0],
                                                                              [0, 0, 1]], atol=1e-4)
 
@@ -333,17 +335,24 @@ def _abort_without_loading(monkeypatch):
     monkeypatch.setattr(SanaWMPipeline, "from_model_root", classmethod(boom))
 
 
+_WIDE = 80 / np.tan(np.radians(75))  # fx giving 150° across the 160-px-wide image
+
+
+@pytest.mark.parametrize("K, message", [
+    ([[_WIDE, 0, 80], [0, _WIDE, 60], [0, 0, 1]],
+     "horizontal FOV of 150.0° (fx = 21.4 px for a 160-px-wide image)"),
+    ([[90.0, 0, 80], [0, 300.0, 60], [0, 0, 1]],  # 83.3° wide but 22.6° high: not a square-pixel camera
+     "vertical FOV of 22.6° (fy = 300.0 px for a 120-px-high image)"),
+], ids=["horizontal_150", "vertical_22.6"])
 def test_cli_aborts_on_an_estimated_fov_outside_25_to_120(files, pi3x_weights, tiny_pi3x_sizes, tmp_path, capsys,
-                                                         monkeypatch):
+                                                         monkeypatch, K, message):
     _abort_without_loading(monkeypatch)
-    fx = 80 / np.tan(np.radians(75))  # 150° across the 160-px-wide image
-    _fixed_estimate(monkeypatch, [[fx, 0, 80], [0, fx, 60], [0, 0, 1]])
+    _fixed_estimate(monkeypatch, K)
     rc = infer.main(_no_intrinsics_argv(files, tmp_path, "--intrinsics_estimator_weights", str(pi3x_weights)))
     assert rc == infer.EXIT_BAD_INPUT
     assert _one_line_error(capsys) == (
-        "infer.py: error: the intrinsics estimated by pi3x give a horizontal FOV of 150.0° (fx = 21.4 px for a "
-        "160-px-wide image), outside [25°, 120°]: the estimate is not trusted; " + PASS_INTRINSICS +
-        ", or pass other --intrinsics_estimator_weights")
+        f"infer.py: error: the intrinsics estimated by pi3x give a {message}, outside [25°, 120°]: the estimate is "
+        "not trusted; " + PASS_INTRINSICS + ", or pass other --intrinsics_estimator_weights")
 
 
 def test_cli_without_intrinsics_or_estimator_weights_names_both_ways_out(files, tmp_path, capsys, monkeypatch):
