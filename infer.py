@@ -3,6 +3,8 @@
     python infer.py --model_root SANA-WM_bidirectional --text_encoder_root gemma-2-2b-it \\
         --image first.png --prompt prompt.txt --action "w-60,wl-40,w-60" --intrinsics K.npy --output_dir out/
 
+Without --intrinsics, K is estimated from --image by Pi3X (--intrinsics_estimator_weights, a local folder).
+
 Every input is checked before any model is loaded; a bad one ends the run with exit status 2 and a one-line reason.
 Outputs in --output_dir: <name>.mp4 (H.264, --fps), <name>_c2w.npy (F, 4, 4) and <name>_intrinsics.npy (F, 3, 3)
 aligned with the video frames (intrinsics in output pixels), and <name>.json (timings per stage, peak memory,
@@ -63,7 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="units per frame for --action (default 0.05; 0.025 with --action_scheme unified)")
     i.add_argument("--rotation_speed_deg", type=float, default=None,
                    help="degrees per frame for --action (default 1.2; 0.6 with --action_scheme unified)")
-    i.add_argument("--intrinsics", help=".npy: (4,) fx,fy,cx,cy, (3,3) K, (F,4) or (F,3,3) in input-image pixels")
+    i.add_argument("--intrinsics", help=".npy: (4,) fx,fy,cx,cy, (3,3) K, (F,4) or (F,3,3) in input-image pixels; "
+                                        "without it K is estimated from --image (--intrinsics_estimator_weights)")
+    i.add_argument("--intrinsics_estimator", choices=["pi3x", "pi3"], default="pi3x",
+                   help="estimator of K when --intrinsics is not given (annotation package)")
+    i.add_argument("--intrinsics_estimator_weights", metavar="PATH",
+                   help="local folder with the estimator's official model.safetensors (+ config.json), or the file; "
+                        "the Pi3 / Pi3X weights are CC BY-NC 4.0 (non-commercial)")
 
     s = p.add_argument_group("sampling")
     s.add_argument("--num_frames", type=int, default=161, help="frames to generate, snapped to 8k+1 (161)")
@@ -117,6 +125,7 @@ class Inputs:
     output_dir: Path
     stem: str
     notices: list[str]
+    intrinsics_estimate: dict | None = None  # what estimated K when --intrinsics was not given (see the JSON)
 
 
 def _read_prompt(path: str) -> str:
@@ -161,29 +170,72 @@ def _trajectory(args) -> tuple[np.ndarray, str]:
     return _load_npy(args.camera, "--camera").astype(np.float64), f"--camera {args.camera!r}"
 
 
-def _intrinsics(args, image) -> tuple[np.ndarray, str]:
-    """The intrinsics as given or estimated (checked later, by the pipeline's plan) and how messages name them."""
+def _intrinsics(args, image) -> tuple[np.ndarray, str, dict | None]:
+    """The intrinsics as given or estimated (checked later, by the pipeline's plan), how messages name them, and the
+    estimate's record (None when given)."""
     if args.intrinsics is None:
-        return estimate_intrinsics(image), "estimated intrinsics"
-    return _load_npy(args.intrinsics, "--intrinsics"), f"--intrinsics {args.intrinsics!r}"
+        estimate = estimate_intrinsics(image, args.intrinsics_estimator, args.intrinsics_estimator_weights,
+                                       device=args.device, fps=args.fps)
+        return np.asarray(estimate["K"]), f"intrinsics estimated by {args.intrinsics_estimator}", estimate
+    return _load_npy(args.intrinsics, "--intrinsics"), f"--intrinsics {args.intrinsics!r}", None
 
 
-def estimate_intrinsics(image) -> np.ndarray:
-    """Hook for automatic intrinsics (Pi3X, docs/design/camera.md §9) from the annotation package.
+#: horizontal and vertical field of view (degrees) an estimated K must have; the annotation pipeline's FOV range
+FOV_RANGE_DEG = (25.0, 120.0)
 
-    Expected provider: ``annotation.intrinsics.estimate_intrinsics(image: PIL.Image) -> (3, 3) K`` in pixels of the
-    given (uncropped) image. Until it exists the user must pass ``--intrinsics``.
+_PASS_INTRINSICS = ("pass --intrinsics <file.npy> with (4,) [fx, fy, cx, cy], (3, 3) K, (F, 4) or (F, 3, 3) in "
+                    "input-image pixels")
+
+
+def estimate_intrinsics(image, estimator: str = "pi3x", weights: str | None = None, device: str | None = None,
+                        fps: float = 16.0) -> dict:
+    """K of ``image`` (PIL, in its own pixels) from the annotation package's estimator, gated on the horizontal FOV.
+
+    The single-image path needs a feed-forward model (Pi3X / Pi3: K from the predicted rays); the weight-free COLMAP
+    backend cannot calibrate from one image, so without ``weights`` this is an input error, never a default K.
+
+    Returns the JSON record: estimator, version, licence, weights, image_hw, K (3×3), hfov_deg, vfov_deg.
+
+    Raises:
+        InputError: no weights, unusable weights, a failed estimate, or a horizontal or vertical FOV outside
+            :data:`FOV_RANGE_DEG` (the message gives the FOV and the ways out).
     """
-    try:
-        from annotation.intrinsics import estimate_intrinsics as provider  # type: ignore[import-not-found]
-    except ImportError:
-        provider = None
-    if provider is None:
+    if weights is None:
         raise InputError(
-            "--intrinsics is required: automatic estimation needs the `annotation` package (not available yet); "
-            "pass --intrinsics <file.npy> with (4,) [fx, fy, cx, cy], (3, 3) K, (F, 4) or (F, 3, 3) in input-image pixels"
-        )
-    return np.asarray(provider(image), dtype=np.float64)
+            f"--intrinsics is required unless K can be estimated from the image: {_PASS_INTRINSICS}, or pass "
+            f"--intrinsics_estimator_weights <folder with the {estimator} model.safetensors (+ config.json)> to "
+            f"estimate K with {estimator} (weights CC BY-NC 4.0, non-commercial)")
+    from annotation.estimators import EstimationError, build_estimator
+    from annotation.quality import horizontal_fov_deg
+
+    try:
+        model = build_estimator(estimator, weights=weights, device=device)
+    except (FileNotFoundError, ValueError) as err:
+        raise InputError(f"--intrinsics_estimator_weights {weights!r}: {err}") from None
+    frame = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    try:
+        result = model.estimate(frame[None], fps)
+    except (EstimationError, ValueError) as err:
+        raise InputError(f"estimating the intrinsics of --image with {estimator} failed ({err}); "
+                         f"{_PASS_INTRINSICS}") from None
+    del model  # the estimator's weights leave memory before the generator loads
+    K = np.asarray(result.K[0], dtype=np.float64)
+    height, width = frame.shape[:2]
+    hfov = float(horizontal_fov_deg(K, width))
+    vfov = float(np.degrees(2 * np.arctan(height / (2 * K[1, 1]))))
+    lo, hi = FOV_RANGE_DEG
+    # Both axes are gated, as the reference CLI does; the horizontal one is the annotation pipeline's filter.
+    for axis, fov, focal, extent, size in (("horizontal", hfov, "fx", K[0, 0], f"{width}-px-wide"),
+                                           ("vertical", vfov, "fy", K[1, 1], f"{height}-px-high")):
+        if not lo <= fov <= hi:
+            raise InputError(
+                f"the intrinsics estimated by {result.estimator} give a {axis} FOV of {fov:.1f}° ({focal} = "
+                f"{extent:.1f} px for a {size} image), outside [{lo:g}°, {hi:g}°]: the estimate is not trusted; "
+                f"{_PASS_INTRINSICS}, or pass other --intrinsics_estimator_weights")
+    return {
+        "estimator": result.estimator, "version": result.version, "licence": result.licence, "weights": str(weights),
+        "image_hw": [int(height), int(width)], "K": K.tolist(), "hfov_deg": hfov, "vfov_deg": vfov,
+    }
 
 
 def _output_dir(path: str) -> Path:
@@ -233,7 +285,7 @@ def check_inputs(args) -> Inputs:
     except ValueError as err:
         raise InputError(str(err)) from None
     c2w, c2w_source = _trajectory(args)
-    intrinsics, intrinsics_source = _intrinsics(args, image)
+    intrinsics, intrinsics_source, estimate = _intrinsics(args, image)
     names = InputNames(c2w=c2w_source, intrinsics=intrinsics_source, num_frames="--num_frames", no_refine="--no_refiner")
     try:
         plan = plan_trajectory(c2w, intrinsics, args.num_frames, refine=not args.no_refiner, clip_to_trajectory=False,
@@ -243,7 +295,13 @@ def check_inputs(args) -> Inputs:
     stem = args.output_name or Path(args.image).stem
     if not stem or os.sep in stem:
         raise InputError(f"--output_name must be a plain file stem; got {stem!r}")
-    return Inputs(image, prompt, c2w, plan.intrinsics, plan.num_frames, output_dir, stem, list(plan.notices))
+    notices = list(plan.notices)
+    if estimate is not None:
+        K = estimate["K"]
+        notices.insert(0, f"intrinsics estimated by {estimate['estimator']} ({estimate['licence']} weights) from "
+                          f"--image: fx={K[0][0]:.1f} fy={K[1][1]:.1f} cx={K[0][2]:.1f} cy={K[1][2]:.1f}, horizontal "
+                          f"FOV {estimate['hfov_deg']:.1f}°, vertical {estimate['vfov_deg']:.1f}°")
+    return Inputs(image, prompt, c2w, plan.intrinsics, plan.num_frames, output_dir, stem, notices, estimate)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -329,6 +387,7 @@ def run(args, inputs: Inputs) -> dict:
         "realtime_factor": generation_s / duration if duration > 0 else None,
         "peak_memory_bytes": result.peak_memory,
         "notices": inputs.notices + result.notices,
+        "intrinsics_estimate": inputs.intrinsics_estimate,
         "args": {k: v for k, v in vars(args).items()},
     }
     json_path = stem.with_suffix(".json")

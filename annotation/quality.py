@@ -11,7 +11,7 @@ import numpy as np
 from annotation.estimators.base import PoseResult
 from annotation.geometry import rotation_angle_deg
 
-__all__ = ["QualityConfig", "assess"]
+__all__ = ["QualityConfig", "assess", "horizontal_fov_deg"]
 
 
 @dataclass
@@ -44,6 +44,11 @@ class QualityConfig:
     max_speed_mps: float = 30.0
 
 
+def horizontal_fov_deg(K: np.ndarray, width: int) -> np.ndarray:
+    """Horizontal field of view in degrees of (…, 3, 3) intrinsics for frames ``width`` pixels wide."""
+    return np.degrees(2 * np.arctan(width / (2 * np.asarray(K, np.float64)[..., 0, 0])))
+
+
 def assess(result: PoseResult, width: int, fps: float, cfg: QualityConfig) -> tuple[dict[str, Any], list[str]]:
     """Scores of a clip and the reasons to reject it (empty = keep).
 
@@ -53,7 +58,7 @@ def assess(result: PoseResult, width: int, fps: float, cfg: QualityConfig) -> tu
     """
     c2w, K = result.c2w, result.K
     n = len(c2w)
-    fov = np.degrees(2 * np.arctan(width / (2 * K[:, 0, 0])))
+    fov = horizontal_fov_deg(K, width)
     steps = np.linalg.norm(np.diff(c2w[:, :3, 3], axis=0), axis=1) * result.scale
     rot_steps = rotation_angle_deg(c2w[:-1, :3, :3], c2w[1:, :3, :3]) if n > 1 else np.zeros(0)
     path = float(steps.sum())

@@ -162,7 +162,7 @@ BAD = {
     "intrinsics_shape": (["--action", "w-16", "--intrinsics", "{d}/K_bad.npy"], "must have shape"),
     "intrinsics_nonpositive": (["--action", "w-16", "--intrinsics", "{d}/K_zero.npy"], "> 0"),
     "intrinsics_length": (["--action", "w-16", "--intrinsics", "{d}/K_short.npy"], "per-frame"),
-    "intrinsics_missing": (["--action", "w-16", "--intrinsics", None], "--intrinsics is required"),
+    "intrinsics_missing": (["--action", "w-16", "--intrinsics", None], "--intrinsics_estimator_weights <folder"),
     "image_unreadable": (["--action", "w-16", "--image", "{d}/notimage.png"], "not a readable image"),
     "prompt_empty": (["--action", "w-16", "--prompt", "{d}/empty.txt"], "empty"),
     "prompt_missing": (["--action", "w-16", "--prompt", "{d}/nope.txt"], "not found"),
@@ -219,3 +219,162 @@ def test_subprocess_exit_status(files, tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("infer.py: error: --action gives 5 poses")
+
+
+# --------------------------------------------------------------------------------------------------
+# Without --intrinsics: K estimated from --image by the annotation package's Pi3X
+# --------------------------------------------------------------------------------------------------
+
+PASS_INTRINSICS = ("pass --intrinsics <file.npy> with (4,) [fx, fy, cx, cy], (3, 3) K, (F, 4) or (F, 3, 3) in "
+                   "input-image pixels")
+
+
+@pytest.fixture(scope="module")
+def pi3x_weights(files):
+    """A tiny random Pi3X in the released layout (model.safetensors + config.json).
+
+    Seed 11 is one whose random heads give this image a usable K (FOV ~35° wide, ~117° high); most random tiny models give
+    a negative or near-zero focal length, which the FOV gate rejects (test below)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from annotation.models.pi3 import build_pi3
+
+    torch.manual_seed(11)
+    model = build_pi3("tiny")
+    folder = files["dir"] / "pi3x"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"pos_type": "rope100", "decoder_size": "large"}))
+    return folder
+
+
+@pytest.fixture
+def tiny_pi3x_sizes(monkeypatch):
+    """The loader builds the released Pi3X sizes; here the tiny preset stands in for them."""
+    from annotation.models import pi3
+
+    monkeypatch.setitem(pi3.PRESETS, "pi3x", pi3.PRESETS["tiny"])
+
+
+def _no_intrinsics_argv(files, out, *extra):
+    return ["--model_root", str(files["root"]), "--image", str(files["image"]), "--prompt", str(files["prompt"]),
+            "--action", "w-8", "--num_frames", "9", "--no_refiner", "--step", "1", "--no_action_overlay",
+            "--device", "cpu", "--output_dir", str(out), *extra]
+
+
+def _fov(focal: float, extent: int = 160) -> float:
+    return float(np.degrees(2 * np.arctan(extent / (2 * focal))))
+
+
+def test_cli_estimates_intrinsics_with_pi3x_weights(files, pi3x_weights, tiny_pi3x_sizes, tmp_path, capsys):
+    from annotation.estimators.pi3 import Pi3Estimator
+
+    frame = np.asarray(Image.open(files["image"]).convert("RGB"))[None]
+    K = Pi3Estimator(pi3x_weights, device="cpu").estimate(frame, 16.0).K[0]
+    assert 25 < _fov(K[0, 0]) < 120 and 25 < _fov(K[1, 1], 120) < 120, "the fixture's seed no longer gives a usable K"
+
+    rc = infer.main(_no_intrinsics_argv(files, tmp_path, "--intrinsics_estimator_weights", str(pi3x_weights)))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "intrinsics estimated by pi3x (CC-BY-NC-4.0 weights) from --image" in err
+    estimate = json.loads((tmp_path / "img.json").read_text())["intrinsics_estimate"]
+    assert {k: estimate[k] for k in ("estimator", "version", "licence", "weights", "image_hw")} == {
+        "estimator": "pi3x", "version": "pi3x-impl1", "licence": "CC-BY-NC-4.0", "weights": str(pi3x_weights),
+        "image_hw": [120, 160]}
+    np.testing.assert_allclose(estimate["K"], K, rtol=1e-6)
+    assert estimate["hfov_deg"] == pytest.approx(_fov(K[0, 0]), rel=1e-6)
+    assert estimate["vfov_deg"] == pytest.approx(_fov(K[1, 1], 120), rel=1e-6)
+    # the estimate is what the pipeline used: 0.6 resize, 4 rows cropped top and bottom (120x160 → 64x96)
+    expected = np.array([[0.6 * K[0, 0], 0, 0.6 * K[0, 2]], [0, 0.6 * K[1, 1], 0.6 * K[1, 2] - 4], [0, 0, 1]])
+    np.testing.assert_allclose(np.load(tmp_path / "img_intrinsics.npy")[0], expected, rtol=1e-5)
+
+
+def _fixed_estimate(monkeypatch, K):
+    """Pi3X still loads the weights folder; only its output is replaced by ``K`` (for an exact FOV)."""
+    from annotation.estimators import PoseResult
+    from annotation.estimators.pi3 import Pi3Estimator
+
+    def estimate(self, frames, fps, known_intrinsics=None):
+        assert frames.shape == (1, 120, 160, 3)
+        return PoseResult(c2w=np.eye(4)[None], K=np.asarray(K, float)[None], confidence=np.ones(1), scale=1.0,
+                          scale_kind="metric", estimator=self.name, version=self.version, licence=self.licence)
+
+    monkeypatch.setattr(Pi3Estimator, "estimate", estimate)
+
+
+def test_cli_estimated_K_reaches_the_pipeline_and_the_json(files, pi3x_weights, tiny_pi3x_sizes, tmp_path, capsys,
+                                                            monkeypatch):
+    K = [[90.0, 0, 80], [0, 90.0, 60], [0, 0, 1]]
+    _fixed_estimate(monkeypatch, K)
+    seen = {}
+    generate = SanaWMPipeline.generate
+
+    def spy(self, image, prompt, c2w, intrinsics, **kw):
+        seen["intrinsics"] = np.array(intrinsics, copy=True)
+        return generate(self, image, prompt, c2w, intrinsics, **kw)
+
+    monkeypatch.setattr(SanaWMPipeline, "generate", spy)
+    rc = infer.main(_no_intrinsics_argv(files, tmp_path, "--intrinsics_estimator_weights", str(pi3x_weights)))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "fx=90.0 fy=90.0 cx=80.0 cy=60.0, horizontal FOV 83.3°, vertical 67.4°" in err
+    np.testing.assert_array_equal(seen["intrinsics"], np.tile([90.0, 90.0, 80.0, 60.0], (9, 1)))
+    estimate = json.loads((tmp_path / "img.json").read_text())["intrinsics_estimate"]
+    assert estimate["K"] == K and estimate["estimator"] == "pi3x" and estimate["licence"] == "CC-BY-NC-4.0"
+    assert estimate["hfov_deg"] == pytest.approx(2 * np.degrees(np.arctan(80 / 90)), abs=1e-12)
+    assert estimate["vfov_deg"] == pytest.approx(2 * np.degrees(np.arctan(60 / 90)), abs=1e-12)
+    np.testing.assert_allclose(np.load(tmp_path / "img_intrinsics.npy")[0], [[54.0, 0, 48.0], [0, 54.0, 32.0],
+                                                                             [0, 0, 1]], atol=1e-4)
+
+
+def _abort_without_loading(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the generator was loaded despite unusable intrinsics")
+
+    monkeypatch.setattr(SanaWMPipeline, "from_model_root", classmethod(boom))
+
+
+_WIDE = 80 / np.tan(np.radians(75))  # fx giving 150° across the 160-px-wide image
+
+
+@pytest.mark.parametrize("K, message", [
+    ([[_WIDE, 0, 80], [0, _WIDE, 60], [0, 0, 1]],
+     "horizontal FOV of 150.0° (fx = 21.4 px for a 160-px-wide image)"),
+    ([[90.0, 0, 80], [0, 300.0, 60], [0, 0, 1]],  # 83.3° wide but 22.6° high: not a square-pixel camera
+     "vertical FOV of 22.6° (fy = 300.0 px for a 120-px-high image)"),
+], ids=["horizontal_150", "vertical_22.6"])
+def test_cli_aborts_on_an_estimated_fov_outside_25_to_120(files, pi3x_weights, tiny_pi3x_sizes, tmp_path, capsys,
+                                                         monkeypatch, K, message):
+    _abort_without_loading(monkeypatch)
+    _fixed_estimate(monkeypatch, K)
+    rc = infer.main(_no_intrinsics_argv(files, tmp_path, "--intrinsics_estimator_weights", str(pi3x_weights)))
+    assert rc == infer.EXIT_BAD_INPUT
+    assert _one_line_error(capsys) == (
+        f"infer.py: error: the intrinsics estimated by pi3x give a {message}, outside [25°, 120°]: the estimate is "
+        "not trusted; " + PASS_INTRINSICS + ", or pass other --intrinsics_estimator_weights")
+
+
+def test_cli_without_intrinsics_or_estimator_weights_names_both_ways_out(files, tmp_path, capsys, monkeypatch):
+    _abort_without_loading(monkeypatch)
+    rc = infer.main(_no_intrinsics_argv(files, tmp_path))
+    assert rc == infer.EXIT_BAD_INPUT
+    assert _one_line_error(capsys) == (
+        "infer.py: error: --intrinsics is required unless K can be estimated from the image: " + PASS_INTRINSICS +
+        ", or pass --intrinsics_estimator_weights <folder with the pi3x model.safetensors (+ config.json)> to "
+        "estimate K with pi3x (weights CC BY-NC 4.0, non-commercial)")
+
+
+def test_cli_estimator_weights_missing_or_of_the_wrong_variant(files, pi3x_weights, tiny_pi3x_sizes, tmp_path, capsys,
+                                                               monkeypatch):
+    _abort_without_loading(monkeypatch)
+    missing = tmp_path / "nowhere"
+    assert infer.main(_no_intrinsics_argv(files, tmp_path, "--intrinsics_estimator_weights", str(missing))) == 2
+    assert _one_line_error(capsys) == (
+        f"infer.py: error: --intrinsics_estimator_weights {str(missing)!r}: no Pi3 checkpoint at "
+        f"{missing}: expected a folder holding model.safetensors (+ config.json) as released for "
+        "'pi3x', or the .safetensors file itself.")
+    rc = infer.main(_no_intrinsics_argv(files, tmp_path, "--intrinsics_estimator_weights", str(pi3x_weights),
+                                        "--intrinsics_estimator", "pi3"))
+    assert rc == 2
+    assert "holds pi3x weights ('metric_token' present) but variant 'pi3' was asked for" in _one_line_error(capsys)
