@@ -84,7 +84,8 @@ def test_folder_of_videos_to_shards_with_bad_inputs_skipped_and_resume(tmp_path,
     c2w = np.load(f"{stem}.c2w.npy")
     K = np.load(f"{stem}.intrinsics.npy")
     err = trajectory_errors(c2w, clip.c2w)
-    assert err["ate_rmse"] < 0.05 and err["rot_mean_deg"] < 0.6  # through H.264 at 192×336
+    # through H.264 at 192×336 (x264 output differs from run to run here; 17 encodes: ATE ≤ 0.031, rot ≤ 0.42°)
+    assert err["ate_rmse"] < 0.05 and err["rot_mean_deg"] < 0.6
     np.testing.assert_allclose(K, np.broadcast_to(clip.K, (33, 3, 3)), rtol=1e-12)
     manifest = json.loads((out / "shards" / "manifest.json").read_text())
     assert manifest["num_samples"] == 1 and manifest["num_frames"] == 33
