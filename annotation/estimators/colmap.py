@@ -146,9 +146,11 @@ class ColmapEstimator:
             tmp = Path(tmp)
             images = tmp / "images"
             images.mkdir()
-            names = [f"{i:06d}.png" for i in range(N)]
+            # BMP, not PNG: decord's wheel bundles an old zlib, and when decord is imported before pycolmap,
+            # COLMAP's PNG reader binds to it and fails on every image ("bad parameters to zlib").
+            names = [f"{i:06d}.bmp" for i in range(N)]
             for name, f in zip(names, frames, strict=True):
-                Image.fromarray(f).save(images / name, compress_level=1)
+                Image.fromarray(f).save(images / name)
             self._extract_and_match(tmp / "db.db", images, None if K_known is None else K_known[0])
             kinds = ["incremental"] if self.mapper == "incremental" or (
                 self.mapper == "auto" and not hasattr(_pycolmap(), "global_mapping")) else ["global"]
