@@ -55,16 +55,17 @@ class ColmapEstimator:
         metres_per_unit: a user-given scale; None leaves the scale relative.
         seed: COLMAP's random seed (RANSAC, global positioning), for repeatable runs.
         guided_matching: after a pair's geometric verification, match its features again restricted to the
-            verified epipolar geometry. On repetitive texture (bricks, tiles) the plain ratio test discards
-            most true matches as ambiguous, and a pair left with few, partly wrong matches can misplace a
-            frame by many degrees; guided matching keeps the unambiguous epipolar-consistent ones.
+            verified epipolar geometry (the ratio test then only compares candidates near the epipolar line).
+            On a brick wall, where the plain ratio test drops most true matches as ambiguous, it doubles the
+            3-D points and stops frames from being misplaced; on other repetitive patterns it reinforces a
+            wrong two-view geometry and makes the trajectory worse. Off by default; see bench/RESULTS.md.
     """
 
     licence = "none: weight-free (COLMAP is BSD-3-Clause)"
 
     def __init__(self, mapper: str = "auto", overlap: int = 10, min_registered: float = 0.5, num_threads: int = -1,
                  max_num_features: int = 8192, metres_per_unit: float | None = None, seed: int = 0,
-                 guided_matching: bool = True):
+                 guided_matching: bool = False):
         if mapper not in ("auto", "global", "incremental"):
             raise ValueError(f"`mapper` must be 'auto', 'global' or 'incremental'; got {mapper!r}.")
         if not 0 < min_registered <= 1:
