@@ -54,12 +54,18 @@ class ColmapEstimator:
         max_num_features: SIFT features per frame.
         metres_per_unit: a user-given scale; None leaves the scale relative.
         seed: COLMAP's random seed (RANSAC, global positioning), for repeatable runs.
+        guided_matching: after a pair's geometric verification, match its features again restricted to the
+            verified epipolar geometry (the ratio test then only compares candidates near the epipolar line).
+            On a brick wall, where the plain ratio test drops most true matches as ambiguous, it doubles the
+            3-D points and stops frames from being misplaced; on other repetitive patterns it reinforces a
+            wrong two-view geometry and makes the trajectory worse. Off by default; see bench/RESULTS.md.
     """
 
     licence = "none: weight-free (COLMAP is BSD-3-Clause)"
 
     def __init__(self, mapper: str = "auto", overlap: int = 10, min_registered: float = 0.5, num_threads: int = -1,
-                 max_num_features: int = 8192, metres_per_unit: float | None = None, seed: int = 0):
+                 max_num_features: int = 8192, metres_per_unit: float | None = None, seed: int = 0,
+                 guided_matching: bool = False):
         if mapper not in ("auto", "global", "incremental"):
             raise ValueError(f"`mapper` must be 'auto', 'global' or 'incremental'; got {mapper!r}.")
         if not 0 < min_registered <= 1:
@@ -71,7 +77,7 @@ class ColmapEstimator:
             raise ValueError(f"mapper 'global' needs pycolmap ≥ 3.12 (global_mapping); installed: {pycolmap.__version__}.")
         self.mapper, self.overlap, self.min_registered = mapper, int(overlap), float(min_registered)
         self.num_threads, self.max_num_features, self.seed = int(num_threads), int(max_num_features), int(seed)
-        self.metres_per_unit = metres_per_unit
+        self.metres_per_unit, self.guided_matching = metres_per_unit, bool(guided_matching)
         self.name = "colmap"
         self.version = f"pycolmap {pycolmap.__version__}"
 
@@ -94,6 +100,7 @@ class ColmapEstimator:
         matching = pycolmap.FeatureMatchingOptions()
         matching.use_gpu = False
         matching.num_threads = self.num_threads
+        matching.guided_matching = self.guided_matching
         pairing = pycolmap.SequentialPairingOptions()
         pairing.overlap = self.overlap
         pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu)
@@ -140,9 +147,11 @@ class ColmapEstimator:
             tmp = Path(tmp)
             images = tmp / "images"
             images.mkdir()
-            names = [f"{i:06d}.png" for i in range(N)]
+            # BMP, not PNG: decord's wheel bundles an old zlib, and when decord is imported before pycolmap,
+            # COLMAP's PNG reader binds to it and fails on every image ("bad parameters to zlib").
+            names = [f"{i:06d}.bmp" for i in range(N)]
             for name, f in zip(names, frames, strict=True):
-                Image.fromarray(f).save(images / name, compress_level=1)
+                Image.fromarray(f).save(images / name)
             self._extract_and_match(tmp / "db.db", images, None if K_known is None else K_known[0])
             kinds = ["incremental"] if self.mapper == "incremental" or (
                 self.mapper == "auto" and not hasattr(_pycolmap(), "global_mapping")) else ["global"]

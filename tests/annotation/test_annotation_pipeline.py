@@ -68,10 +68,15 @@ def test_folder_of_videos_to_shards_with_bad_inputs_skipped_and_resume(tmp_path,
     (videos / "short.mp4").write_bytes(encode_mp4(clip.frames[:9], 16.0))
 
     fx, fy, cx, cy = clip.K[0, 0], clip.K[1, 1], clip.K[0, 2], clip.K[1, 2]
-    args = [str(videos), str(out), "estimator_options.num_threads=1", f"known_intrinsics=[{fx},{fy},{cx},{cy}]"]
+    # x264 output differs from run to run on this machine, so every run decodes slightly different frames.
+    # Plain SIFT matching on this brick wall misplaces a frame (pose_jump) or misses the accuracy bounds below
+    # for about 1 encode in 3; guided matching kept every one of them (bench/RESULTS.md).
+    args = [str(videos), str(out), "estimator_options.num_threads=1", "estimator_options.guided_matching=true",
+            f"known_intrinsics=[{fx},{fy},{cx},{cy}]"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["videos"] == 4 and summary["kept"] == 1
+    assert summary["config"]["estimator_options"] == {"num_threads": 1, "guided_matching": True}
     assert summary["rejected"] == {"portrait": 1, "too_short": 1, "unreadable": 1}
     assert summary["shards"]["written"] == 1
     table = capsys.readouterr().out
