@@ -401,6 +401,9 @@ def load_lora(
     config = getattr(model, "config", None)
     if check_config and "sana_wm_config" in meta and config is not None and hasattr(config, "to_dict"):
         theirs, ours = json.loads(meta["sana_wm_config"]), config.to_dict()
+        # Adapters written before the model recorded `camera_rms_downscale` were trained with the clamp in every
+        # block (the only behaviour then): compare them as "all", so the error names the setting that fits them.
+        theirs.setdefault("camera_rms_downscale", "all")
         diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
         if diff:
             raise LoraError(

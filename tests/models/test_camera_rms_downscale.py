@@ -2,6 +2,8 @@
 order of operations (nvidia_camera_oracle.py), clamp on exactly in the blocks the mode names; float64 on CPU, a tiny
 random model (real head dim 112, three GDN blocks and one softmax block), random block inputs and a moving camera."""
 
+import json
+
 import pytest
 import torch
 from model_testing import moving_camera, randomize
@@ -73,3 +75,17 @@ def test_a_lora_adapter_follows_the_option(tmp_path):
     load_lora(SanaWM.from_preset("tiny", camera_rms_downscale="all"), path)
     with pytest.raises(LoraError, match=r"camera_rms_downscale: adapter 'all' vs model 'softmax'"):
         load_lora(SanaWM.from_preset("tiny"), path)
+
+    # An adapter from before the option existed (no record) was trained with the clamp everywhere: it loads on "all"
+    # and is refused on the default, naming "all" as the setting that fits.
+    from safetensors.torch import load_file, save_file
+
+    from sana_wm.training.lora import read_lora
+
+    tensors, meta = read_lora(path)
+    old = json.loads(meta["sana_wm_config"])
+    del old["camera_rms_downscale"]
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata={**meta, "sana_wm_config": json.dumps(old)})
+    load_lora(SanaWM.from_preset("tiny", camera_rms_downscale="all"), tmp_path / "old.safetensors")
+    with pytest.raises(LoraError, match=r"camera_rms_downscale: adapter 'all' vs model 'softmax'"):
+        load_lora(SanaWM.from_preset("tiny"), tmp_path / "old.safetensors")
