@@ -206,7 +206,7 @@ def estimate_intrinsics(image, estimator: str = "pi3x", weights: str | None = No
             f"--intrinsics_estimator_weights <folder with the {estimator} model.safetensors (+ config.json)> to "
             f"estimate K with {estimator} (weights CC BY-NC 4.0, non-commercial)")
     from annotation.estimators import EstimationError, build_estimator
-    from annotation.quality import horizontal_fov_deg
+    from sana_wm.camera import fov_deg
 
     try:
         model = build_estimator(estimator, weights=weights, device=device)
@@ -221,8 +221,7 @@ def estimate_intrinsics(image, estimator: str = "pi3x", weights: str | None = No
     del model  # the estimator's weights leave memory before the generator loads
     K = np.asarray(result.K[0], dtype=np.float64)
     height, width = frame.shape[:2]
-    hfov = float(horizontal_fov_deg(K, width))
-    vfov = float(np.degrees(2 * np.arctan(height / (2 * K[1, 1]))))
+    hfov, vfov = (float(v) for v in fov_deg(K, height, width))
     lo, hi = FOV_RANGE_DEG
     # Both axes are gated, as the reference CLI does; the horizontal one is the annotation pipeline's filter.
     for axis, fov, focal, extent, size in (("horizontal", hfov, "fx", K[0, 0], f"{width}-px-wide"),

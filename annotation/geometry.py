@@ -107,15 +107,10 @@ def align_trajectories(est: np.ndarray, gt: np.ndarray, with_scale: bool = True)
 
 
 def rotation_angle_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
-    """Geodesic angle (degrees) between rotations ``(..., 3, 3)``.
+    """Geodesic angle (degrees) between rotations ``(..., 3, 3)``: ``sana_wm.camera.rotation_angle`` in degrees."""
+    from sana_wm.camera import rotation_angle
 
-    atan2(sin, cos) of the relative rotation M = Raᵀ·Rb, with sin from M's skew part: arccos of the
-    trace alone turns a 1e-7 rounding error into a 0.03° angle near zero.
-    """
-    M = np.swapaxes(Ra, -1, -2) @ Rb
-    cos = (np.trace(M, axis1=-2, axis2=-1) - 1.0) / 2.0
-    skew = np.stack([M[..., 2, 1] - M[..., 1, 2], M[..., 0, 2] - M[..., 2, 0], M[..., 1, 0] - M[..., 0, 1]], -1)
-    return np.degrees(np.arctan2(np.linalg.norm(skew, axis=-1) / 2.0, cos))
+    return np.degrees(rotation_angle(Ra, Rb))
 
 
 def trajectory_errors(est: np.ndarray, gt: np.ndarray, with_scale: bool = True) -> dict[str, float]:

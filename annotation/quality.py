@@ -46,7 +46,9 @@ class QualityConfig:
 
 def horizontal_fov_deg(K: np.ndarray, width: int) -> np.ndarray:
     """Horizontal field of view in degrees of (…, 3, 3) intrinsics for frames ``width`` pixels wide."""
-    return np.degrees(2 * np.arctan(width / (2 * np.asarray(K, np.float64)[..., 0, 0])))
+    from sana_wm.camera import fov_deg
+
+    return fov_deg(K, 1, width)[0]
 
 
 def assess(result: PoseResult, width: int, fps: float, cfg: QualityConfig) -> tuple[dict[str, Any], list[str]]:

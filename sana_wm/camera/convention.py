@@ -199,9 +199,11 @@ def scale_translation(c2w: np.ndarray | torch.Tensor, scale: float) -> np.ndarra
 
 
 def rotation_angle(R_a: Any, R_b: Any) -> np.ndarray:
-    """Geodesic angle in radians between rotations: ``arccos(clamp((tr(R_aᵀ R_b) − 1) / 2, −1, 1))``.
+    """Geodesic angle in radians between rotations: the angle of M = R_aᵀ R_b.
 
-    Near 0 the arccos resolves angles only to about √ε ≈ 1e-8 rad.
+    Computed as atan2(‖skew(M)‖ / 2, (tr M − 1) / 2), which equals the published
+    ``arccos(clamp((tr(R_aᵀ R_b) − 1) / 2, −1, 1))`` but keeps full precision near 0 and π (the arccos alone
+    turns a 1e-16 rounding of the trace into a 1e-8 rad angle).
 
     Args:
         R_a, R_b: ``(..., 3, 3)`` rotations (numpy or anything ``np.asarray`` takes), broadcastable.
@@ -210,8 +212,10 @@ def rotation_angle(R_a: Any, R_b: Any) -> np.ndarray:
         ``(...)`` float64 angles in [0, π].
     """
     R_a, R_b = np.asarray(R_a, dtype=np.float64), np.asarray(R_b, dtype=np.float64)
-    cos = (np.einsum("...ij,...ij->...", R_a, R_b) - 1.0) / 2.0  # tr(AᵀB) = Σ A∘B
-    return np.arccos(np.clip(cos, -1.0, 1.0))
+    M = np.swapaxes(R_a, -1, -2) @ R_b
+    cos = (np.trace(M, axis1=-2, axis2=-1) - 1.0) / 2.0
+    skew = np.stack([M[..., 2, 1] - M[..., 1, 2], M[..., 0, 2] - M[..., 2, 0], M[..., 1, 0] - M[..., 0, 1]], -1)
+    return np.arctan2(np.linalg.norm(skew, axis=-1) / 2.0, cos)
 
 
 def yaw_matrix(angle: float) -> np.ndarray:

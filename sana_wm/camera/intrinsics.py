@@ -28,6 +28,7 @@ __all__ = [
     "as_fxfycxcy",
     "intrinsics_matrix",
     "pinhole_intrinsics",
+    "fov_deg",
     "resize_crop_geometry",
     "crop_intrinsics",
     "to_latent_units",
@@ -132,6 +133,14 @@ def pinhole_intrinsics(height: int, width: int, fov_x_deg: float) -> np.ndarray:
     at the image centre ((W − 1)/2, (H − 1)/2) of the integer pixel grid (pixel centres at integers)."""
     f = (width / 2.0) / math.tan(math.radians(fov_x_deg) / 2.0)
     return intrinsics_matrix(np.array([f, f, (width - 1) / 2.0, (height - 1) / 2.0]))
+
+
+def fov_deg(K: Any, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(horizontal, vertical) field of view in degrees of ``(..., 3, 3)`` intrinsics for ``height × width`` frames:
+    2·atan(W / 2fx) and 2·atan(H / 2fy), the inverse of :func:`pinhole_intrinsics`."""
+    K = np.asarray(K, dtype=np.float64)
+    return (np.degrees(2 * np.arctan(width / (2 * K[..., 0, 0]))),
+            np.degrees(2 * np.arctan(height / (2 * K[..., 1, 1]))))
 
 
 @dataclass(frozen=True)

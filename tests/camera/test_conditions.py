@@ -6,6 +6,8 @@ The diffusers 0.42.1 SANA-WM port (`pipelines/sana_wm/cam_utils.py`) is the orac
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -304,3 +306,14 @@ def test_camera_tensors_are_prepare_camera_without_the_checks():
         assert torch.equal(x, y)
     with pytest.raises(ValueError, match=r"8k\+1"):
         camera_tensors(c2w[:12], intr[:12], (64, 96), (2, 3))
+
+
+def test_fov_deg_inverts_pinhole_intrinsics():
+    from sana_wm.camera import fov_deg, pinhole_intrinsics
+
+    K = pinhole_intrinsics(128, 224, 70.0)  # f = 112 / tan(35°)
+    hfov, vfov = fov_deg(K, 128, 224)
+    assert hfov == pytest.approx(70.0, abs=1e-12)
+    assert vfov == pytest.approx(math.degrees(2 * math.atan(64 * math.tan(math.radians(35.0)) / 112)), abs=1e-12)
+    per_frame = fov_deg(np.stack([K, 2 * K]), 128, 224)[0]  # doubled focal length (K[2, 2] unused)
+    assert per_frame[1] == pytest.approx(math.degrees(2 * math.atan(math.tan(math.radians(35.0)) / 2)), abs=1e-12)
