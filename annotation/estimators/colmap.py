@@ -13,6 +13,17 @@ recovers better when matches are weak. ``'auto'`` (default) uses global mapping 
 pycolmap has it and falls back to incremental mapping when it registers fewer than ``min_registered``
 of the frames.
 
+COLMAP runs in a fresh Python process (``python -m annotation.estimators.colmap JOB_DIR``), never in the
+caller's, because a library loaded earlier with global symbol visibility changes what COLMAP computes.
+decord loads its shared library with ``RTLD_GLOBAL``; that library carries its own copies of C++
+standard-library functions (hash-table bucket policy, string and vector members, thread helpers) and
+an old zlib, and the dynamic linker binds pycolmap's references to ~130 of those symbols instead of
+pycolmap's own. With decord imported first, the same clip, seed and single thread gave the same
+features and matches but a different global-positioning start and a 6× worse trajectory
+(bench/RESULTS.md), and COLMAP's PNG reader failed outright. The worker imports only numpy, pycolmap
+and this package's numpy helpers, so the result does not depend on what the caller imported. Frames
+travel as BMP files in a temporary folder.
+
 COLMAP puts pixel centres at +½ (the top-left pixel's centre is (0.5, 0.5)); this module converts to
 and from the project's integer-index convention (cx_colmap = cx + ½).
 
@@ -22,7 +33,10 @@ Confidence: 1 for frames the reconstruction registered, 0 for frames whose pose 
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,7 +58,7 @@ def _pycolmap():
 
 
 class ColmapEstimator:
-    """COLMAP structure-from-motion as a pose estimator (CPU).
+    """COLMAP structure-from-motion as a pose estimator (CPU, in a worker process).
 
     Args:
         mapper: 'auto', 'global' or 'incremental' (module docstring).
@@ -81,53 +95,20 @@ class ColmapEstimator:
         self.name = "colmap"
         self.version = f"pycolmap {pycolmap.__version__}"
 
-    # -- COLMAP stages -----------------------------------------------------------------------------
-
-    def _extract_and_match(self, db: Path, images: Path, K: np.ndarray | None) -> None:
-        pycolmap = _pycolmap()
-        reader = pycolmap.ImageReaderOptions()
-        if K is not None:
-            reader.camera_model = "PINHOLE"
-            reader.camera_params = ",".join(repr(float(v)) for v in (K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5))
-        else:
-            reader.camera_model = "SIMPLE_PINHOLE"
-        extraction = pycolmap.FeatureExtractionOptions()
-        extraction.use_gpu = False
-        extraction.num_threads = self.num_threads
-        extraction.sift.max_num_features = self.max_num_features
-        pycolmap.extract_features(db, images, camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
-                                  extraction_options=extraction, device=pycolmap.Device.cpu)
-        matching = pycolmap.FeatureMatchingOptions()
-        matching.use_gpu = False
-        matching.num_threads = self.num_threads
-        matching.guided_matching = self.guided_matching
-        pairing = pycolmap.SequentialPairingOptions()
-        pairing.overlap = self.overlap
-        pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu)
-
-    def _map(self, kind: str, db: Path, images: Path, out: Path, fixed_K: bool):
-        pycolmap = _pycolmap()
-        out.mkdir(parents=True, exist_ok=True)
-        if kind == "global":
-            options = pycolmap.GlobalPipelineOptions()
-            options.num_threads = self.num_threads
-            options.random_seed = self.seed
-            ba = options.mapper.bundle_adjustment
-            ba.refine_focal_length = not fixed_K
-            ba.refine_extra_params = not fixed_K
-            ba.refine_principal_point = False
-            ba.ceres.use_gpu = False
-            recs = pycolmap.global_mapping(db, images, out, options)
-        else:
-            options = pycolmap.IncrementalPipelineOptions()
-            options.num_threads = self.num_threads
-            options.random_seed = self.seed
-            options.ba_refine_focal_length = not fixed_K
-            options.ba_refine_extra_params = not fixed_K
-            options.ba_refine_principal_point = False
-            options.ba_use_gpu = False
-            recs = pycolmap.incremental_mapping(db, images, out, options)
-        return max(recs.values(), key=lambda r: r.num_reg_images()) if recs else None
+    def _run_worker(self, job: Path) -> dict[str, Any]:
+        # the worker must run this very package (a checkout on sys.path may shadow an installed copy)
+        root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+        with open(job / "colmap.log", "wb") as log:
+            rc = subprocess.run([sys.executable, "-m", "annotation.estimators.colmap", str(job)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+        if rc != 0:
+            tail = (job / "colmap.log").read_bytes()[-3000:].decode(errors="replace")
+            if rc < 0:  # killed by a signal inside COLMAP: this clip, not the pipeline
+                raise EstimationError("sfm_crashed", f"the COLMAP worker died with signal {-rc}; log tail:\n{tail}")
+            raise RuntimeError(f"the COLMAP worker ({sys.executable} -m annotation.estimators.colmap) exited with "
+                               f"status {rc}; log tail:\n{tail}")
+        return json.loads((job / "result.json").read_text())
 
     # -- the interface -----------------------------------------------------------------------------
 
@@ -137,56 +118,131 @@ class ColmapEstimator:
         from PIL import Image
 
         frames = check_frames(frames)
-        N, H, W = frames.shape[:3]
+        N = len(frames)
         if N < 2:
             raise EstimationError("too_short", f"structure from motion needs ≥ 2 frames; got {N}.")
         K_known = known_K(known_intrinsics, N)
         if K_known is not None and not np.allclose(K_known, K_known[0]):
             raise ValueError("the COLMAP backend shares one camera per clip; `known_intrinsics` varies over frames.")
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-            tmp = Path(tmp)
-            images = tmp / "images"
-            images.mkdir()
-            # BMP, not PNG: decord's wheel bundles an old zlib, and when decord is imported before pycolmap,
-            # COLMAP's PNG reader binds to it and fails on every image ("bad parameters to zlib").
+            job = Path(tmp)
+            (job / "images").mkdir()
+            # BMP: no codec library involved (PNG went through zlib, see the module docstring)
             names = [f"{i:06d}.bmp" for i in range(N)]
             for name, f in zip(names, frames, strict=True):
-                Image.fromarray(f).save(images / name)
-            self._extract_and_match(tmp / "db.db", images, None if K_known is None else K_known[0])
-            kinds = ["incremental"] if self.mapper == "incremental" or (
-                self.mapper == "auto" and not hasattr(_pycolmap(), "global_mapping")) else ["global"]
-            if self.mapper == "auto" and kinds == ["global"]:
-                kinds.append("incremental")
-            best, used = None, None
-            for kind in kinds:
-                rec = self._map(kind, tmp / "db.db", images, tmp / kind, K_known is not None)
-                if rec is not None and (best is None or rec.num_reg_images() > best.num_reg_images()):
-                    best, used = rec, kind
-                if best is not None and best.num_reg_images() >= self.min_registered * N:
-                    break
-        registered = 0 if best is None else best.num_reg_images()
-        if best is None or registered < max(2, self.min_registered * N):
+                Image.fromarray(f).save(job / "images" / name)
+            options = {k: getattr(self, k) for k in ("mapper", "overlap", "min_registered", "num_threads",
+                                                     "max_num_features", "seed", "guided_matching")}
+            K0 = None if K_known is None else [float(v) for v in (K_known[0, 0, 0], K_known[0, 1, 1],
+                                                                   K_known[0, 0, 2], K_known[0, 1, 2])]
+            (job / "job.json").write_text(json.dumps({"options": options, "fxfycxcy": K0, "num_frames": N}))
+            out = self._run_worker(job)
+            if out["registered"]:
+                with np.load(job / "result.npz") as z:
+                    known, poses, K = z["frames"], z["c2w"], z["K"]
+        registered, kinds = int(out["registered"]), out["tried"]
+        if registered < max(2, self.min_registered * N):
             raise EstimationError("sfm_failed", f"COLMAP ({', '.join(kinds)} mapping) registered {registered} of {N} "
                                   f"frames; at least {self.min_registered:.0%} are required.")
-        index = {name: i for i, name in enumerate(names)}
-        known, poses = [], []
-        for image in sorted(best.images.values(), key=lambda im: im.name):
-            w2c = np.eye(4)
-            w2c[:3] = image.cam_from_world().matrix()
-            known.append(index[image.name])
-            poses.append(np.linalg.inv(w2c))
-        c2w = interpolate_poses(np.stack(poses), np.array(known), N)
-        camera = next(iter(best.cameras.values()))
-        K = camera.calibration_matrix().astype(np.float64)
-        K[0, 2] -= 0.5
-        K[1, 2] -= 0.5
+        c2w = interpolate_poses(poses, known, N)
         confidence = np.zeros(N)
         confidence[known] = 1.0
         scale, kind = (1.0, "relative") if self.metres_per_unit is None else (float(self.metres_per_unit), "user")
         return PoseResult(
             c2w=c2w, K=np.broadcast_to(K, (N, 3, 3)).copy(), confidence=confidence, scale=scale, scale_kind=kind,
             estimator=self.name, version=self.version, licence=self.licence,
-            info={"mapper": used, "registered": int(registered), "num_points3D": int(best.num_points3D()),
-                  "mean_reprojection_error": float(best.compute_mean_reprojection_error()),
+            info={"mapper": out["mapper"], "registered": registered, "num_points3D": out["num_points3D"],
+                  "mean_reprojection_error": out["mean_reprojection_error"],
                   "intrinsics": "fixed" if K_known is not None else "estimated"},
         )
+
+
+# -- the worker: COLMAP stages, run by ``python -m annotation.estimators.colmap JOB_DIR`` ----------------
+
+
+def _extract_and_match(options: dict[str, Any], db: Path, images: Path, fxfycxcy: list[float] | None) -> None:
+    pycolmap = _pycolmap()
+    reader = pycolmap.ImageReaderOptions()
+    if fxfycxcy is not None:
+        fx, fy, cx, cy = fxfycxcy
+        reader.camera_model = "PINHOLE"
+        reader.camera_params = ",".join(repr(v) for v in (fx, fy, cx + 0.5, cy + 0.5))
+    else:
+        reader.camera_model = "SIMPLE_PINHOLE"
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.use_gpu = False
+    extraction.num_threads = options["num_threads"]
+    extraction.sift.max_num_features = options["max_num_features"]
+    pycolmap.extract_features(db, images, camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
+                              extraction_options=extraction, device=pycolmap.Device.cpu)
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.use_gpu = False
+    matching.num_threads = options["num_threads"]
+    matching.guided_matching = options["guided_matching"]
+    pairing = pycolmap.SequentialPairingOptions()
+    pairing.overlap = options["overlap"]
+    pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu)
+
+
+def _map(options: dict[str, Any], kind: str, db: Path, images: Path, out: Path, fixed_K: bool):
+    pycolmap = _pycolmap()
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "global":
+        opts = pycolmap.GlobalPipelineOptions()
+        opts.num_threads = options["num_threads"]
+        opts.random_seed = options["seed"]
+        ba = opts.mapper.bundle_adjustment
+        ba.refine_focal_length = not fixed_K
+        ba.refine_extra_params = not fixed_K
+        ba.refine_principal_point = False
+        ba.ceres.use_gpu = False
+        recs = pycolmap.global_mapping(db, images, out, opts)
+    else:
+        opts = pycolmap.IncrementalPipelineOptions()
+        opts.num_threads = options["num_threads"]
+        opts.random_seed = options["seed"]
+        opts.ba_refine_focal_length = not fixed_K
+        opts.ba_refine_extra_params = not fixed_K
+        opts.ba_refine_principal_point = False
+        opts.ba_use_gpu = False
+        recs = pycolmap.incremental_mapping(db, images, out, opts)
+    return max(recs.values(), key=lambda r: r.num_reg_images()) if recs else None
+
+
+def _worker(job: Path) -> None:
+    """Reconstruct ``job/images`` as ``job/job.json`` says; write ``result.json`` (+ ``result.npz``)."""
+    spec = json.loads((job / "job.json").read_text())
+    options, fxfycxcy, N = spec["options"], spec["fxfycxcy"], int(spec["num_frames"])
+    images = job / "images"
+    _extract_and_match(options, job / "db.db", images, fxfycxcy)
+    mapper = options["mapper"]
+    has_global = hasattr(_pycolmap(), "global_mapping")
+    kinds = ["incremental"] if mapper == "incremental" or (mapper == "auto" and not has_global) else ["global"]
+    if mapper == "auto" and kinds == ["global"]:
+        kinds.append("incremental")
+    best, used, tried = None, None, []
+    for kind in kinds:
+        tried.append(kind)
+        rec = _map(options, kind, job / "db.db", images, job / kind, fxfycxcy is not None)
+        if rec is not None and (best is None or rec.num_reg_images() > best.num_reg_images()):
+            best, used = rec, kind
+        if best is not None and best.num_reg_images() >= options["min_registered"] * N:
+            break
+    result = {"registered": 0 if best is None else int(best.num_reg_images()), "mapper": used, "tried": tried}
+    if best is not None and best.num_reg_images():
+        frames, poses = [], []
+        for image in sorted(best.images.values(), key=lambda im: im.name):
+            w2c = np.eye(4)
+            w2c[:3] = image.cam_from_world().matrix()
+            frames.append(int(Path(image.name).stem))
+            poses.append(np.linalg.inv(w2c))
+        K = next(iter(best.cameras.values())).calibration_matrix().astype(np.float64)
+        K[:2, 2] -= 0.5
+        np.savez(job / "result.npz", frames=np.array(frames), c2w=np.stack(poses), K=K)
+        result.update(num_points3D=int(best.num_points3D()),
+                      mean_reprojection_error=float(best.compute_mean_reprojection_error()))
+    (job / "result.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,21 +75,27 @@ def _clip(height, width):
 
 
 def _check(res, clip, ate, rot_mean, rot_max, rel):
-    err = trajectory_errors(res.c2w, clip.c2w)
     assert res.info["registered"] == 33 and (res.confidence == 1).all()
     assert res.scale_kind == "relative" and res.estimator == "colmap"
-    assert err["ate_rmse"] < ate and err["rot_mean_deg"] < rot_mean and err["rot_max_deg"] < rot_max
-    assert err["rel_rot_mean_deg"] < rel
+    return _check_errors(trajectory_errors(res.c2w, clip.c2w), ate, rot_mean, rot_max, rel)
+
+
+def _check_errors(err, ate, rot_mean, rot_max, rel):
+    assert err["ate_rmse"] < ate and err["rot_mean_deg"] < rot_mean and err["rot_max_deg"] < rot_max, err
+    assert err["rel_rot_mean_deg"] < rel, err
     return err
 
 
+# 192×336: measured ATE 0.0248 m (path 1.00 m), rotation 0.278° mean / 0.808° max, frame-to-frame 0.129°.
+BOUNDS_192x336 = dict(ate=0.04, rot_mean=0.45, rot_max=1.2, rel=0.2)
+
+
 def test_colmap_recovers_the_synthetic_trajectory_with_known_intrinsics():
-    # 192×336: measured ATE 0.0248 m (path 1.00 m), rotation 0.278° mean / 0.808° max, frame-to-frame 0.129°.
     # One thread makes COLMAP deterministic (multi-threaded runs differ from run to run).
     clip = _clip(192, 336)
     res = build_estimator("colmap", num_threads=1).estimate(clip.frames, 16.0, known_intrinsics=clip.K)
     np.testing.assert_allclose(res.K[0], clip.K, atol=1e-9)  # fixed, not refined
-    _check(res, clip, ate=0.04, rot_mean=0.45, rot_max=1.2, rel=0.2)
+    _check(res, clip, **BOUNDS_192x336)
 
 
 @pytest.mark.slow
@@ -105,16 +112,23 @@ def test_colmap_accuracy_at_288x512(known):
     assert rotation_angle_deg(res.c2w[0, :3, :3], res.c2w[0, :3, :3]) == 0
 
 
-def test_colmap_works_when_decord_was_imported_first():
-    # decord bundles an old zlib; with PNG frames COLMAP then registered 0 of 33 frames in such a process.
-    code = ("import decord; from annotation.estimators import build_estimator; from data.synthetic import make_clip;"
+def test_colmap_result_does_not_depend_on_decord_being_imported_first():
+    # decord loads its library RTLD_GLOBAL and pycolmap's C++ / zlib symbols then bind to decord's copies:
+    # in-process COLMAP gave ATE 0.144 m on this clip (and, with PNG frames, registered nothing). A fresh
+    # process that loads decord before anything else must meet the same bounds as a clean one.
+    code = ("import decord, json;"
+            "assert any('libdecord' in line for line in open('/proc/self/maps'));"
+            "from annotation.estimators import build_estimator; from annotation.geometry import trajectory_errors;"
+            "from data.synthetic import make_clip;"
             "c = make_clip(0, seed=7, num_frames=33, height=192, width=336, trajectory='smooth');"
             "r = build_estimator('colmap', num_threads=1).estimate(c.frames, 16.0, known_intrinsics=c.K);"
-            "print('registered', r.info['registered'])")
+            "print(json.dumps({'registered': r.info['registered'], **trajectory_errors(r.c2w, c.c2w)}))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parents[2])
     assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.strip().splitlines()[-1] == "registered 33"
+    err = json.loads(run.stdout.strip().splitlines()[-1])
+    assert err["registered"] == 33
+    _check_errors(err, **BOUNDS_192x336)
 
 
 def test_colmap_reports_a_clip_it_cannot_reconstruct():
