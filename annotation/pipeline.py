@@ -7,8 +7,9 @@ Per video (one process handles videos ``rank::world_size``):
 2. split into shots with PySceneDetect's content detector (on a small decode of the whole video);
 3. cut each shot into clips of at most ``max_clip_frames`` (shots shorter than ``quality.min_frames``
    are rejected as ``too_short``);
-4. estimate every clip with the configured estimator (Pi3X runs long clips in overlapping windows
-   stitched by Sim(3) fits on the overlap; COLMAP reconstructs the whole clip at once);
+4. estimate every clip with the configured estimator, in overlapping windows of ``window.frames``
+   frames stitched by Sim(3) fits on the overlaps (:mod:`annotation.windows`; by default a clip is one
+   window; Pi3 / Pi3X also split a window that exceeds their ``frame_budget`` into chunks);
 5. apply the quality filters (:mod:`annotation.quality`);
 6. write each kept clip in the layout ``data.write_shards`` reads (``clips/<stem>.mp4``, ``.c2w.npy``,
    ``.intrinsics.npy`` at the stored video's resolution, ``.txt`` caption, ``.json`` metadata with the
@@ -37,10 +38,11 @@ import numpy as np
 
 from annotation.estimators import EstimationError, build_estimator
 from annotation.quality import QualityConfig, assess
+from annotation.windows import WindowConfig, estimate_windows
 
 __all__ = ["AnnotateConfig", "PIPELINE_VERSION", "list_videos", "split_shots", "plan_clips", "run"]
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 
@@ -63,6 +65,7 @@ class AnnotateConfig:
         write_shards, shard_max_count: pack ``clips/`` into shards at the end (single process only).
         rank, world_size: this process's share of the videos (default: $RANK / $WORLD_SIZE, else 0 / 1).
         crf: H.264 quality of the written clips.
+        window: windows of a clip and their stitching (:class:`annotation.windows.WindowConfig`).
         quality: filter thresholds.
     """
 
@@ -83,6 +86,7 @@ class AnnotateConfig:
     rank: int | None = None
     world_size: int | None = None
     crf: int = 18
+    window: WindowConfig = field(default_factory=WindowConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
 
 
@@ -249,7 +253,7 @@ def annotate_video(video: Path, stem: str, estimator, cfg: AnnotateConfig, clips
             frames = vr.get_batch(list(range(*span))).asnumpy()
             K = None if cfg.known_intrinsics is None else known_K(list(cfg.known_intrinsics), 1)[0]
             try:
-                result = estimator.estimate(frames, fps, known_intrinsics=K)
+                result = estimate_windows(estimator, frames, fps, K, cfg.window)
             except EstimationError as err:
                 rejected.append({"clip": name, "reason": err.reason, "detail": str(err)})
                 continue
@@ -275,6 +279,7 @@ def run(cfg: AnnotateConfig, progress: bool = True) -> dict[str, Any]:
     world = int(cfg.world_size if cfg.world_size is not None else os.environ.get("WORLD_SIZE", 1))
     if not 0 <= rank < world:
         raise ValueError(f"need 0 ≤ rank < world_size; got rank={rank}, world_size={world}.")
+    cfg.window.check()
     out = Path(cfg.out)
     options = dict(cfg.estimator_options)
     if cfg.estimator in (None, "colmap") and not cfg.weights and cfg.metres_per_unit is not None:
