@@ -210,5 +210,5 @@ def test_pipeline_records_the_windows_and_counts_a_stitch_rejection(tmp_path, mo
         assert summary["kept"] == 1 and summary["rejected"] == {}
         meta = json.loads((out / "clips" / "pan-s000-c00.json").read_text())
         assert meta["annotation"]["info"]["windows"] == [[0, 16], [12, 28], [17, 33]]
-        assert summary["config"]["window"] == {"frames": 16, "overlap": 4, "max_residual": 0.2,
-                                               "max_rotation_deg": 3.0}
+        assert summary["config"]["window"] == {"frames": 16, "overlap": 4, "max_residual": 0.1,
+                                               "max_rotation_deg": 2.0}
