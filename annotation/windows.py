@@ -112,6 +112,12 @@ def stitch_windows(results: list[PoseResult], spans: list[tuple[int, int]], cfg:
     as the clip's intrinsics instead of combining the windows'."""
     if len(results) != len(spans) or not results:
         raise ValueError(f"need one result per window; got {len(results)} results for {len(spans)} windows.")
+    for k in range(1, len(spans)):
+        if not (spans[k - 1][0] < spans[k][0] <= spans[k - 1][1] - 3 and spans[k][1] > spans[k - 1][1]):
+            raise ValueError(f"window {k} {list(spans[k])} must start after window {k - 1} {list(spans[k - 1])} "
+                             "and share ≥ 3 frames with it, and end later.")
+    if spans[0][0] != 0:
+        raise ValueError(f"the first window must start at frame 0; got {list(spans[0])}.")
     N = spans[-1][1]
     c2w, conf = np.zeros((N, 4, 4)), np.zeros(N)
     first = results[0]

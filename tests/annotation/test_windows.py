@@ -159,6 +159,15 @@ def test_a_window_disagreeing_on_its_overlap_rejects_the_clip(how):
     assert info.value.reason == "stitch_residual"
 
 
+def test_stitching_refuses_windows_that_do_not_overlap():
+    from annotation.windows import stitch_windows
+
+    est = FakeEstimator(_truth(64), [Sim3(1.0, np.eye(3), np.zeros(3))] * 2, [100.0] * 2)
+    results = [est.estimate(_frames(64)[s:e], 16.0) for s, e in ((0, 32), (30, 62))]
+    with pytest.raises(ValueError, match=r"window 1 \[30, 62\] must start after window 0 \[0, 32\] and share ≥ 3"):
+        stitch_windows(results, [(0, 32), (30, 62)], WindowConfig(frames=32, overlap=2))
+
+
 def test_an_overlap_without_translation_is_degenerate():
     rng = np.random.default_rng(4)
     truth = _truth(60)
