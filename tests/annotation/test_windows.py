@@ -221,3 +221,23 @@ def test_pipeline_records_the_windows_and_counts_a_stitch_rejection(tmp_path, mo
         assert meta["annotation"]["info"]["windows"] == [[0, 16], [12, 28], [17, 33]]
         assert summary["config"]["window"] == {"frames": 16, "overlap": 4, "max_residual": 0.1,
                                                "max_rotation_deg": 2.0}
+
+
+@pytest.mark.slow  # ≈ 15 s here: the tiny model takes seconds a forward pass on this CPU
+def test_pi3x_windows_run_end_to_end_with_one_clip_record():
+    # random tiny weights: nothing to check about accuracy (the limits are off), only that a real estimator's
+    # per-frame intrinsics, confidences and metric scale go through the windows into one record
+    from annotation.estimators.pi3 import Pi3Estimator
+    from annotation.models.pi3 import build_pi3
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    est = Pi3Estimator(None, "pi3x", device="cpu", frame_budget=16, overlap=4, pixel_limit=28 * 42,
+                       model=build_pi3("tiny"))
+    frames = np.random.default_rng(0).integers(0, 255, (13, 40, 60, 3), dtype=np.uint8)
+    res = estimate_windows(est, frames, 8.0, None, WindowConfig(frames=8, overlap=3, max_residual=1e9,
+                                                                max_rotation_deg=1e9))
+    assert res.info["windows"] == [[0, 8], [5, 13]]
+    assert res.c2w.shape == (13, 4, 4) and res.scale_kind == "metric" and res.estimator == "pi3x"
+    assert (res.K == res.K[0]).all() and res.info["intrinsics"] == "confidence-weighted median over windows"
+    assert len(res.info["window_info"]) == 2 and res.info["metric_factor"] > 0
