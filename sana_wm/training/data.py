@@ -79,14 +79,19 @@ class ResumableLoader:
     Args:
         make_loader: ``epoch -> iterable`` of batches of that epoch (a deterministic function of the epoch).
         position: ``() -> (epoch, batches_done)``, read when a pass starts; None → (pass count, 0).
+        on_empty: ``() -> message``; a pass over a whole epoch that yields no batch raises
+            :class:`DataConfigError` with it. Without it the trainer would start the next, equally empty, epoch
+            forever (every sample skipped, e.g. clips shorter than ``data.num_frames``). None: no check.
 
     Not a DataLoader on purpose: Lightning leaves other iterables alone (no sampler injection) and the webdataset
     pipeline already splits shards by rank and worker.
     """
 
-    def __init__(self, make_loader: Callable[[int], Iterable], position: Callable[[], tuple[int, int]] | None = None):
+    def __init__(self, make_loader: Callable[[int], Iterable], position: Callable[[], tuple[int, int]] | None = None,
+                 on_empty: Callable[[], str] | None = None):
         self.make_loader = make_loader
         self.position = position
+        self.on_empty = on_empty
         self._passes = 0
         self.starts: list[tuple[int, int]] = []  # (epoch, skipped batches) of every pass, for logs and tests
 
@@ -102,7 +107,12 @@ class ResumableLoader:
                 next(it)
             except StopIteration:
                 return
-        yield from it
+        batches = 0
+        for batch in it:
+            batches += 1
+            yield batch
+        if batches == 0 and skip == 0 and self.on_empty is not None:
+            raise DataConfigError(self.on_empty())
 
 
 class TrainDataModule(SanaWMDataModule):
@@ -164,4 +174,18 @@ class TrainDataModule(SanaWMDataModule):
             self.setup("fit")
         dataset = self.train_dataset
         position = self._position if getattr(self, "trainer", None) is not None else None
-        return ResumableLoader(lambda epoch: self._loader(dataset, start_epoch=epoch), position)
+        return ResumableLoader(lambda epoch: self._loader(dataset, start_epoch=epoch), position, self._empty_epoch)
+
+    def _empty_epoch(self) -> str:
+        """Why a whole training epoch gave no batch: the samples skipped by reason, and the usual cure."""
+        counts = {k: v for k, v in sorted(self.skip_counts().items()) if v}
+        hp = self.hparams
+        what = (f"every sample was skipped ({', '.join(f'{k}: {v}' for k, v in counts.items())}; the warnings above "
+                "name each sample)" if counts else "the shards hold no sample for this rank")
+        cure = ""
+        if "too_few_frames" in counts:
+            cure = (f"; clips need data.num_frames={hp.num_frames} frames at data.target_fps={hp.target_fps}: lower "
+                    "data.num_frames (8k+1) or write longer clips")
+        elif "fps_too_low" in counts:
+            cure = f"; the clips are slower than data.target_fps={hp.target_fps}: lower it or use faster footage"
+        return f"data.train_shards={self.train_shards!r} gave no training batch in a whole epoch: {what}{cure}"

@@ -257,3 +257,25 @@ def test_lora_run_exports_the_merged_model_in_the_official_layout(tmp_path):
     expected = merge_lora(m.model).state_dict()
     assert sorted(expected) == sorted(exported.state_dict())
     assert all(torch.equal(v, exported.state_dict()[k]) for k, v in expected.items())
+
+
+# -- class 13: an epoch in which every sample is skipped stops the run ---------------------------------------------
+
+
+def test_an_epoch_whose_every_sample_is_skipped_is_an_error_not_an_endless_loop(tmp_path):
+    """Clips shorter than data.num_frames are skipped one by one; with no clip long enough, Lightning would start
+    the next (equally empty) epoch forever. The loader stops on the first empty epoch, naming the count and cure."""
+    from sana_wm.testing.data import raw_video_sample, tiny_video_clip, write_raw_shard
+    from sana_wm.training.data import DataConfigError, TrainDataModule
+
+    frames, c2w, K = tiny_video_clip(num_frames=9, height=32, width=64)
+    shard = write_raw_shard(tmp_path / "s.tar", [raw_video_sample(f"c{i}", frames, c2w, K) for i in range(2)])
+    dm = TrainDataModule(train_shards=shard, num_frames=17, height=32, width=64, num_workers=0)
+    with pytest.raises(DataConfigError) as err:
+        list(dm.train_dataloader())
+    assert str(err.value) == (
+        f"data.train_shards={shard!r} gave no training batch in a whole epoch: every sample was skipped "
+        "(too_few_frames: 2; the warnings above name each sample); clips need data.num_frames=17 frames at "
+        "data.target_fps=16.0: lower data.num_frames (8k+1) or write longer clips")
+    ok = TrainDataModule(train_shards=shard, num_frames=9, height=32, width=64, num_workers=0)
+    assert len(list(ok.train_dataloader())) == 2  # long enough: no error
