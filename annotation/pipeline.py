@@ -5,8 +5,9 @@ Per video (one process handles videos ``rank::world_size``):
 1. probe and decode with decord; unreadable, empty, variable-frame-rate, rotated or portrait videos
    are skipped with a reason;
 2. split into shots with PySceneDetect's content detector (on a small decode of the whole video);
-3. cut each shot into clips of at most ``max_clip_frames`` (shots shorter than ``quality.min_frames``
-   are rejected as ``too_short``);
+3. cut each shot into clips of at most ``max_clip_frames`` frames at ``target_fps`` (the rate training reads
+   them at; shots shorter than ``quality.min_frames`` are rejected as ``too_short``, videos slower than
+   ``target_fps`` as ``fps_too_low``);
 4. estimate every clip with the configured estimator, in overlapping windows of ``window.frames``
    frames stitched by Sim(3) fits on the overlaps (:mod:`annotation.windows`; by default a clip is one
    window; Pi3 / Pi3X also split a window that exceeds their ``frame_budget`` into chunks);
@@ -39,10 +40,12 @@ import numpy as np
 from annotation.estimators import EstimationError, build_estimator
 from annotation.quality import QualityConfig, assess
 from annotation.windows import WindowConfig, estimate_windows
+from data.transforms import FPS_TOLERANCE, sample_frame_indices
 
-__all__ = ["AnnotateConfig", "PIPELINE_VERSION", "list_videos", "split_shots", "plan_clips", "run"]
+__all__ = ["AnnotateConfig", "PIPELINE_VERSION", "list_videos", "split_shots", "plan_clips", "clip_source_frames",
+           "run"]
 
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"  # changes whenever the clips written change (cutting, json fields): folders never mix
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 
@@ -58,7 +61,12 @@ class AnnotateConfig:
         estimator_options: keyword arguments of the estimator (e.g. num_threads, frame_budget, stride).
         known_intrinsics: [fx, fy, cx, cy] in pixels of the videos, when every video shares one camera.
         metres_per_unit: scale for a weight-free estimator (recorded as 'user'); unset = relative.
-        max_clip_frames: longest clip written; longer shots are cut into equal parts.
+        max_clip_frames: longest clip written, counted in frames at ``target_fps``; longer shots are cut into
+            equal parts. At the default 241 frames at 16 fps a 30 fps shot gives clips of up to 451 source frames
+            (15 s), enough for the trainer's 161-frame windows at 16 fps.
+        target_fps: the frame rate training reads clips at (``data.target_fps``, 16 for SANA-WM); a video slower
+            than it is skipped (``fps_too_low``: training would repeat frames). None: ``max_clip_frames``
+            counts source frames and every frame rate is kept.
         shot_threshold: PySceneDetect content threshold; ``shot_min_frames``: its shortest shot.
         default_caption: caption of clips without a sidecar ``<video>.txt`` (flagged in the json).
         licence: licence of the footage, recorded per clip.
@@ -77,6 +85,7 @@ class AnnotateConfig:
     known_intrinsics: list[float] | None = None
     metres_per_unit: float | None = None
     max_clip_frames: int = 241
+    target_fps: float | None = 16.0
     shot_threshold: float = 27.0
     shot_min_frames: int = 15
     default_caption: str = "A video."
@@ -187,6 +196,17 @@ def plan_clips(shot: tuple[int, int], max_frames: int) -> list[tuple[int, int]]:
     return [(int(s), int(e)) for s, e in zip(edges[:-1], edges[1:], strict=True)]
 
 
+def clip_source_frames(max_clip_frames: int, fps: float, target_fps: float | None) -> int:
+    """Source frames of a clip holding ``max_clip_frames`` frames at ``target_fps`` (the trainer's frame stride).
+
+    The span is the one the data loader needs to pick that many frames at ``target_fps``
+    (:func:`data.transforms.sample_frame_indices`), so a clip cut at this length trains at its full length.
+    """
+    if target_fps is None or fps <= target_fps:
+        return int(max_clip_frames)
+    return int(sample_frame_indices(10**9, fps, int(max_clip_frames), target_fps, "start")[-1]) + 1
+
+
 def _check_output_folder(out: Path, header: dict[str, Any]) -> None:
     path = out / "annotation.json"
     if path.exists():
@@ -215,7 +235,10 @@ def _write_clip(clips_dir: Path, stem: str, frames: np.ndarray, fps: float, resu
     mp4 = encode_mp4(np.ascontiguousarray(frames[:, :h, :w]), fps, crf=cfg.crf)
     meta = {
         "fps": fps,
+        # the shard schema's scale fields: a relative scale is kept at 1.0 and marked 'relative' (the trainer then
+        # reads the reconstruction's units as metres); a user-given scale is relative poses times that factor
         "metric_scale": float(result.scale),
+        "pose_scale": "metric" if result.scale_kind == "metric" else "relative",
         "annotation": {"backend": result.estimator, **result.record(), "pipeline_version": PIPELINE_VERSION},
         "quality": scores,
         "licence": cfg.licence,
@@ -242,10 +265,14 @@ def annotate_video(video: Path, stem: str, estimator, cfg: AnnotateConfig, clips
         vr, fps, n, h, w = _probe(video)
     except SkipVideo as skip:
         return {"kept": [], "rejected": [{"clip": stem, "reason": skip.reason, "detail": str(skip)}], "frames": 0}
+    if cfg.target_fps is not None and fps < cfg.target_fps * (1.0 - FPS_TOLERANCE):
+        detail = f"{fps:g} fps is below target_fps {cfg.target_fps:g} (training would repeat frames)"
+        return {"kept": [], "rejected": [{"clip": stem, "reason": "fps_too_low", "detail": detail}], "frames": int(n)}
     caption, caption_source = _caption(video, cfg.default_caption)
     shots = split_shots(video, fps, cfg.shot_threshold, cfg.shot_min_frames)
+    max_frames = clip_source_frames(cfg.max_clip_frames, fps, cfg.target_fps)
     for si, shot in enumerate(shots):
-        for ci, span in enumerate(plan_clips(shot, cfg.max_clip_frames)):
+        for ci, span in enumerate(plan_clips(shot, max_frames)):
             name = f"{stem}-s{si:03d}-c{ci:02d}"
             if span[1] - span[0] < cfg.quality.min_frames:
                 rejected.append({"clip": name, "reason": "too_short", "detail": f"{span[1] - span[0]} frames"})

@@ -10,7 +10,7 @@ import pytest
 from annotation.__main__ import main
 from annotation.estimators import PoseResult
 from annotation.geometry import trajectory_errors
-from annotation.pipeline import list_videos, plan_clips
+from annotation.pipeline import clip_source_frames, list_videos, plan_clips
 from annotation.quality import QualityConfig, assess
 from data.synthetic import make_clip
 from data.video import encode_mp4
@@ -86,6 +86,7 @@ def test_folder_of_videos_to_shards_with_bad_inputs_skipped_and_resume(tmp_path,
     meta = json.loads(stem.with_suffix(".json").read_text())
     assert meta["annotation"]["backend"] == "colmap" and meta["annotation"]["scale_kind"] == "relative"
     assert meta["caption_source"] == "sidecar" and meta["source_frames"] == [0, 33]
+    assert (meta["metric_scale"], meta["pose_scale"]) == (1.0, "relative")  # unit scale, marked as such
     c2w = np.load(f"{stem}.c2w.npy")
     K = np.load(f"{stem}.intrinsics.npy")
     err = trajectory_errors(c2w, clip.c2w)
@@ -103,3 +104,43 @@ def test_folder_of_videos_to_shards_with_bad_inputs_skipped_and_resume(tmp_path,
     (out / "annotation.json").write_text(json.dumps({**header, "estimator": "pi3x"}))
     assert main([str(videos), str(out)]) == 2
     assert "written with estimator = 'pi3x'" in capsys.readouterr().err
+
+
+def test_clip_length_counts_frames_at_the_training_rate():
+    from data.errors import SampleError
+    from data.transforms import sample_frame_indices
+
+    # 241 frames at 16 fps (15 s) are 451 source frames at 30 fps, 361 at 24, 376 at 25; no rate: source frames
+    assert [clip_source_frames(241, fps, 16.0) for fps in (30.0, 24.0, 25.0, 16.0, 12.0)] == [451, 361, 376, 241, 241]
+    assert clip_source_frames(241, 30.0, None) == 241
+    # exactly the span the loader needs for a 241-frame window at 16 fps: one source frame less is too short
+    assert len(sample_frame_indices(451, 30.0, 241, 16.0, "start")) == 241
+    with pytest.raises(SampleError, match="need 451 source frames"):
+        sample_frame_indices(450, 30.0, 241, 16.0, "start")
+
+
+def test_a_video_slower_than_the_training_rate_is_skipped(tmp_path):
+    from annotation.pipeline import AnnotateConfig, annotate_video
+
+    frames = make_clip(0, seed=7, num_frames=17, height=64, width=96, trajectory="smooth").frames
+    (tmp_path / "slow.mp4").write_bytes(encode_mp4(frames, 8.0))
+    state = annotate_video(tmp_path / "slow.mp4", "slow", None, AnnotateConfig(), tmp_path)
+    assert state == {"kept": [], "frames": 17, "rejected": [
+        {"clip": "slow", "reason": "fps_too_low", "detail": "8 fps is below target_fps 16 (training would repeat frames)"}]}
+
+
+@pytest.mark.parametrize("kind, scale, pose_scale", [("metric", 1.0, "metric"), ("relative", 1.0, "relative"),
+                                                      ("user", 0.25, "relative")])
+def test_every_clip_states_its_pose_scale_in_the_shard_schema(tmp_path, kind, scale, pose_scale):
+    from annotation.pipeline import AnnotateConfig, _write_clip
+    from data.write_shards import write_folder
+
+    frames = make_clip(0, seed=7, num_frames=17, height=64, width=96, trajectory="smooth").frames
+    result = _result(_walk(17))
+    result.scale, result.scale_kind = scale, kind
+    _write_clip(tmp_path, "v-s000-c00", frames, 16.0, result, {}, "a caption", "sidecar", tmp_path / "v.mp4", (0, 17),
+                AnnotateConfig())
+    meta = json.loads((tmp_path / "v-s000-c00.json").read_text())
+    assert (meta["metric_scale"], meta["pose_scale"], meta["annotation"]["scale_kind"]) == (scale, pose_scale, kind)
+    # the shard writer accepts the pair as stated (it refuses 'metric' with a factor other than 1)
+    assert write_folder(tmp_path, tmp_path / "shards", strict=True)["written"] == 1
