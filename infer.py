@@ -386,6 +386,9 @@ def run(args, inputs: Inputs) -> dict:
         "realtime_factor": generation_s / duration if duration > 0 else None,
         "peak_memory_bytes": result.peak_memory,
         "notices": inputs.notices + result.notices,
+        # where K came from: a file (e.g. the annotation's <clip>.intrinsics.npy) or the estimator on --image
+        "intrinsics_source": ({"kind": "file", "path": str(Path(args.intrinsics).resolve())} if args.intrinsics
+                              else {"kind": "estimated", "estimator": inputs.intrinsics_estimate["estimator"]}),
         "intrinsics_estimate": inputs.intrinsics_estimate,
         "args": {k: v for k, v in vars(args).items()},
     }

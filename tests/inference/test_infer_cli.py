@@ -60,6 +60,8 @@ def test_cli_two_stage_end_to_end(files, tmp_path, capsys):
     for stage in ("load", "text_encoder", "vae_encode", "stage1", "stage2", "vae_decode", "write"):
         assert record["timings_s"][stage] >= 0, stage
     assert record["peak_memory_bytes"]["process_max_rss"] > 0 and record["realtime_factor"] > 0
+    assert record["intrinsics_source"] == {"kind": "file", "path": str(files["K"].resolve())}
+    assert record["intrinsics_estimate"] is None
     assert captured.out.strip() == str(tmp_path / "img.mp4")
 
 
@@ -320,7 +322,9 @@ def test_cli_estimated_K_reaches_the_pipeline_and_the_json(files, pi3x_weights, 
     assert rc == 0, err
     assert "fx=90.0 fy=90.0 cx=80.0 cy=60.0, horizontal FOV 83.3°, vertical 67.4°" in err
     np.testing.assert_array_equal(seen["intrinsics"], np.tile([90.0, 90.0, 80.0, 60.0], (9, 1)))
-    estimate = json.loads((tmp_path / "img.json").read_text())["intrinsics_estimate"]
+    record = json.loads((tmp_path / "img.json").read_text())
+    assert record["intrinsics_source"] == {"kind": "estimated", "estimator": "pi3x"}
+    estimate = record["intrinsics_estimate"]
     assert estimate["K"] == K and estimate["estimator"] == "pi3x" and estimate["licence"] == "CC-BY-NC-4.0"
     assert estimate["hfov_deg"] == pytest.approx(2 * np.degrees(np.arctan(80 / 90)), abs=1e-12)
     assert estimate["vfov_deg"] == pytest.approx(2 * np.degrees(np.arctan(60 / 90)), abs=1e-12)
