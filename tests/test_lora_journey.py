@@ -151,3 +151,72 @@ def test_lora_journey_from_videos_without_poses_to_a_generated_video(tmp_path):
     fx, cx, cy = K[0, 0, 0], K[0, 0, 2], K[0, 1, 2]
     np.testing.assert_allclose(np.load(gen / "first_intrinsics.npy")[0],
                                [[fx / 3, 0, cx / 3 - 8], [0, fx / 3, cy / 3], [0, 0, 1]], rtol=1e-6)
+
+
+class _TruthEstimator:
+    """Stands in for COLMAP in the default-suite journey: returns the rendered clip's own poses and K, relative scale."""
+
+    name, version, licence = "truth", "1", "none"
+
+    def __init__(self, c2w, K):
+        self.c2w, self.K = c2w, K
+
+    def estimate(self, frames, fps, known_intrinsics=None):
+        from annotation.estimators import PoseResult
+
+        n = len(frames)
+        return PoseResult(self.c2w[:n], np.broadcast_to(self.K, (n, 3, 3)), np.ones(n), 1.0, "relative", self.name,
+                          self.version, self.licence)
+
+
+def test_lora_journey_in_process_without_colmap(tmp_path, capsys):
+    """The journey's new joints, cheap: the annotation pipeline's clip files (poses from a stand-in estimator) →
+    shards → LoRA training on video shards with the release layout's encoders → merge → infer.py with the annotated
+    intrinsics. The slow test above runs the same chain as the user's commands, with COLMAP."""
+    import infer
+    from annotation.pipeline import AnnotateConfig, annotate_video
+    from data.synthetic import make_clip
+    from data.video import encode_mp4
+    from data.write_shards import write_folder
+    from sana_wm.inference.video import read_mp4
+    from sana_wm.testing.model_root import write_random_model_root
+    from sana_wm.testing.training import compose_train_config
+    from sana_wm.training.export import main as export_main
+    from sana_wm.training.launch import train
+    from sana_wm.training.lora import read_lora
+
+    clip = make_clip(0, seed=7, num_frames=17, height=64, width=96, trajectory="smooth")
+    (tmp_path / "room.mp4").write_bytes(encode_mp4(clip.frames, 16.0, crf=18))
+    clips = tmp_path / "annotated" / "clips"
+    clips.mkdir(parents=True)
+    state = annotate_video(tmp_path / "room.mp4", "room", _TruthEstimator(clip.c2w, clip.K), AnnotateConfig(), clips)
+    assert state["kept"] == ["room-s000-c00"] and state["rejected"] == []
+    shards = tmp_path / "annotated" / "shards"
+    assert write_folder(clips, shards, strict=True)["written"] == 1
+
+    root = write_random_model_root(tmp_path / "root", refiner=False)
+    base = root / "dit" / "sana_wm_random.safetensors"
+    train(compose_train_config([
+        "experiment=lora_custom_footage", f"paths.model_root={root}", f"model.init_checkpoint={base}",
+        f"data.train_shards={shards}", f"output_dir={tmp_path / 'run'}", *TINY_TRAIN, "trainer.max_steps=1",
+        "lora.save_every_n_steps=1", "checkpoint.every_n_steps=1", "checkpoint.resume=null"]))
+    _, meta = read_lora(tmp_path / "run" / "adapters" / "last.safetensors")
+    assert meta["global_step"] == "1"
+
+    merged = tmp_path / "merged.safetensors"
+    assert export_main(["merge", "--base", str(base), "--adapter", str(tmp_path / "run" / "adapters" /
+                                                                        "last.safetensors"), "--out", str(merged)]) == 0
+    (tmp_path / "prompt.txt").write_text("A camera glides through a brick room.\n")
+    from PIL import Image
+
+    Image.fromarray(read_mp4(clips / "room-s000-c00.mp4")[0][0]).save(tmp_path / "first.png")
+    K_file = clips / "room-s000-c00.intrinsics.npy"
+    capsys.readouterr()
+    assert infer.main(["--model_root", str(root), "--checkpoint", str(merged), "--image", str(tmp_path / "first.png"),
+                       "--prompt", str(tmp_path / "prompt.txt"), "--action", "w-4,l-4", "--intrinsics", str(K_file),
+                       "--num_frames", "9", "--no_refiner", "--step", "1", "--device", "cpu", "--output_dir",
+                       str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert read_mp4(tmp_path / "out" / "first.mp4")[0].shape == (9, 64, 96, 3)
+    record = json.loads((tmp_path / "out" / "first.json").read_text())
+    assert record["intrinsics_source"] == {"kind": "file", "path": str(K_file.resolve())}
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "first_intrinsics.npy")[0], clip.K, rtol=1e-6)
