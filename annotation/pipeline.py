@@ -60,7 +60,8 @@ class AnnotateConfig:
         weights: Pi3 / Pi3X weights folder (CC BY-NC 4.0: non-commercial use only).
         estimator_options: keyword arguments of the estimator (e.g. num_threads, frame_budget, stride).
         known_intrinsics: [fx, fy, cx, cy] in pixels of the videos, when every video shares one camera.
-        metres_per_unit: scale for a weight-free estimator (recorded as 'user'); unset = relative.
+        metres_per_unit: scale for a weight-free estimator (recorded as 'user'): metres per unit of its poses,
+            whose unit is the clip's median scene depth (annotation.estimators.colmap); unset = relative.
         max_clip_frames: longest clip written, counted in frames at ``target_fps``; longer shots are cut into
             equal parts. At the default 241 frames at 16 fps a 30 fps shot gives clips of up to 451 source frames
             (15 s), enough for the trainer's 161-frame windows at 16 fps.

@@ -89,7 +89,8 @@ def test_lora_journey_from_videos_without_poses_to_a_generated_video(tmp_path):
     assert c2w.shape == (33, 4, 4) and K.shape == (33, 3, 3)
     rel = np.linalg.inv(c2w[0]) @ c2w  # the loader reads poses relative to the first (COLMAP's world is arbitrary)
     assert min(np.abs(r - np.eye(4)).max() for r in rel[1:]) > 1e-3  # no frame sits at the first one's pose
-    assert meta["quality"]["rotation_deg"] > 30 and meta["quality"]["path_length"] > 1  # the camera moved and turned
+    # the camera turned and moved: 1 m in a room a few metres deep (COLMAP poses are in median scene depths)
+    assert meta["quality"]["rotation_deg"] > 30 and 0.15 < meta["quality"]["path_length"] < 0.5
     err = trajectory_errors(c2w, true_c2w)
     assert err["ate_rmse"] < 0.35 and err["rot_mean_deg"] < 4  # an estimated K costs accuracy (bench/RESULTS.md)
     np.testing.assert_array_equal(K, np.broadcast_to(K[0], K.shape))  # one shared camera, principal point centred

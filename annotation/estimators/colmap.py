@@ -5,6 +5,12 @@ adjustment does not refine); otherwise a SIMPLE_PINHOLE camera (one focal length
 the centre) is estimated. Poses come out up to an unknown similarity: the result's scale is 'relative'
 (1.0) unless a metres-per-unit value is configured ('user').
 
+Unit: COLMAP's own unit is whatever a reconstruction settles on and differs from clip to clip, so the
+translations are divided by the clip's median scene depth (the median z, in its camera, of every
+reconstructed point each registered frame observes). One unit is then the typical distance to what the
+camera sees, in every clip: relative scales agree across clips, and ``metres_per_unit`` means "the median
+scene depth is this many metres" (e.g. 3 indoors), a value a user can know.
+
 Mapper: ``'global'`` runs COLMAP's global SfM (GLOMAP: rotation averaging, then global positioning,
 then bundle adjustment), available in pycolmap ≥ 3.12 as ``pycolmap.global_mapping``. For video it
 registers every frame in one solve and is much faster than incremental SfM on long clips; it is also
@@ -57,6 +63,18 @@ def _pycolmap():
     return pycolmap
 
 
+def _median_scene_depth(rec) -> float:
+    """Median z, in the observing camera, of every (frame, reconstructed point) observation of ``rec``."""
+    depths = []
+    for image in rec.images.values():
+        ids = [p.point3D_id for p in image.points2D if p.has_point3D()]
+        if ids:
+            xyz = np.array([rec.points3D[i].xyz for i in ids])
+            T = image.cam_from_world().matrix()
+            depths.append(xyz @ T[2, :3] + T[2, 3])
+    return float(np.median(np.concatenate(depths))) if depths else 0.0
+
+
 class ColmapEstimator:
     """COLMAP structure-from-motion as a pose estimator (CPU, in a worker process).
 
@@ -66,7 +84,8 @@ class ColmapEstimator:
         min_registered: fraction of frames that must register, else :class:`EstimationError` ('sfm_failed').
         num_threads: CPU threads (−1 = all).
         max_num_features: SIFT features per frame.
-        metres_per_unit: a user-given scale; None leaves the scale relative.
+        metres_per_unit: a user-given scale: metres per unit of the returned poses, whose unit is the clip's
+            median scene depth (module docstring); None leaves the scale relative.
         seed: COLMAP's random seed (RANSAC, global positioning), for repeatable runs.
         guided_matching: after a pair's geometric verification, match its features again restricted to the
             verified epipolar geometry (the ratio test then only compares candidates near the epipolar line).
@@ -144,6 +163,11 @@ class ColmapEstimator:
         if registered < max(2, self.min_registered * N):
             raise EstimationError("sfm_failed", f"COLMAP ({', '.join(kinds)} mapping) registered {registered} of {N} "
                                   f"frames; at least {self.min_registered:.0%} are required.")
+        depth = float(out["median_depth"])
+        if not depth > 0:
+            raise EstimationError("sfm_failed", f"COLMAP reconstructed no point in front of the cameras (median "
+                                  f"depth {depth}); the clip has no usable structure.")
+        poses[:, :3, 3] /= depth
         c2w = interpolate_poses(poses, known, N)
         confidence = np.zeros(N)
         confidence[known] = 1.0
@@ -153,6 +177,7 @@ class ColmapEstimator:
             estimator=self.name, version=self.version, licence=self.licence,
             info={"mapper": out["mapper"], "registered": registered, "num_points3D": out["num_points3D"],
                   "mean_reprojection_error": out["mean_reprojection_error"],
+                  "unit": "median scene depth", "median_depth_colmap_units": depth,
                   "intrinsics": "fixed" if K_known is not None else "estimated"},
         )
 
@@ -240,7 +265,8 @@ def _worker(job: Path) -> None:
         K[:2, 2] -= 0.5
         np.savez(job / "result.npz", frames=np.array(frames), c2w=np.stack(poses), K=K)
         result.update(num_points3D=int(best.num_points3D()),
-                      mean_reprojection_error=float(best.compute_mean_reprojection_error()))
+                      mean_reprojection_error=float(best.compute_mean_reprojection_error()),
+                      median_depth=_median_scene_depth(best))
     (job / "result.json").write_text(json.dumps(result))
 
 
