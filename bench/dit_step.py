@@ -52,20 +52,25 @@ def gemm_ceiling(n_tokens: int, C: int = 2240) -> float:
     return 2 * n_tokens * C * 3 * C / (ms * 1e-3) / 1e12
 
 
-def make_inputs(B: int, T: int, dtype=torch.bfloat16, seed: int = 0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
+def make_inputs(B: int, T: int, dtype=torch.bfloat16, seed: int = 0, *, hw: tuple[int, int] = (H, W), text: int = TEXT,
+                in_channels: int = 128, caption_channels: int = 2304, device="cuda"):
+    """Random latents (frame 0 clean at t = 0, the rest at t = 812), text (the first 120 tokens, at most, real) and the
+    camera inputs of a moving camera (walk forward, then forward + yaw) from our camera code, for a latent grid `hw`
+    of a 32×-downsampled image with fx = fy = 25 px per latent column (1000 px at 1280 wide)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    h, w = hw
     F = 8 * (T - 1) + 1
     c2w = action_to_c2w(f"w-{F // 2},dl-{F - 1 - F // 2}")[:F]
-    K = [1000.0, 1000.0, 640.0, 352.0]
-    cc, pl = prepare_camera(c2w, K, pixel_hw=(704, 1280), latent_hw=(H, W))
-    x = torch.randn(B, 128, T, H, W, device="cuda", generator=g, dtype=dtype)
-    t = torch.full((B, 1, T), 812.0, device="cuda")
+    K = [25.0 * w, 25.0 * w, 16.0 * w, 16.0 * h]
+    cc, pl = prepare_camera(c2w, K, pixel_hw=(32 * h, 32 * w), latent_hw=(h, w))
+    x = torch.randn(B, in_channels, T, h, w, device=device, generator=g, dtype=dtype)
+    t = torch.full((B, 1, T), 812.0, device=device)
     t[:, :, 0] = 0
-    y = torch.randn(B, 1, TEXT, 2304, device="cuda", generator=g, dtype=dtype)
-    mask = torch.ones(B, TEXT, device="cuda", dtype=torch.long)
-    mask[:, 120:] = 0
-    cc = cc[None].expand(B, -1, -1).to("cuda", dtype)
-    pl = pl[None].expand(B, -1, -1, -1, -1).to("cuda", dtype)
+    y = torch.randn(B, 1, text, caption_channels, device=device, generator=g, dtype=dtype)
+    mask = torch.ones(B, text, device=device, dtype=torch.long)
+    mask[:, min(120, text - 1):] = 0
+    cc = cc[None].expand(B, -1, -1).to(device, dtype)
+    pl = pl[None].expand(B, -1, -1, -1, -1).to(device, dtype)
     return dict(x=x, t=t, y=y, mask=mask, cc=cc, pl=pl)
 
 
@@ -79,14 +84,20 @@ def port_fn(model, inp):
                          camera_conditions=inp["cc"], chunk_plucker=inp["pl"], return_dict=False)[0]
 
 
+@torch.no_grad()
+def wake_zero_init_paths(model) -> None:
+    """Give the paths our initialisation zeroes (camera output projection, Plücker injection, the FFN's temporal conv)
+    random N(0, 0.02²) weights, so that outputs compared between implementations depend on them."""
+    for name, p in model.named_parameters():
+        if any(s in name for s in ("out_proj_cam", "plucker_proj", "plucker_embedder", "t_conv")):
+            p.normal_(std=0.02)
+
+
 def build_models(with_port: bool):
     torch.manual_seed(0)
     with torch.device("cuda"):
         ours = SanaWM.from_preset("sana_wm_1600m_720p")
-    with torch.no_grad():  # make the zero-initialised camera/temporal paths non-trivial so outputs can be compared
-        for name, p in ours.named_parameters():
-            if any(s in name for s in ("out_proj_cam", "plucker_proj", "plucker_embedder", "t_conv")):
-                p.normal_(std=0.02)
+    wake_zero_init_paths(ours)
     ours = ours.to(torch.bfloat16).eval()
     port = None
     if with_port:
