@@ -189,6 +189,36 @@ class CaptionEmbedder(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def temporal_taps(y: torch.Tensor, kernel_size: int, tap) -> torch.Tensor:
+    """A dense temporal conv with zero padding on the token layout y [B, T, S, C]: one GEMM per tap, ``tap(z, j)``
+    being tap j's GEMM of z [B, T', S, C]; tap j reads frame t + j − K//2."""
+    K = kernel_size
+    out = tap(y, K // 2)
+    T = y.shape[1]
+    for j in range(K):
+        d = j - K // 2
+        if d == 0 or abs(d) >= T:
+            continue
+        z = tap(y[:, max(d, 0) : T + min(d, 0)], j)
+        out = out + F.pad(z, (0, 0, 0, 0, max(-d, 0), max(d, 0)))
+    return out
+
+
+class TemporalConv(nn.Conv2d):
+    """The FFN's dense C→C conv over (t−1, t, t+1), stored as the checkpoint's (C, C, K, 1) Conv2d weight and applied
+    on the token layout [B, T, S, C] as K GEMMs (`temporal_taps`), without the channels-first permutes of a conv."""
+
+    def __init__(self, dim: int, kernel_size: int = 3):
+        super().__init__(dim, dim, (kernel_size, 1), padding=(kernel_size // 2, 0), bias=False)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return temporal_taps(y, self.kernel_size[0], self.tap)
+
+    def tap(self, y: torch.Tensor, j: int) -> torch.Tensor:
+        """Tap j's GEMM (the one place a subclass changes how the taps multiply, e.g. in float8)."""
+        return F.linear(y, self.weight[:, :, j, 0].to(y.dtype))
+
+
 class GLUMBConvTemp(nn.Module):
     """Mix-FFN with a dense temporal conv (docs/design/architecture.md §9).
 
@@ -201,7 +231,7 @@ class GLUMBConvTemp(nn.Module):
         self.inverted_conv = ConvHolder("conv", PointwiseConv(dim, 2 * hidden, ndim=2))
         self.depth_conv = ConvHolder("conv", nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden))
         self.point_conv = ConvHolder("conv", PointwiseConv(hidden, dim, ndim=2, bias=False))
-        self.t_conv = nn.Conv2d(dim, dim, (t_kernel_size, 1), padding=(t_kernel_size // 2, 0), bias=False)
+        self.t_conv = TemporalConv(dim, t_kernel_size)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """x [B, N, C] → [B, N, C]."""
@@ -212,17 +242,7 @@ class GLUMBConvTemp(nn.Module):
         return (y + self._temporal(y)).flatten(1, 2)
 
     def _temporal(self, y: torch.Tensor) -> torch.Tensor:
-        K = self.t_conv.kernel_size[0]
-        w = self.t_conv.weight[..., 0].to(y.dtype)  # [C_out, C_in, K]
-        out = F.linear(y, w[..., K // 2])
-        T = y.shape[1]
-        for j in range(K):
-            d = j - K // 2  # tap j reads frame t + d
-            if d == 0 or abs(d) >= T:
-                continue
-            z = F.linear(y[:, max(d, 0) : T + min(d, 0)], w[..., j])
-            out = out + F.pad(z, (0, 0, 0, 0, max(-d, 0), max(d, 0)))
-        return out
+        return self.t_conv(y)  # a seam of its own: context parallelism wraps it to give the conv its frame halo
 
 
 # ---------------------------------------------------------------------------------------------------------------------
