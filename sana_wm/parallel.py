@@ -1,6 +1,7 @@
 """The one place where parallelism and memory tricks are applied to a SANA-WM model, from outside the model code.
 
-`parallelize(model, ...)` applies, in order: per-block activation checkpointing (non-reentrant; "full" recomputes
+`parallelize(model, ...)` applies, in order: float8 GEMMs (optional, `sana_wm.fp8`: torchao's layers swapped in
+before anything wraps or compiles them, as torchao requires), per-block activation checkpointing (non-reentrant; "full" recomputes
 the whole block, "selective" keeps the outputs of the GEMMs, attention kernels and GDN scans and recomputes only the
 cheap element-wise work, "ffn" keeps those too but recomputes only the FFN's wide middle and lets torch.compile's
 partitioner decide the rest), per-block `torch.compile` (plus the model's prologue and final layer), and FSDP2
@@ -53,6 +54,10 @@ def _saved_ops() -> set:
            # Not FLOP-heavy, but fused passes whose bf16 outputs (0.3 GB per block for each at 161 frames) are the
            # GDN's and SDPA's inputs: keeping them spares the backward a second prologue pass.
            ours.rms_relu_rope.default, ours.ucpe_clamp.default}
+    # torchao's float8 GEMM (`sana_wm.fp8`): the FP8 model's mm, saved like it (recomputing it is the cost that
+    # selective checkpointing exists to avoid).
+    if hasattr(aten, "_scaled_mm"):
+        ops.add(aten._scaled_mm.default)
     for name in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
                  "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu"):
         if hasattr(aten, name):
@@ -211,8 +216,16 @@ def parallelize(
     fsdp_mesh=None,
     cp_mesh=None,
     param_dtype: torch.dtype = torch.bfloat16,
+    fp8: str | None = None,
+    fp8_emulate: bool = False,
 ) -> nn.Module:
-    """Apply checkpointing → compile → context parallelism → FSDP2 to `model` in place and return it.
+    """Apply float8 → checkpointing → compile → context parallelism → FSDP2 to `model` in place and return it.
+
+    fp8: a `sana_wm.fp8.FP8_RECIPES` name ("tensorwise" or "rowwise") to train the per-token GEMMs in float8
+    (`sana_wm.fp8.convert_for_training`; needs torchao and a GPU of compute capability 8.9+), None for none.
+    Converted first: checkpointing, compile and FSDP2 then wrap the float8 layers. Without compile the float8 casts
+    run as separate kernels and the step is slower than bf16. fp8_emulate: torchao's emulation (float8 rounding,
+    high-precision GEMMs; any device) for tests.
 
     cp_mesh: a 1-D DeviceMesh (or process group) of the ranks that share one clip, each computing a slice of its
     latent frames (`sana_wm.context_parallel`); None or one rank: no CP. fsdp_mesh: the mesh FSDP2 shards over; with
@@ -232,6 +245,12 @@ def parallelize(
     if activation_checkpointing and ac_policy == "ffn" and not compile:
         raise ValueError("ac_policy='ffn' needs compile=True (the compiler's partitioner makes most of its save/"
                          "recompute choices; run eagerly it would keep every activation outside the FFN)")
+    if fp8 is not None:
+        from sana_wm.fp8 import convert_for_training
+
+        convert_for_training(model, fp8, emulate=fp8_emulate)
+        if not compile:
+            log.warning("parallelize: fp8 without compile: the float8 casts run as separate kernels (slower than bf16)")
     if activation_checkpointing:
         apply_activation_checkpointing(model, ac_policy, ac_blocks, compiled=compile)
     if compile:
@@ -242,6 +261,6 @@ def parallelize(
         apply_context_parallel(model, cp_mesh)
     if fsdp_mesh is not None:
         apply_fsdp(model, fsdp_mesh, param_dtype=param_dtype)
-    log.info("parallelize: checkpointing=%s (%s, blocks=%s) compile=%s cp=%d fsdp=%s", activation_checkpointing,
-             ac_policy, "all" if ac_blocks is None else ac_blocks, compile, cp_size, fsdp_mesh)
+    log.info("parallelize: fp8=%s checkpointing=%s (%s, blocks=%s) compile=%s cp=%d fsdp=%s", fp8,
+             activation_checkpointing, ac_policy, "all" if ac_blocks is None else ac_blocks, compile, cp_size, fsdp_mesh)
     return model

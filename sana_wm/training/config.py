@@ -66,7 +66,10 @@ class ModelConfig:
     element-wise work: less recompute, more memory) or "ffn" (keep those, recompute only the FFN's wide middle and let
     the compiler's partitioner choose for the rest; needs compile=true). ac_blocks: checkpoint only the first K blocks,
     the others keep all activations (faster, more memory; null = every block). compile: `torch.compile` each block,
-    the prologue (`SanaWM.embed`) and the final layer.
+    the prologue (`SanaWM.embed`) and the final layer. fp8: train the per-token GEMMs of the blocks in float8
+    (torchao, `sana_wm.fp8`: the `fp8` extra and a GPU of compute capability 8.9+; pair it with compile=true, and not
+    with LoRA); fp8_recipe: its scaling, ``tensorwise`` (one scale per tensor: the fastest) or ``rowwise`` (a scale per
+    row: robust to outlier tokens, slower). Checkpoints and exports stay in the parameters' own dtype either way.
     """
 
     preset: str = "tiny"
@@ -91,9 +94,12 @@ class ModelConfig:
     ac_policy: str = "full"
     ac_blocks: int | None = None
     compile: bool = False
+    fp8: bool = False
+    fp8_recipe: str = "tensorwise"
 
     #: fields that are not SanaWMConfig overrides
-    NON_ARCH_FIELDS = ("preset", "init_checkpoint", "activation_checkpointing", "ac_policy", "ac_blocks", "compile")
+    NON_ARCH_FIELDS = ("preset", "init_checkpoint", "activation_checkpointing", "ac_policy", "ac_blocks", "compile",
+                       "fp8", "fp8_recipe")
 
     def overrides(self) -> dict[str, Any]:
         """The non-null architecture overrides, as keyword arguments of `SanaWM.from_preset`."""
@@ -457,8 +463,25 @@ def check_validation_actions(actions: list[str], num_frames: int) -> None:
             )
 
 
+def _check_fp8(cfg: TrainConfig) -> None:
+    """model.fp8=true: the combinations that cannot or do not (yet) train in float8 fail here, naming the keys."""
+    if cfg.lora.enabled:
+        # The adapters' base layers are peft wrappers and their own GEMMs are rank-r thin: sana_wm.fp8 refuses them.
+        raise ConfigError("model.fp8=true with lora.enabled=true is not supported (the LoRA base layers stay peft "
+                          "modules); set model.fp8=false for LoRA fine-tuning")
+    if cfg.trainer.accelerator == "cpu":
+        raise ConfigError("model.fp8=true needs an NVIDIA GPU of compute capability 8.9+ (Ada, Hopper); "
+                          "trainer.accelerator='cpu'")
+    if cfg.strategy.name in ("fsdp", "deepspeed"):
+        # Lightning's FSDP (flat parameters) and DeepSpeed (its own linear autograd functions under ZeRO-3) wrap the
+        # float8 layers in ways nothing here verifies; FSDP2 shards them per parameter, as torchao documents.
+        raise ConfigError(f"model.fp8=true is not supported with strategy.name={cfg.strategy.name!r}; use auto, ddp "
+                          "or fsdp2")
+
+
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     """Check choices and ranges that types cannot express; raises ConfigError naming the key. Returns cfg."""
+    from sana_wm.fp8 import FP8_RECIPES
     from sana_wm.models import CAMERA_RMS_DOWNSCALE_MODES, PRESETS
     from sana_wm.parallel import AC_POLICIES
 
@@ -466,6 +489,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.model.camera_rms_downscale is not None:
         _choice("model.camera_rms_downscale", cfg.model.camera_rms_downscale, CAMERA_RMS_DOWNSCALE_MODES)
     _choice("model.ac_policy", cfg.model.ac_policy, AC_POLICIES)
+    _choice("model.fp8_recipe", cfg.model.fp8_recipe, FP8_RECIPES)
     if cfg.model.ac_blocks is not None:
         depth = cfg.model.depth or PRESETS[cfg.model.preset].depth
         _range("model.ac_blocks", cfg.model.ac_blocks, 0, depth)
@@ -549,6 +573,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(
                 f"model.ac_policy={cfg.model.ac_policy!r} is not supported with strategy=deepspeed_zero3; use 'full'"
             )
+    if cfg.model.fp8:
+        _check_fp8(cfg)
     if s.name == "deepspeed":
         _choice("strategy.stage", s.stage, (1, 2, 3))
     _choice("strategy.fsdp_sharding", s.fsdp_sharding, ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"))

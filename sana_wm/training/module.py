@@ -217,7 +217,7 @@ class SanaWMLitModule(L.LightningModule):
             mesh = {"cp_mesh": strategy.cp_mesh, "fsdp_mesh": strategy.fsdp_mesh, "param_dtype": strategy.param_dtype}
         parallelize(self.model, activation_checkpointing=cfg.activation_checkpointing
                     and not isinstance(strategy, FSDPStrategy), ac_policy=cfg.ac_policy, ac_blocks=cfg.ac_blocks,
-                    compile=cfg.compile, **mesh)
+                    compile=cfg.compile, fp8=cfg.fp8_recipe if cfg.fp8 else None, **mesh)
         self._configured = True
 
     def setup(self, stage: str) -> None:

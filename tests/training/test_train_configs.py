@@ -126,11 +126,15 @@ def test_a_misspelt_key_fails_naming_the_key():
         OmegaConf.merge(OmegaConf.structured(TrainConfig), {"optim": {"lrr": 1e-4}})
     with pytest.raises(Exception, match=r"trainer\.max_step"):
         compose_train_config(["trainer.max_step=3"])
+    with pytest.raises(Exception, match=r"model\.fp88"):
+        compose_train_config(["model.fp88=true"])
 
 
 def test_a_wrong_type_fails_naming_the_key():
     with pytest.raises(Exception, match=r"trainer\.max_steps"):
         compose_train_config(["trainer.max_steps=many"])
+    with pytest.raises(Exception, match=r"model\.fp8"):
+        compose_train_config(["model.fp8=maybe"])
 
 
 @pytest.mark.parametrize(
@@ -169,6 +173,11 @@ def test_bad_values_fail_naming_the_key(override, key):
         (["strategy=fsdp2", "strategy.cp_size=0"], "strategy.cp_size=0 is out of range"),
         (["strategy=fsdp2", "ema.enabled=true"], "ema.enabled=true is not supported with strategy=fsdp2"),
         (["strategy=fsdp2", "strategy.param_dtype=int8"], "strategy.param_dtype"),
+        (["model.fp8_recipe=blockwise"], "model.fp8_recipe='blockwise' is not valid; expected one of"),
+        (["model.fp8=true", "lora.enabled=true"], "model.fp8=true with lora.enabled=true is not supported"),
+        (["model.fp8=true", "trainer=cpu"], "model.fp8=true needs an NVIDIA GPU of compute capability 8.9"),
+        (["model.fp8=true", "strategy=fsdp"], "model.fp8=true is not supported with strategy.name='fsdp'"),
+        (["model.fp8=true", "strategy=deepspeed_zero2"], "strategy.name='deepspeed'; use auto, ddp or fsdp2"),
     ],
 )
 def test_unsupported_combinations_fail_before_any_compute(overrides, key):
