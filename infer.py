@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--offload_vae", action="store_true", help="keep the VAE on the CPU except while it runs")
     o.add_argument("--compile", action="store_true",
                    help="torch.compile each DiT block (GPU: ~1.9x faster stage 1 after a one-off compile, bench/RESULTS.md)")
+    o.add_argument("--fp8", nargs="?", const="rowwise", choices=["rowwise", "tensorwise"], default=None,
+                   help="stage-1 DiT GEMMs in float8 (torchao: pip install 'sana-wm[fp8]'; a GPU of compute "
+                        "capability 8.9+, bf16). Scaling per token and channel (rowwise, the default) or per tensor "
+                        "(tensorwise: faster, less exact); see docs/inference.md")
     o.add_argument("--offload_refiner", action="store_true",
                    help="refiner modules on the CPU except while each runs; stage-1 modules leave the GPU for stage 2")
     o.add_argument("--offload_text_encoder", action="store_true", help="Gemma-2 on the CPU except while encoding")
@@ -237,6 +241,22 @@ def estimate_intrinsics(image, estimator: str = "pi3x", weights: str | None = No
     }
 
 
+def _check_fp8(args) -> None:
+    """--fp8 needs torchao, a CUDA GPU of compute capability 8.9+ and a bf16 DiT; checked before any model loads."""
+    import torch
+
+    from sana_wm.fp8 import Fp8Unavailable, check_fp8_device
+
+    if args.offload_refiner:
+        raise InputError("--fp8 with --offload_refiner is not supported (the float8 DiT stays on the GPU); drop one")
+    if args.dtype not in ("auto", "bf16"):
+        raise InputError(f"--fp8 needs the DiT in bfloat16; got --dtype {args.dtype} (use bf16 or auto)")
+    try:
+        check_fp8_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except Fp8Unavailable as err:
+        raise InputError(f"--fp8: {err}") from None
+
+
 def _output_dir(path: str) -> Path:
     out = Path(path)
     try:
@@ -276,6 +296,8 @@ def check_inputs(args) -> Inputs:
             raise InputError(f"{flag} must be a positive multiple of 8 (of the VAE's spatial compression); got {v}")
     if args.action is None and (args.translation_speed is not None or args.rotation_speed_deg is not None):
         raise InputError("--translation_speed / --rotation_speed_deg apply to --action only")
+    if args.fp8 is not None:
+        _check_fp8(args)
 
     output_dir = _output_dir(args.output_dir)
     prompt = _read_prompt(args.prompt)
@@ -334,7 +356,7 @@ def run(args, inputs: Inputs) -> dict:
     pipe = SanaWMPipeline.from_model_root(
         args.model_root, checkpoint=args.checkpoint, model_config=args.model_config, vae_root=args.vae_root,
         text_encoder_root=args.text_encoder_root, refiner_root=args.refiner_root, use_refiner=not args.no_refiner,
-        device=device, dtype=_dtype(args.dtype), height=args.height, width=args.width, **kwargs,
+        device=device, dtype=_dtype(args.dtype), height=args.height, width=args.width, fp8=args.fp8, **kwargs,
     )
     if args.compile:
         from sana_wm.parallel import apply_compile

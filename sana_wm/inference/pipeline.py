@@ -270,6 +270,10 @@ class SanaWMPipeline:
         vae_tiling: ``"framewise"`` (temporal tiles of ``vae_tile_frames`` with stride ``vae_tile_stride``, the
             release's 96/64), ``"spatial"`` (frame-wise plus diffusers' spatial tiles), ``"none"``.
         placement: a shared :class:`ModulePlacement` (one is created if None).
+        fp8: ``"rowwise"`` or ``"tensorwise"`` to run the DiT's per-token GEMMs with float8 weights and activations
+            (`sana_wm.fp8.quantize_for_inference`: torchao, a bfloat16 DiT, a CUDA device of compute capability
+            8.9+), None (default) for none. The DiT is changed in place, once it is on ``device``; it then stays
+            there (not combinable with ``offload_refiner``, which moves it off and back).
     """
 
     def __init__(
@@ -291,7 +295,12 @@ class SanaWMPipeline:
         vae_tile_frames: int = 96,
         vae_tile_stride: int = 64,
         placement: ModulePlacement | None = None,
+        fp8: str | None = None,
     ) -> None:
+        if fp8 is not None and offload_refiner:
+            # Moving float8 weight tensors off the GPU and back is a path nothing here tests.
+            raise ValueError("fp8 with offload_refiner is not supported: the float8 DiT stays on the device; "
+                             "drop one of them (infer.py: --fp8 / --offload_refiner)")
         s = codec.spatial_compression
         if height % s or width % s or height <= 0 or width <= 0:
             raise ValueError(f"height × width = {height} × {width} must be positive multiples of {s}")
@@ -322,6 +331,11 @@ class SanaWMPipeline:
         self._home("dit")
         self._home("text_encoder")
         self._home("vae")
+        self.fp8 = fp8
+        if fp8 is not None:
+            from sana_wm.fp8 import quantize_for_inference
+
+            quantize_for_inference(self.dit, fp8, device=self.device)
 
     # ------------------------------------------------------------------------------------------- construction
 
@@ -345,7 +359,8 @@ class SanaWMPipeline:
         """Load every component from local folders (see :mod:`sana_wm.inference.model_root` for the layouts).
 
         ``dtype`` defaults to bfloat16 on CUDA and float32 elsewhere (DiT, Gemma-2, VAE and refiner alike).
-        Remaining keyword arguments go to the constructor (offload flags, vae_tiling, …).
+        Remaining keyword arguments go to the constructor (offload flags, vae_tiling, fp8, …); with ``fp8`` the GPU
+        and torchao are checked before any weight is read.
         """
         from sana_wm.checkpoint import load_checkpoint
         from sana_wm.encoders import GemmaTextEncoder, LatentCodec
@@ -359,6 +374,10 @@ class SanaWMPipeline:
         )
         cfg = load_inference_config(paths)
         device = torch.device(device) if device is not None else default_device()
+        if kwargs.get("fp8") is not None:
+            from sana_wm.fp8 import check_fp8_device
+
+            check_fp8_device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 

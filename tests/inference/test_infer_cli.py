@@ -173,6 +173,9 @@ BAD = {
     "too_few_frames_for_refiner": (["--action", "w-16", "--num_frames", "1"], "--no_refiner"),
     "bad_number": (["--action", "w-16", "--step", "0"], "--step"),
     "missing_refiner": (["--action", "w-16", "--refiner_root", "{d}/norefiner"], "norefiner"),
+    "fp8_not_bf16": (["--action", "w-16", "--fp8", "rowwise", "--dtype", "fp32"], "--fp8 needs the DiT in bfloat16"),
+    "fp8_without_gpu": (["--action", "w-16", "--fp8", "tensorwise", "--device", "cpu"],
+                        "GPU of compute capability 8.9 or newer (sm_89 Ada, sm_90 Hopper); the device is cpu"),
 }
 
 
@@ -212,6 +215,12 @@ def test_bad_input_exits_before_loading(files, bad_files, tmp_path, capsys, monk
     rc = infer.main(args)
     assert rc == infer.EXIT_BAD_INPUT
     assert message in _one_line_error(capsys)
+
+
+def test_fp8_with_refiner_offload_is_refused_before_loading(files, tmp_path, capsys):
+    rc = infer.main(argv(files, tmp_path, "--action", "w-16", "--fp8", "--offload_refiner"))
+    assert rc == infer.EXIT_BAD_INPUT
+    assert "--fp8 with --offload_refiner is not supported" in _one_line_error(capsys)
 
 
 def test_subprocess_exit_status(files, tmp_path):
