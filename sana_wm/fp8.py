@@ -55,8 +55,10 @@ __all__ = [
     "check_fp8_device",
     "fp8_targets",
     "convert_for_training",
+    "training_config",
     "linearize_for_inference",
     "quantize_for_inference",
+    "LinearTaps",
     "Float8PointwiseConv",
     "Float8TemporalConv",
 ]
@@ -150,8 +152,8 @@ def _fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     (its autocast handling included), for a 2-D ``weight`` that is a view of a conv-shaped parameter."""
     from torchao.float8.float8_linear import matmul_with_hp_or_float8_args
 
-    if torch.is_autocast_enabled():
-        x = x.to(torch.get_autocast_gpu_dtype())
+    if torch.is_autocast_enabled("cuda"):
+        x = x.to(torch.get_autocast_dtype("cuda"))
     out = matmul_with_hp_or_float8_args.apply(x, weight.t(), mm_config, config)
     return out if bias is None else out + bias.to(out.dtype)
 
