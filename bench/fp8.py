@@ -36,7 +36,13 @@ import torch
 from common import cuda_time, markdown_table, write_json
 from dit_step import TEXT, H, W, build_models, make_inputs, ours_fn, run_info, set_compiled, train_step
 
-from sana_wm.fp8 import FP8_RECIPES, check_fp8_device, convert_for_training, quantize_for_inference
+from sana_wm.fp8 import (
+    FP8_RECIPES,
+    Fp8Unavailable,
+    check_fp8_device,
+    convert_for_training,
+    quantize_for_inference,
+)
 from sana_wm.models.flops import H100_BF16_PEAK, model_flops
 from sana_wm.parallel import AC_POLICIES, apply_compile, parallelize
 
@@ -304,7 +310,11 @@ def run_loss_curves(args, info: dict) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    check_fp8_device()
+    try:
+        check_fp8_device()
+    except Fp8Unavailable as err:
+        print(f"bench/fp8.py: {err}")
+        return 2
     info = run_info(args)
     if args.loss_curve:
         return run_loss_curves(args, info)

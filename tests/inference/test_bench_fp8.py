@@ -36,7 +36,10 @@ def test_loss_curve_pieces_run_and_the_summary_compares_like_with_like(bench_mod
     assert Image.open(tmp_path / "c.png").size == (900, 540)
 
 
-def test_bad_recipe_is_refused(bench_module):
+def test_bad_recipe_and_a_missing_gpu_are_refused(bench_module, capsys):
     mod = bench_module("fp8.py")
     with pytest.raises(SystemExit):
         mod.parse_args(["--train-recipes", "blockwise"])
+    if not torch.cuda.is_available():
+        assert mod.main(["--loss-curve", "3"]) == 2
+        assert "compute capability 8.9 or newer" in capsys.readouterr().out
