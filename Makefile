@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The `cpu` extra pins the CPU torch wheel (a bare `torch` would pull a multi-GB CUDA build).
-	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e '.[cpu,dev,deepspeed,annotation,eval]'
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e '.[cpu,dev,deepspeed,annotation,eval,fp8]'
 	touch $(STAMP)
 
 venv: $(STAMP)
