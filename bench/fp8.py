@@ -31,6 +31,7 @@ import argparse
 import copy
 import json
 import time
+import traceback
 
 import torch
 from common import cuda_time, markdown_table, write_json
@@ -104,6 +105,12 @@ class Runs:
         self.rows.append(r)
         write_json(self.args.out, {"info": self.info, "rows": self.rows})
 
+    def failed(self, case: str, err: Exception) -> None:
+        traceback.print_exception(err)
+        print(f"{case} FAILED: {type(err).__name__}: {str(err)[:2000]}", flush=True)
+        self.add({"case": case, "impl": f"FAILED: {type(err).__name__}: {str(err)[:200]}"})
+        torch.cuda.empty_cache()
+
 
 def forward_baseline(model, runs: Runs) -> None:
     """fwd: the compiled bf16 forward's time and output, the reference of the fp8 rows."""
@@ -150,8 +157,8 @@ def run_train(model, runs: Runs) -> None:
         try:
             ms, gib = cuda_time(train_step(m, inp, False), 1 + args.warmup, args.reps)
             runs.add(row("train", f"fp8 {recipe}, compiled, {args.ac} AC", 1, 21, ms, gib, True, ms_bf16))
-        except torch.OutOfMemoryError:
-            print(f"train: fp8 {recipe} does not fit", flush=True)
+        except Exception as err:  # noqa: BLE001 - one device call: report the failure, measure the other cases
+            runs.failed(f"train fp8 {recipe}", err)
         del m
         torch.cuda.empty_cache()
 
@@ -308,6 +315,14 @@ def run_loss_curves(args, info: dict) -> int:
     return 0
 
 
+def attempt(runs: Runs, case: str, fn, *args) -> None:
+    """Run one fp8 case; a failure is reported and recorded, and the other cases still run (one device call)."""
+    try:
+        fn(*args)
+    except Exception as err:  # noqa: BLE001
+        runs.failed(case, err)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -326,14 +341,15 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     # The first inference recipe, then training, then the other inference recipes: the headline comparisons first,
     # should the call's time run out.
+    fp8_fwd = lambda recipe: attempt(runs, f"fwd fp8 {recipe}", forward_fp8, model, runs, recipe)
     if "fwd" in cases:
         forward_baseline(model, runs)
-        forward_fp8(model, runs, fwd_recipes[0])
+        fp8_fwd(fwd_recipes[0])
     if "train" in cases:
         run_train(model, runs)
     if "fwd" in cases:
         for recipe in fwd_recipes[1:]:
-            forward_fp8(model, runs, recipe)
+            fp8_fwd(recipe)
     print(f"\n{time.perf_counter() - t0:.0f} s of cases")
     print(markdown_table(runs.rows, COLUMNS))
     return 0
