@@ -44,12 +44,24 @@ def _metrics(run: Path) -> dict[str, list[float]]:
     ("deepspeed_zero3", []),
     # ZeRO-3 hooks every module to gather its parameters; the compiled blocks must leave those hooks eager.
     ("deepspeed_zero3", ["model.compile=true"]),
-], ids=["fsdp", "fsdp-compile", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3-compile"])
+    # Float8 GEMMs (sana_wm.fp8) converted before DDP / FSDP2 wrap and compile the blocks; the export stays fp32.
+    ("ddp", ["model.fp8=true", "model.compile=true"]),
+    ("fsdp2", ["model.fp8=true", "model.compile=true"]),
+], ids=["fsdp", "fsdp-compile", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3-compile", "ddp-fp8",
+        "fsdp2-fp8"])
 def test_strategy_trains_logs_and_exports(tmp_path, strategy, extra):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     if strategy.startswith("deepspeed"):
         pytest.importorskip("deepspeed")
+    if "model.fp8=true" in extra:
+        pytest.importorskip("torchao")
+        from sana_wm.fp8 import Fp8Unavailable, check_fp8_device
+
+        try:
+            check_fp8_device()
+        except Fp8Unavailable as err:
+            pytest.skip(str(err))
     n = torch.cuda.device_count()
     write_tiny_latent_shards(tmp_path / "shards", num_samples=4 * n, samples_per_shard=1)
     run = tmp_path / "run"
