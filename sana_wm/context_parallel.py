@@ -236,14 +236,17 @@ def _inner_blocks(model: nn.Module) -> list[nn.Module]:
     return [getattr(b, "_checkpoint_wrapped_module", b) for b in blocks]
 
 
-def apply_context_parallel(model: nn.Module, group) -> nn.Module:
+def apply_context_parallel(model: nn.Module, group, force: bool = False) -> nn.Module:
     """Install frame-parallel execution over the process group `group` (or a 1-D DeviceMesh) on `model` in place;
-    idempotent. A group of one rank installs nothing (the plain model is the CP model at size 1)."""
+    idempotent. A group of one rank installs nothing (the plain model is the CP model at size 1) unless `force`:
+    then every hook, dispatcher and collective runs over the one rank (what `bench/dit_step.py`'s cp1 case times
+    against the plain model; tests/models check it gives the plain model's output bit for bit and its gradients to
+    float32 rounding)."""
     if hasattr(group, "get_group"):  # a DeviceMesh
         group = group.get_group()
     if getattr(model, "_sana_context_parallel", None) is not None:
         return model
-    if dist.get_world_size(group) == 1:
+    if dist.get_world_size(group) == 1 and not force:
         return model
     for name in ("config", "blocks"):
         if not hasattr(model, name):
