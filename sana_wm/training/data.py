@@ -12,7 +12,8 @@
   restored global batch count less that. Lightning's per-epoch counters cannot say it: a checkpoint written after the
   last batch of an epoch restores that epoch's batch count, and read as a position in the next epoch it skipped a
   whole epoch of data (the loader has no length for Lightning to know the epoch was over). When the k skipped batches
-  end their epoch, the pass goes on with the next epoch from its start. Shard order, shuffles and frame choice are
+  end their epoch, the pass goes on with the next epoch from its start (also when this rank's epoch is shorter than k:
+  a resume on more data-parallel ranks, whose per-rank epochs are shorter). Shard order, shuffles and frame choice are
   seeded by (seed, rank, worker, epoch) in `data.webdataset`, so the replay is the same stream and a resumed run sees
   exactly the batches an uninterrupted run would have seen. Skipping costs decoding k batches once.
 """
