@@ -17,7 +17,8 @@ Cases (docs/design/flops.md §6, issue 6):
            this forces the install (`apply_context_parallel(..., force=True)`) over a one-rank NCCL group: the
            frame-slicing pre-hook, the block wrappers, the dispatchers, the composite GDN (slice composites and the
            rerun with boundary frames, in place of the fused GDN kernels) and the one-rank all-gathers all run.
-           Prints the overhead in %. Both copies stay resident, so both rows' peaks include the other's weights.
+           Prints the overhead in %. Both copies stay resident, so both rows' peaks include the other's weights;
+           the dispatchers are process-wide, so the plain rows include their check (no CP block active) too.
 train21 runs eager with full checkpointing, then (with --compile) compiled with each --ac policy: "full" recomputes
 whole blocks, "selective" keeps GEMM / attention / scan / prologue outputs, "ffn" keeps those and recomputes only the
 FFN's wide middle, leaving the rest to the compiler (sana_wm.parallel); --ac-blocks K
