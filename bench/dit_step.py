@@ -12,6 +12,13 @@ Cases (docs/design/flops.md §6, issue 6):
   composite with --compile: fwd21/fwd121/train21 again with every fused GDN kernel off (what they buy in the whole
            model, same process)
   bwd      with --compile: train21 again with the GDN backward kernels off (float32 PyTorch backward)
+  cp1      the context-parallel code path at cp_size 1 against the plain model, same weights, same process, eager:
+           fwd21 (B=1) and train21 (full checkpointing). `parallelize` installs nothing for a one-rank CP group, so
+           this forces the install (`apply_context_parallel(..., force=True)`) over a one-rank NCCL group: the
+           frame-slicing pre-hook, the block wrappers, the dispatchers, the composite GDN (slice composites and the
+           rerun with boundary frames, in place of the fused GDN kernels) and the one-rank all-gathers all run.
+           Prints the overhead in %. Both copies stay resident, so both rows' peaks include the other's weights;
+           the dispatchers are process-wide, so the plain rows include their check (no CP block active) too.
 train21 runs eager with full checkpointing, then (with --compile) compiled with each --ac policy: "full" recomputes
 whole blocks, "selective" keeps GEMM / attention / scan / prologue outputs, "ffn" keeps those and recomputes only the
 FFN's wide middle, leaving the rest to the compiler (sana_wm.parallel); --ac-blocks K
@@ -22,6 +29,7 @@ MFU = model FLOPs (sana_wm.models.flops) / (time × 989.4 TFLOP/s); also reporte
 Prints a table and writes JSON (--out). Never asserts speed.
 
     python bench/dit_step.py --cases fwd21,fwd121,train21,trainmax,profile --out results.json
+    python bench/dit_step.py --cases cp1 --no-port --out cp1.json      # ≈ 2 min on one H100
 """
 
 from __future__ import annotations
@@ -424,6 +432,57 @@ def run_trainmax(bench: Bench) -> None:
             torch.cuda.empty_cache()
 
 
+def run_cp1(bench: Bench) -> None:
+    """cp1: the plain eager model against a copy with the CP path forced at size 1 (see the module docstring), for
+    fwd21 (B=1) and train21 (full checkpointing); the overhead in % and the outputs' difference."""
+    import copy
+    import socket
+
+    import torch.distributed as dist
+
+    from sana_wm.context_parallel import apply_context_parallel
+    from sana_wm.parallel import apply_activation_checkpointing
+
+    if not dist.is_initialized():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                                device_id=torch.device("cuda", torch.cuda.current_device()))
+    ours = bench.ours
+    set_compiled(ours, bench.plain_blocks, False)
+    cp = copy.deepcopy(ours)
+    apply_context_parallel(cp, dist.group.WORLD, force=True)
+    inp = make_inputs(1, 21)
+    results = bench.results
+    with torch.no_grad():
+        ours.eval(), cp.eval()
+        a, b = ours_fn(ours, inp)().float(), ours_fn(cp, inp)().float()
+        results["cp1_fwd21_rel_err"] = ((b - a).norm() / a.norm()).item()
+        ms_plain, gib = bench.time(ours_fn(ours, inp))
+        bench.record("cp1 fwd21", "ours", 1, 21, ms_plain, gib, False)
+        ms_cp, gib = bench.time(ours_fn(cp, inp))
+        bench.record("cp1 fwd21", "ours, CP path at cp_size 1", 1, 21, ms_cp, gib, False)
+    results["cp1_fwd21_overhead_pct"] = 100 * (ms_cp / ms_plain - 1)
+    del a, b
+    ours.train(), cp.train()
+    bench.set_blocks("full", False)
+    apply_activation_checkpointing(cp, "full")
+    ms_plain, gib = bench.time(train_step(ours, inp, False))
+    ours.zero_grad(set_to_none=True)
+    bench.record("cp1 train21", "ours (full AC)", 1, 21, ms_plain, gib, True)
+    ms_cp, gib = bench.time(train_step(cp, inp, False))
+    cp.zero_grad(set_to_none=True)
+    bench.record("cp1 train21", "ours (full AC), CP path at cp_size 1", 1, 21, ms_cp, gib, True)
+    results["cp1_train21_overhead_pct"] = 100 * (ms_cp / ms_plain - 1)
+    print(f"cp1: CP path at cp_size 1 vs plain: forward {results['cp1_fwd21_overhead_pct']:+.1f}%, training step "
+          f"{results['cp1_train21_overhead_pct']:+.1f}% (fwd21 outputs rel err {results['cp1_fwd21_rel_err']:.1e})",
+          flush=True)
+    del cp
+    torch.cuda.empty_cache()
+    dist.destroy_process_group()
+
+
 def print_table(rows: list[dict]) -> None:
     print("\n| case | impl | B | latent T (frames) | ms | peak GiB | MFU |\n|---|---|---|---|---|---|---|")
     for r in rows:
@@ -451,6 +510,8 @@ def main(argv=None) -> int:
             bench.port.enable_gradient_checkpointing()
     if "train21" in bench.cases:
         run_train21(bench)
+    if "cp1" in bench.cases:
+        run_cp1(bench)
     bench.drop_port()  # trainmax probes the longest clip that fits: the port's memory back first
     if "trainmax" in bench.cases:
         run_trainmax(bench)

@@ -23,8 +23,10 @@ loss summed over this rank's real tokens and divided by the whole clip's token c
 summing the parameter gradients over the group (FSDP2 over a mesh that includes the CP ranks reduces over them)
 gives the whole clip's. `gather_frames` gives the whole output (for a loss every rank computes identically).
 
-Not supported with CP: torch.compile of the blocks (the collectives and the dispatch would break the block graphs;
-`parallelize` refuses the combination).
+With torch.compile: blocks compiled before CP is installed (`parallelize`'s order) trace the dispatchers and the
+collectives into their graphs (Dynamo's point-to-point tracing switched on for the halos; the CP block wrapper, which
+pushes the layout, stays eager around the compiled forward). Compiled blocks that are also checkpointed are refused
+(`apply_context_parallel` says why).
 """
 
 from __future__ import annotations
@@ -236,18 +238,34 @@ def _inner_blocks(model: nn.Module) -> list[nn.Module]:
     return [getattr(b, "_checkpoint_wrapped_module", b) for b in blocks]
 
 
-def apply_context_parallel(model: nn.Module, group) -> nn.Module:
+def apply_context_parallel(model: nn.Module, group, force: bool = False) -> nn.Module:
     """Install frame-parallel execution over the process group `group` (or a 1-D DeviceMesh) on `model` in place;
-    idempotent. A group of one rank installs nothing (the plain model is the CP model at size 1)."""
+    idempotent. A group of one rank installs nothing (the plain model is the CP model at size 1) unless `force`:
+    then every hook, dispatcher and collective runs over the one rank (what `bench/dit_step.py`'s cp1 case times
+    against the plain model; tests/models check it gives the plain model's output bit for bit and its gradients to
+    float32 rounding)."""
     if hasattr(group, "get_group"):  # a DeviceMesh
         group = group.get_group()
     if getattr(model, "_sana_context_parallel", None) is not None:
         return model
-    if dist.get_world_size(group) == 1:
+    if dist.get_world_size(group) == 1 and not force:
         return model
     for name in ("config", "blocks"):
         if not hasattr(model, name):
             raise TypeError(f"context parallelism needs a SanaWM-like model with `{name}`; got {type(model).__name__}")
+    compiled = [i for i, b in enumerate(model.blocks) if "forward" in vars(b)]  # `sana_wm.parallel.apply_compile`
+    checkpointed = [i for i, b in enumerate(model.blocks) if hasattr(b, "_checkpoint_wrapped_module")]
+    if set(compiled) & set(checkpointed):
+        raise NotImplementedError(
+            "context parallelism over compiled, checkpointed blocks is not supported (torch 2.13: Dynamo refuses the "
+            "CP block wrapper's side effects inside a compiled checkpoint region, and with the wrapper outside it the "
+            "recomputed frame exchanges gave NaN gradients, bench/RESULTS.md); turn off compile or activation "
+            "checkpointing")
+    if compiled:
+        # The halo exchanges are point-to-point sends and receives, which Dynamo traces only when told to (torch
+        # 2.13; without it: a graph break at each exchange, and fullgraph=True fails). The all-gathers trace as they
+        # are. The CP block wrapper stays outside the compiled forward (compile comes first, see `parallelize`).
+        torch._dynamo.config.enable_p2p_compilation = True
     cp = ContextParallel(model, group)
     _install_dispatchers()
     for block in _inner_blocks(model):

@@ -10,8 +10,8 @@ context parallelism over latent frames (`sana_wm.context_parallel`, over a CP me
 `LightningModule.configure_model` for checkpointing and compile only: its strategies (DDP, Lightning's FSDP, DeepSpeed)
 wrap the model themselves, after it. The FSDP2 part (`fsdp_mesh`) is for loops of one's own.
 
-Context parallelism and torch.compile are not combined yet: `parallelize` refuses the pair rather than tracing the
-collectives into the block graphs.
+Context parallelism with torch.compile traces the frame exchanges into the compiled blocks; with activation
+checkpointing as well it is refused (`sana_wm.context_parallel.apply_context_parallel` says why).
 """
 
 from __future__ import annotations
@@ -239,9 +239,11 @@ def parallelize(
         import torch.distributed as dist
 
         cp_size = dist.get_world_size(cp_mesh.get_group() if hasattr(cp_mesh, "get_group") else cp_mesh)
-    if cp_size > 1 and compile:
-        raise NotImplementedError(f"context parallelism (cp size {cp_size}) with compile=True: not supported yet "
-                                  "(the frame exchanges would break the compiled block graphs); turn one off")
+    if cp_size > 1 and compile and activation_checkpointing:
+        # Before anything is applied; `apply_context_parallel` checks the same on blocks compiled by hand.
+        raise NotImplementedError(f"context parallelism (cp size {cp_size}) with compile=True and activation "
+                                  "checkpointing: not supported (sana_wm.context_parallel.apply_context_parallel "
+                                  "says why); turn off compile or activation checkpointing")
     if activation_checkpointing and ac_policy == "ffn" and not compile:
         raise ValueError("ac_policy='ffn' needs compile=True (the compiler's partitioner makes most of its save/"
                          "recompute choices; run eagerly it would keep every activation outside the FFN)")

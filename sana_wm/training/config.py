@@ -544,9 +544,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if s.cp_size > 1 and s.name != "fsdp2":
         raise ConfigError(f"strategy.cp_size={s.cp_size} (context parallelism) needs strategy=fsdp2; got "
                           f"strategy.name={s.name!r}")
-    if s.cp_size > 1 and cfg.model.compile:
-        raise ConfigError(f"strategy.cp_size={s.cp_size} with model.compile=true is not supported yet; set one of them "
-                          "off")
+    if s.cp_size > 1 and cfg.model.compile and cfg.model.activation_checkpointing:
+        raise ConfigError(f"strategy.cp_size={s.cp_size} with model.compile=true and model.activation_checkpointing="
+                          "true is not supported (see sana_wm/context_parallel.py); set compile or checkpointing off")
     _choice("strategy.param_dtype", s.param_dtype, ("float32", "bfloat16", "float16"))
     if cfg.ema.enabled and (s.name in ("fsdp", "fsdp2") or (s.name == "deepspeed" and s.stage == 3)):
         # Under weight sharding each rank's parameters are shards (FSDP) or empty placeholders (ZeRO-3), so the EMA

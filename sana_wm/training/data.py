@@ -6,10 +6,16 @@
   compute: an empty shard list, missing local shard files, or cached tensors whose shapes do not fit the model raise
   :class:`DataConfigError` naming the config key and the offending value;
 * **data-stream position on resume**: the training loader is a :class:`ResumableLoader`, which at every pass asks
-  the trainer where it is — epoch e and the number k of batches of that epoch already trained (Lightning's own
-  restored loop counters) — and replays the epoch-e stream, skipping k batches. Shard order, shuffles and frame
-  choice are seeded by (seed, rank, worker, epoch) in `data.webdataset`, so the replay is the same stream and a
-  resumed run sees exactly the batches an uninterrupted run would have seen. Skipping costs decoding k batches once.
+  where the stream is — data epoch e and the number k of its batches already trained — and replays the epoch-e
+  stream, skipping k batches. The datamodule keeps that position itself and saves it in the checkpoint (its
+  `state_dict`): the data epoch of the current pass and the global batch count at which it began, k being Lightning's
+  restored global batch count less that. Lightning's per-epoch counters cannot say it: a checkpoint written after the
+  last batch of an epoch restores that epoch's batch count, and read as a position in the next epoch it skipped a
+  whole epoch of data (the loader has no length for Lightning to know the epoch was over). When the k skipped batches
+  end their epoch, the pass goes on with the next epoch from its start (also when this rank's epoch is shorter than k:
+  a resume on more data-parallel ranks, whose per-rank epochs are shorter). Shard order, shuffles and frame choice are
+  seeded by (seed, rank, worker, epoch) in `data.webdataset`, so the replay is the same stream and a resumed run sees
+  exactly the batches an uninterrupted run would have seen. Skipping costs decoding k batches once.
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ def peek_latent_sample(urls: list[str]) -> Any:
 
 
 class ResumableLoader:
-    """Iterable of training batches whose every pass starts where the trainer is.
+    """Iterable of training batches whose every pass starts where the stream is.
 
     Args:
         make_loader: ``epoch -> iterable`` of batches of that epoch (a deterministic function of the epoch).
@@ -82,37 +88,51 @@ class ResumableLoader:
         on_empty: ``() -> message``; a pass over a whole epoch that yields no batch raises
             :class:`DataConfigError` with it. Without it the trainer would start the next, equally empty, epoch
             forever (every sample skipped, e.g. clips shorter than ``data.num_frames``). None: no check.
+        on_start: ``(epoch, skipped) -> None``, told which epoch a pass reads and after how many batches, once that is
+            known: when the skipped batches were the whole epoch, the pass reads the next epoch from its start.
 
     Not a DataLoader on purpose: Lightning leaves other iterables alone (no sampler injection) and the webdataset
     pipeline already splits shards by rank and worker.
     """
 
     def __init__(self, make_loader: Callable[[int], Iterable], position: Callable[[], tuple[int, int]] | None = None,
-                 on_empty: Callable[[], str] | None = None):
+                 on_empty: Callable[[], str] | None = None, on_start: Callable[[int, int], None] | None = None):
         self.make_loader = make_loader
         self.position = position
         self.on_empty = on_empty
+        self.on_start = on_start
         self._passes = 0
         self.starts: list[tuple[int, int]] = []  # (epoch, skipped batches) of every pass, for logs and tests
 
     def __iter__(self) -> Iterator[Any]:
         epoch, skip = self.position() if self.position is not None else (self._passes, 0)
+        epoch, skip = int(epoch), int(skip)
         self._passes += 1
-        self.starts.append((int(epoch), int(skip)))
-        it = iter(self.make_loader(int(epoch)))
+        it = iter(self.make_loader(epoch))
         if skip:
             log.info("resuming the data stream at epoch %d after %d batches (replaying them)", epoch, skip)
-        for _ in range(int(skip)):
-            try:
-                next(it)
-            except StopIteration:
-                return
-        batches = 0
-        for batch in it:
-            batches += 1
-            yield batch
-        if batches == 0 and skip == 0 and self.on_empty is not None:
-            raise DataConfigError(self.on_empty())
+        end = object()
+        for i in range(skip):
+            if next(it, end) is end:
+                # This rank's epoch is shorter than the position says: the shards, the batch size or the number of
+                # data-parallel ranks (a resharded resume) changed since the checkpoint was written.
+                log.warning("resuming the data stream: epoch %d has %d batches on this rank, fewer than the %d the "
+                            "checkpoint says were trained in it; going on with epoch %d", epoch, i, skip, epoch + 1)
+                break
+        first = next(it, end)
+        if first is end and skip:  # the skipped batches ended their epoch: the stream goes on with the next one
+            epoch, skip = epoch + 1, 0
+            it = iter(self.make_loader(epoch))
+            first = next(it, end)
+        self.starts.append((epoch, skip))
+        if self.on_start is not None:
+            self.on_start(epoch, skip)
+        if first is end:
+            if skip == 0 and self.on_empty is not None:
+                raise DataConfigError(self.on_empty())
+            return
+        yield first
+        yield from it
 
 
 class TrainDataModule(SanaWMDataModule):
@@ -128,6 +148,8 @@ class TrainDataModule(SanaWMDataModule):
         super().__init__(*args, **kwargs)
         self.expect = dict(expect or {})
         self._checked = False
+        self._stream: tuple[int, int] | None = None  # (data epoch of the current pass, global batch count at its start)
+        self._restored: tuple[int, int] | None = None  # the same, loaded from a checkpoint, for the next pass
 
     def preflight(self) -> None:
         """Check the shard specs and (for latent shards) the first sample's shapes; idempotent."""
@@ -164,17 +186,39 @@ class TrainDataModule(SanaWMDataModule):
         super().setup(stage)
 
     def _position(self) -> tuple[int, int]:
+        """(data epoch, batches of it already trained) for the pass about to start (see the module docstring)."""
         trainer = self.trainer
-        # `current.ready` is Lightning's count of batches of this epoch already consumed; it is restored from the
-        # checkpoint on resume and reset to 0 at each new epoch, before the loader is iterated.
-        return int(trainer.current_epoch), int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        total = int(trainer.fit_loop.epoch_loop.batch_progress.total.ready)  # batches trained so far; restored
+        if self._restored is not None:  # the first pass after a resume
+            epoch, first = self._restored
+            self._restored = None
+            return epoch, total - first
+        if self._stream is None:  # the first pass of a fresh run, or of a resume from a checkpoint without the position
+            return int(trainer.current_epoch), int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        return self._stream[0] + 1, 0
+
+    def _started(self, epoch: int, skipped: int) -> None:
+        self._stream = (epoch, int(self.trainer.fit_loop.epoch_loop.batch_progress.total.ready) - skipped)
+
+    def state_dict(self) -> dict[str, int]:
+        """The data stream's position, saved in training checkpoints: the current pass's data epoch and the global
+        batch count at which that epoch began."""
+        if self._stream is None:
+            return {}
+        return {"stream_epoch": self._stream[0], "stream_first_batch": self._stream[1]}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state:
+            self._restored = (int(state["stream_epoch"]), int(state["stream_first_batch"]))
 
     def train_dataloader(self) -> ResumableLoader:
         if self.train_dataset is None:
             self.setup("fit")
         dataset = self.train_dataset
-        position = self._position if getattr(self, "trainer", None) is not None else None
-        return ResumableLoader(lambda epoch: self._loader(dataset, start_epoch=epoch), position, self._empty_epoch)
+        make = lambda epoch: self._loader(dataset, start_epoch=epoch)  # noqa: E731
+        if getattr(self, "trainer", None) is None:
+            return ResumableLoader(make, None, self._empty_epoch)
+        return ResumableLoader(make, self._position, self._empty_epoch, self._started)
 
     def _empty_epoch(self) -> str:
         """Why a whole training epoch gave no batch: the samples skipped by reason, and the usual cure."""

@@ -47,6 +47,7 @@ __all__ = [
     "build_trainer",
     "resolve_resume",
     "check_resume_checkpoint",
+    "check_sharded_resume",
     "wandb_credentials",
     "train",
 ]
@@ -287,6 +288,53 @@ def resolve_resume(cfg: TrainConfig) -> str | None:
     return r
 
 
+def _world_size(cfg: TrainConfig) -> int | None:
+    """trainer.devices × trainer.num_nodes when both are numbers (None for "auto" / -1: known only once launched)."""
+    devices, nodes = cfg.trainer.devices, cfg.trainer.num_nodes
+    if isinstance(devices, int) and devices > 0 and isinstance(nodes, int) and nodes > 0:
+        return devices * nodes
+    return None
+
+
+def check_sharded_resume(cfg: TrainConfig, path: str) -> None:
+    """A sharded resume folder must reach a strategy that can load it at this run's world size. Every rank runs this
+    from its own copy of the config before the process group exists, so each one raises, and none waits in a
+    collective for a rank that failed.
+
+    * a `torch.distributed.checkpoint` folder (strategy=fsdp2): only strategy=fsdp2 loads it, at any world size (DCP
+      reshards parameters and optimizer states to the run's mesh);
+    * a DeepSpeed ZeRO folder: one optimizer shard per data-parallel rank, which DeepSpeed loads only at that size.
+
+    Raises:
+        CheckpointError: naming the folder, what wrote it and what this run is.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return
+    name = cfg.strategy.name
+    if (p / ".metadata").is_file():
+        if name != "fsdp2":
+            shards = len(list(p.glob("*.distcp")))
+            raise CheckpointError(
+                f"checkpoint.resume={path} is a sharded torch.distributed.checkpoint folder ({shards} shard files, "
+                f"written by strategy=fsdp2), which strategy.name={name} cannot load; resume it with strategy=fsdp2 "
+                "(at any world size, trainer.devices=1 included: the shards are resharded), or export its weights "
+                f"to one file (python -m sana_wm.training.export checkpoint {path} --out <file>) and start from "
+                "them with model.init_checkpoint (the optimizer state is then not carried over)")
+        return
+    ranks = sorted(p.glob("checkpoint/zero_pp_rank_*_optim_states.pt"))
+    world = _world_size(cfg)
+    if ranks and world is not None:
+        dp = world // cfg.strategy.cp_size if name == "fsdp2" else world
+        if name != "deepspeed" or len(ranks) != dp:
+            raise CheckpointError(
+                f"checkpoint.resume={path} is a DeepSpeed ZeRO folder of {len(ranks)} ranks' optimizer shards; "
+                f"this run is strategy.name={name} on {world} ranks (trainer.devices × trainer.num_nodes), and DeepSpeed "
+                f"loads such a folder only with strategy=deepspeed on {len(ranks)} ranks; resume with those, or "
+                f"export its weights (python -m sana_wm.training.export checkpoint {path} --out <file>) and start "
+                "from them with model.init_checkpoint")
+
+
 def check_resume_checkpoint(module: SanaWMLitModule, path: str) -> None:
     """Compare the resume checkpoint's model keys/shapes with the module's before any compute.
 
@@ -294,7 +342,7 @@ def check_resume_checkpoint(module: SanaWMLitModule, path: str) -> None:
         CheckpointError: naming the file and the missing / unexpected / mis-shaped keys.
     """
     if Path(path).is_dir():
-        return  # DeepSpeed / FSDP-sharded folders are validated by the strategy while loading
+        return  # sharded folders: `check_sharded_resume`; their keys are checked by the strategy while loading
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning training checkpoint (no 'state_dict'); for weights use "
@@ -328,6 +376,7 @@ def train(cfg: DictConfig | TrainConfig) -> dict[str, Any]:
     datamodule.preflight()
     resume = resolve_resume(cfg)
     if resume:
+        check_sharded_resume(cfg, resume)
         check_resume_checkpoint(module, resume)
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)

@@ -169,7 +169,8 @@ def test_bad_values_fail_naming_the_key(override, key):
         (["strategy=fsdp", "model.activation_checkpointing=true", "model.ac_blocks=2"],
          "model.ac_blocks=2 is not supported with strategy=fsdp"),
         (["strategy=ddp", "strategy.cp_size=2"], "needs strategy=fsdp2; got strategy.name='ddp'"),
-        (["strategy=fsdp2", "strategy.cp_size=2", "model.compile=true"], "strategy.cp_size=2 with model.compile"),
+        (["strategy=fsdp2", "strategy.cp_size=2", "model.compile=true", "model.activation_checkpointing=true"],
+         "strategy.cp_size=2 with model.compile=true and model.activation_checkpointing=true is not supported"),
         (["strategy=fsdp2", "strategy.cp_size=0"], "strategy.cp_size=0 is out of range"),
         (["strategy=fsdp2", "ema.enabled=true"], "ema.enabled=true is not supported with strategy=fsdp2"),
         (["strategy=fsdp2", "strategy.param_dtype=int8"], "strategy.param_dtype"),
@@ -242,6 +243,31 @@ def test_a_checkpoint_that_does_not_fit_the_model_fails_before_training(tmp_path
         launch.train(_cfg(tmp_path, f"data.train_shards={shards}", f"checkpoint.resume={ckpt}"))
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         launch.train(_cfg(tmp_path, f"data.train_shards={shards}", f"checkpoint.resume={tmp_path}/nope.ckpt"))
+
+
+def test_a_sharded_checkpoint_a_strategy_cannot_load_is_refused_before_training(tmp_path, shards):
+    """A DCP folder (strategy=fsdp2) resumed by another strategy, and a DeepSpeed ZeRO folder of 2 ranks resumed on
+    another world size or strategy: a named error from `launch.train`, before the trainer (and its process group)."""
+    dcp = tmp_path / "fsdp2.ckpt"
+    dcp.mkdir()
+    for name in (".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"):
+        (dcp / name).write_bytes(b"")
+    for strategy, name in (("single", "auto"), ("ddp", "ddp")):
+        with pytest.raises(CheckpointError, match=rf"fsdp2\.ckpt is a sharded torch\.distributed\.checkpoint folder "
+                           rf"\(2 shard files, written by strategy=fsdp2\), which strategy\.name={name} cannot load; "
+                           r"resume it with strategy=fsdp2"):
+            launch.train(_cfg(tmp_path, f"data.train_shards={shards}", f"strategy={strategy}",
+                              f"checkpoint.resume={dcp}"))
+    launch.check_sharded_resume(_cfg(tmp_path, "strategy=fsdp2", "trainer.devices=3"), str(dcp))  # reshardable
+    zero = tmp_path / "zero.ckpt"
+    (zero / "checkpoint").mkdir(parents=True)
+    for r in range(2):
+        (zero / "checkpoint" / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    launch.check_sharded_resume(_cfg(tmp_path, "strategy=deepspeed_zero2", "trainer.devices=2"), str(zero))
+    for extra in (["strategy=deepspeed_zero2", "trainer.devices=1"], ["strategy=fsdp2", "trainer.devices=2"]):
+        with pytest.raises(CheckpointError, match=r"zero\.ckpt is a DeepSpeed ZeRO folder of 2 ranks' optimizer "
+                           r"shards; this run is strategy\.name=\w+ on \d ranks"):
+            launch.check_sharded_resume(_cfg(tmp_path, *extra), str(zero))
 
 
 def test_the_model_follows_camera_rms_downscale_and_a_checkpoint_recorded_otherwise_is_refused(tmp_path, shards):

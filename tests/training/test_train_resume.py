@@ -92,6 +92,35 @@ def test_resume_mid_epoch_continues_bit_for_bit(tmp_path, shards):
     assert all(torch.equal(v, other.state_dict()[k]) for k, v in plain.state_dict().items())
 
 
+def test_resumable_loader_goes_on_with_the_next_epoch_when_the_skipped_batches_end_one():
+    epochs = lambda e: [f"{e}.{i}" for i in range(3)]  # noqa: E731 - 3 batches per epoch
+    told = []
+    loader = ResumableLoader(epochs, lambda: (4, 3), on_start=lambda *a: told.append(a))
+    assert list(loader) == ["5.0", "5.1", "5.2"] and loader.starts == [(5, 0)] and told == [(5, 0)]
+    assert list(ResumableLoader(epochs, lambda: (4, 1))) == ["4.1", "4.2"]
+    # More batches done than this rank's epoch has (a resume on more data-parallel ranks): the next epoch.
+    assert list(ResumableLoader(epochs, lambda: (4, 5))) == ["5.0", "5.1", "5.2"]
+
+
+@pytest.mark.slow
+def test_resume_from_an_epoch_end_checkpoint_continues_bit_for_bit(tmp_path, shards):
+    """A checkpoint written after the last batch of an epoch (4 batches here): `last.ckpt` of a run whose max_steps
+    ends the epoch (saved at the epoch's end) and a periodic one saved after that batch. Lightning restores the
+    finished epoch's batch count with it; read as a position in the next epoch, the resumed run skipped a whole epoch
+    of data (the next epoch's 4 batches replayed away, training on the one after: 0.21 from the uninterrupted run on
+    x_embedder after two steps)."""
+    full_module, _, full = _run(tmp_path, shards, "full", 6)
+    _run(tmp_path, shards, "short", 4, "checkpoint.every_n_steps=4")
+    ckpts = tmp_path / "short" / "checkpoints"
+    for ckpt in (ckpts / "last.ckpt", ckpts / "step_0000004.ckpt"):
+        res_module, res_trainer, res = _run(tmp_path, shards, f"resumed_{ckpt.stem}", 6, f"checkpoint.resume={ckpt}")
+        assert res.keys == {s: full.keys[s] for s in (5, 6)}, ckpt.name  # epoch 1's first two samples
+        assert res.losses == {s: full.losses[s] for s in (5, 6)}, ckpt.name
+        assert res_trainer.train_dataloader.starts[0] == (1, 0), ckpt.name
+        a, b = full_module.state_dict(), res_module.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), ckpt.name
+
+
 def test_checkpoint_keys_of_wrapped_compiled_blocks_load_into_a_plain_module(tmp_path, shards):
     """Checkpoints written while compiled blocks were torch.compile wrappers carry `._orig_mod.` in their keys; they
     resume into today's module, whose keys do not depend on compilation."""
