@@ -83,7 +83,7 @@ def _close(got: dict, ref: dict, init: dict, rel: float = 1e-3) -> None:
 
 
 @pytest.mark.slow
-def test_fsdp2_bad_mesh_or_mismatched_configs_fail_on_every_rank(tmp_path):
+def test_fsdp2_bad_mesh_mismatched_configs_or_a_dcp_folder_under_ddp_fail_on_every_rank(tmp_path):
     write_tiny_latent_shards(tmp_path / "shards", num_samples=1, samples_per_shard=1)
     base = [*COMMON, "strategy=fsdp2", "trainer.devices=2", "strategy.process_group_backend=gloo",
             f"data.train_shards={tmp_path / 'shards'}", f"output_dir={tmp_path / 'run'}"]
@@ -94,6 +94,17 @@ def test_fsdp2_bad_mesh_or_mismatched_configs_fail_on_every_rank(tmp_path):
         r = run_in_process_group(["train.py", *base, *extra], nproc=2, timeout=200)
         out = r.stdout + r.stderr
         assert r.returncode != 0 and out.count(message) >= 2, out[-3000:]  # both ranks say it; none hangs
+    # A DCP folder resumed by a strategy that cannot reshard it (two ranks of DDP): both ranks refuse it.
+    dcp = tmp_path / "fsdp2.ckpt"
+    dcp.mkdir()
+    for name in (".metadata", "__0_0.distcp", "meta.pt"):
+        (dcp / name).write_bytes(b"")
+    r = run_in_process_group(["train.py", *COMMON, "strategy=ddp", "trainer.devices=2",
+                              "strategy.process_group_backend=gloo", f"checkpoint.resume={dcp}",
+                              f"data.train_shards={tmp_path / 'shards'}", f"output_dir={tmp_path / 'ddp'}"],
+                             nproc=2, timeout=200)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and out.count("which strategy.name=ddp cannot load") >= 2, out[-3000:]
 
 
 @pytest.mark.slow
