@@ -198,20 +198,6 @@ def _loss_curve(train_dir: Path) -> list[tuple[int, float]]:
 
 
 
-def _zero_camera_branch(dit) -> int:
-    """Silence the DiT's camera: zero the output projections of both camera branches (the UCPE attention branch's
-    ``out_proj_cam`` and the Plücker branch's ``plucker_proj``) in every block — the state the camera fine-tune
-    starts from. Returns the number of zeroed tensors."""
-    n = 0
-    with torch.no_grad():
-        for block in dit.blocks:
-            for lin in (block.attn.out_proj_cam, block.plucker_proj):
-                lin.weight.zero_()
-                lin.bias.zero_()
-                n += 2
-    return n
-
-
 def evaluate_camera_following(model_root: Path, checkpoint: Path, starts: list, actions: tuple[str, ...],
                               num_steps: int, cfg_scale: float, seed: int, show_action: str) -> dict:
     """Generate one video per held-out action (start frame i cycles through `starts`) with the trained DiT, then again
@@ -238,7 +224,7 @@ def evaluate_camera_following(model_root: Path, checkpoint: Path, starts: list, 
     shown = {}
     for label in ("with_camera", "camera_branch_zeroed"):
         if label == "camera_branch_zeroed":
-            out["zeroed_tensors"] = _zero_camera_branch(pipe.dit)
+            out["zeroed_tensors"] = pipe.dit.zero_camera_branch()
         checks = []
         for i, action in enumerate(actions):
             checks += camera_following(run(action, starts[i % len(starts)]), action)

@@ -8,7 +8,8 @@ Two layouts are read as they are:
       <set>/<case>/prompt.txt                prompt
       <set>/<case>/c2w.npy                   (F, 4, 4) OpenCV camera-to-world (also pose.npy)
       <set>/<case>/intrinsics.npy            (4,), (3, 3), (F, 4) or (F, 3, 3), pixels of the image
-      <set>/<case>/action.txt                action DSL instead of c2w.npy (optional)
+      <set>/<case>/action.txt                action DSL instead of c2w.npy, or beside it as the command the
+                                             c2w.npy rolls out (then both must have the same frame count)
       <set>/<case>/gt.npy | gt.mp4           ground-truth video (F, H, W, 3) uint8 (optional)
       <set>/<case>/meta.json                 {"fps": 16, "trajectory_type": "..."} (optional)
 
@@ -59,7 +60,7 @@ class BenchCase:
         prompt: prompt text.
         c2w: ``(F, 4, 4)`` float64 trajectory (rolled out from ``action`` when the case gives one).
         intrinsics: ``(F, 4)`` float64 [fx, fy, cx, cy] in pixels of the image.
-        action: the action string, or None.
+        action: the action string (the commanded motion, scored by the motion-based following check), or None.
         gt_video: ``(F_gt, H, W, 3)`` uint8 ground truth, or None.
         fps: frame rate (meta.json, else the set's default).
         trajectory_type: label used for per-type bars (meta.json, else ``"action"`` / ``"c2w"``).
@@ -156,21 +157,25 @@ def _load_case(name: str, files: dict[str, Path | None], num_frames: int | None,
             raise _CaseProblem(f"{files['meta'].name}: invalid JSON ({err})") from None
     case_fps = float(meta.get("fps", fps))
 
-    action = None
+    action = action_c2w = None
+    if files["action"] is not None:
+        action = files["action"].read_text(encoding="utf-8").strip()
+        try:
+            action_c2w = action_to_c2w(action).astype(np.float64)
+        except ValueError as err:
+            raise _CaseProblem(f"{files['action'].name}: {err}") from None
     if files["c2w"] is not None:
         c2w = _load_npy(files["c2w"]).astype(np.float64)
         try:
             validate_c2w(c2w, files["c2w"].name)
         except ValueError as err:
             raise _CaseProblem(str(err)) from None
+        if action_c2w is not None and len(action_c2w) != len(c2w):
+            raise _CaseProblem(f"{files['action'].name} commands {len(action_c2w)} frames; {files['c2w'].name} has "
+                               f"{len(c2w)} (the action must be the command the trajectory rolls out)")
         kind = "c2w"
-    elif files["action"] is not None:
-        action = files["action"].read_text(encoding="utf-8").strip()
-        try:
-            c2w = action_to_c2w(action).astype(np.float64)
-        except ValueError as err:
-            raise _CaseProblem(f"{files['action'].name}: {err}") from None
-        kind = "action"
+    elif action_c2w is not None:
+        c2w, kind = action_c2w, "action"
     else:
         raise _CaseProblem("no trajectory (c2w.npy / <stem>_pose.npy or action.txt / <stem>_action.txt)")
     if num_frames is not None and len(c2w) < num_frames:
@@ -249,8 +254,10 @@ def write_case(
     intrinsics: np.ndarray,
     gt_video: np.ndarray | None = None,
     meta: dict[str, Any] | None = None,
+    action: str | None = None,
 ) -> Path:
-    """Write one case in the folder-per-case layout (image (H, W, 3) uint8, intrinsics in its pixels)."""
+    """Write one case in the folder-per-case layout (image (H, W, 3) uint8, intrinsics in its pixels; ``action``:
+    the DSL command ``c2w`` rolls out, kept for the motion-based following check)."""
     from PIL import Image
 
     folder = Path(folder)
@@ -261,6 +268,8 @@ def write_case(
     np.save(folder / "intrinsics.npy", np.asarray(intrinsics, dtype=np.float64))
     if gt_video is not None:
         np.save(folder / "gt.npy", np.asarray(gt_video, dtype=np.uint8))
+    if action is not None:
+        (folder / "action.txt").write_text(action + "\n", encoding="utf-8")
     if meta:
         (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return folder
@@ -278,18 +287,24 @@ def write_synthetic_bench(
     fps: float = 16.0,
     trajectory: str = "mixed",
     supersample: int = 2,
+    pattern_scale: float = 1.0,
 ) -> Path:
     """A set of ``num_cases`` clips of the bundled synthetic world, with exact poses and ground-truth video.
 
-    Use a ``seed`` the training set does not use to hold the cases out (the default data set uses seed 0).
+    Use a ``seed`` the training set does not use to hold the cases out (the default data set uses seed 0: other
+    rooms, other random trajectories). Action-DSL clips also get their ``action.txt`` (the command their poses roll
+    out), which the sweep's motion-based following check scores. Match the size and ``pattern_scale`` of the world
+    the model was trained on (the CPU demo: 64 × 112, ``pattern_scale`` 3).
     """
     from data.synthetic import make_clip
 
     out = Path(out)
     for index in range(first_index, first_index + num_cases):
-        clip = make_clip(index, seed, num_frames, height, width, fps, trajectory, supersample)
+        clip = make_clip(index, seed, num_frames, height, width, fps, trajectory, supersample, pattern_scale)
+        traj = clip.meta["trajectory"]
         write_case(out / clip.key, clip.frames[0], clip.caption, clip.c2w, clip.K, clip.frames,
-                   {"fps": fps, "trajectory_type": clip.meta["trajectory"]["kind"], "source": "synthetic"})
+                   {"fps": fps, "trajectory_type": traj["kind"], "source": "synthetic", "seed": seed,
+                    "index": index, "pattern_scale": pattern_scale}, action=traj.get("action"))
     return out
 
 
@@ -337,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     syn.add_argument("--height", type=int, default=128)
     syn.add_argument("--width", type=int, default=224)
     syn.add_argument("--fps", type=float, default=16.0)
+    syn.add_argument("--trajectory", choices=("mixed", "dsl", "smooth"), default="mixed",
+                     help="camera paths: action-DSL rollouts (scored for motion following too), smooth, or both")
+    syn.add_argument("--pattern-scale", type=float, default=1.0,
+                     help="coarseness of the rooms' patterns; the CPU demo's world uses 3")
     shards = sub.add_parser("shards", help="the first clips of video shards")
     shards.add_argument("--urls", required=True, help="shard list / pattern / directory / manifest")
     shards.add_argument("--out", required=True)
@@ -352,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "synthetic":
         root = write_synthetic_bench(args.out, args.num_cases, seed=args.seed, num_frames=args.num_frames,
-                                     height=args.height, width=args.width, fps=args.fps)
+                                     height=args.height, width=args.width, fps=args.fps, trajectory=args.trajectory,
+                                     pattern_scale=args.pattern_scale)
     elif args.command == "shards":
         root = write_shard_bench(args.urls, args.out, args.num_cases, num_frames=args.num_frames,
                                  height=args.height, width=args.width, fps=args.fps)

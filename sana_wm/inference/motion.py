@@ -23,7 +23,8 @@ import numpy as np
 
 from sana_wm.camera import ACTION_KEYMAPS
 
-__all__ = ["phase_shift", "segment_motion", "command_segments", "MotionCheck", "camera_following"]
+__all__ = ["phase_shift", "segment_motion", "command_segments", "MotionCheck", "camera_following",
+           "following_rate"]
 
 #: Smallest |shift| in pixels summed over a segment that counts as a turn.
 MIN_TURN_PX = 1.0
@@ -119,15 +120,22 @@ class MotionCheck:
     ok: bool
 
 
-def camera_following(frames: np.ndarray, action: str, scheme: str = "release") -> list[MotionCheck]:
+def camera_following(frames: np.ndarray, action: str, scheme: str = "release",
+                     frame_offset: int = 0) -> list[MotionCheck]:
     """One :class:`MotionCheck` per turn and per forward/back move commanded by ``action`` (segments that run past
-    the video's last frame are cut to it; segments left with no frame pair are skipped)."""
+    the video's last frame are cut to it; segments left with no frame pair are skipped).
+
+    ``frame_offset``: the command frame that ``frames[0]`` shows (``GenerationResult.frame_offset``: 1 after the
+    refiner dropped the sink frame); segments are shifted by it and cut at frame 0.
+    """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"camera_following: frames must be (F, H, W, 3); got {frames.shape}")
+    if frame_offset < 0:
+        raise ValueError(f"camera_following: frame_offset must be >= 0; got {frame_offset}")
     checks = []
     for i, (a, b, yaw, fwd) in enumerate(command_segments(action, scheme)):
-        b = min(b, len(frames) - 1)
+        a, b = max(a - frame_offset, 0), min(b - frame_offset, len(frames) - 1)
         if b <= a or (yaw == 0 and fwd == 0):
             continue
         shift, expansion = segment_motion(frames, a, b)

@@ -390,18 +390,33 @@ class SanaWM(nn.Module):
             if attn.conv_k is not None:
                 attn.conv_k.reset_identity()
                 attn.conv_k_cam.weight.copy_(attn.conv_k.weight)
-            # Camera branch copied from the base model, with a zero output projection.
+            # Camera branch copied from the base model; its output projections are zeroed after the loop.
             C = attn.dim
             for i, proj in enumerate((attn.q_proj_cam, attn.k_proj_cam, attn.v_proj_cam)):
                 proj.weight.copy_(attn.qkv.weight[i * C : (i + 1) * C])
                 proj.bias.zero_()
             attn.q_norm_cam.weight.copy_(attn.q_norm.weight)
             attn.k_norm_cam.weight.copy_(attn.k_norm.weight)
-            attn.out_proj_cam.weight.zero_()
-            attn.out_proj_cam.bias.zero_()
-            block.plucker_proj.weight.zero_()
-            block.plucker_proj.bias.zero_()
             block.mlp.t_conv.weight.zero_()  # temporal mixing starts as identity residual
+        self.zero_camera_branch()
+
+    def camera_output_projections(self) -> list[nn.Linear]:
+        """The two linears per block through which the camera reaches the token stream: the UCPE attention branch's
+        ``attn.out_proj_cam`` and the Plücker branch's ``plucker_proj``. With both zero the output does not depend
+        on the camera inputs."""
+        return [lin for block in self.blocks for lin in (block.attn.out_proj_cam, block.plucker_proj)]
+
+    @torch.no_grad()
+    def zero_camera_branch(self) -> int:
+        """Silence the camera: zero every camera output projection (weight and bias), the state NVIDIA's
+        initialisation starts the camera fine-tune from. Used to measure what camera control a training taught
+        (evaluation with ``zero_camera_branch=true``, the CPU demo). Returns the number of zeroed tensors."""
+        n = 0
+        for lin in self.camera_output_projections():
+            lin.weight.zero_()
+            lin.bias.zero_()
+            n += 2
+        return n
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -106,6 +106,38 @@ def test_synthetic_builder_writes_held_out_cases_with_ground_truth(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(case.image_path)), case.gt_video[0])
 
 
+def test_synthetic_builder_at_the_demo_world_keeps_each_dsl_command(tmp_path):
+    """64 × 112 with the demo's coarse patterns, DSL paths only: every case carries the action its poses roll out
+    (same rotations; the world scales the steps' length), and the rooms are the demo world's at that seed."""
+    from data.synthetic import make_clip
+    from sana_wm.camera import relative_to_first
+
+    write_synthetic_bench(tmp_path, 2, seed=1000, num_frames=9, height=64, width=112, trajectory="dsl",
+                          pattern_scale=3.0, supersample=1)
+    bench = load_bench_set(tmp_path)
+    assert bench.errors == [] and [c.trajectory_type for c in bench.cases] == ["dsl", "dsl"]
+    for i, case in enumerate(bench.cases):
+        clip = make_clip(i, 1000, 9, 64, 112, 16.0, "dsl", 1, 3.0)
+        assert case.action == clip.meta["trajectory"]["action"]
+        np.testing.assert_array_equal(case.gt_video, clip.frames)
+        np.testing.assert_allclose(relative_to_first(case.c2w)[:, :3, :3], action_to_c2w(case.action)[:, :3, :3],
+                                   atol=1e-5)
+
+
+def test_an_action_beside_c2w_is_the_command_and_must_match_its_length(tmp_path):
+    video, _, K = tiny_video_clip(9, 32, 64)
+    c2w = action_to_c2w("w-4,l-4").astype(np.float64)
+    c2w[:, :3, 3] *= 2.5  # a world with longer steps: the file's poses are the trajectory
+    write_case(tmp_path / "ok", video[0], "p", c2w, K, action="w-4,l-4", meta={"trajectory_type": "dsl"})
+    write_case(tmp_path / "wrong_length", video[0], "p", c2w, K, action="w-4,l-6")
+    bench = load_bench_set(tmp_path)
+    (case,) = bench.cases
+    assert (case.name, case.action, case.trajectory_type) == ("ok", "w-4,l-4", "dsl")
+    np.testing.assert_allclose(case.c2w, c2w)
+    assert bench.errors == [CaseError("wrong_length", "action.txt commands 11 frames; c2w.npy has 9 (the action "
+                                                      "must be the command the trajectory rolls out)")]
+
+
 def test_shard_builder_reads_any_video_shard(tmp_path):
     video, c2w, K = tiny_video_clip(9, 32, 64)
     shard = write_raw_shard(str(tmp_path / "s-000000.tar"),

@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sana_wm.inference.motion import camera_following, command_segments, following_rate, phase_shift
+from sana_wm.inference.motion import (
+    camera_following,
+    command_segments,
+    following_rate,
+    phase_shift,
+    segment_motion,
+)
 
 
 def _texture(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
@@ -61,3 +67,16 @@ def test_rendered_turns_and_moves_are_read_back_and_a_reversed_video_fails():
     # A frozen video moves nowhere: it fails rather than scoring a coin flip.
     frozen = camera_following(np.repeat(frames[:1], len(frames), axis=0), action)
     assert following_rate(frozen) == {**following_rate(frozen), "rate": 0.0, "passed": 0, "checks": 3}
+
+
+def test_frame_offset_shifts_the_command_onto_a_video_without_its_first_frame():
+    """After the refiner drops the sink frame the video starts at command frame 1: the segments move one frame
+    earlier, the first is cut at frame 0, and the measured cues are those of the same original frames."""
+    action = "w-6,l-6"
+    frames = _rendered(action)
+    shifted = camera_following(frames[1:], action, frame_offset=1)
+    assert [(c.segment, c.kind) for c in shifted] == [(0, "move"), (1, "turn")]
+    assert shifted[0].measured == segment_motion(frames, 1, 6)[1]
+    assert shifted[1].measured == -segment_motion(frames, 6, 12)[0]
+    with pytest.raises(ValueError, match="frame_offset must be >= 0; got -1"):
+        camera_following(frames, action, frame_offset=-1)

@@ -1,5 +1,6 @@
 """SANA-WM DiT on CPU: presets, key layout, initialisation, input handling, autograd, precision."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,6 +67,31 @@ def test_camera_branch_contributes_exactly_zero_at_init():
             block.attn.out_proj_cam.weight.normal_(std=0.05)
         moved = model(x, t, y, camera_conditions=_cam(2, 3))
     assert not torch.allclose(moved, base)
+
+
+def test_zeroing_the_camera_branch_makes_the_dit_ignore_the_camera():
+    from sana_wm.camera import action_to_c2w, prepare_camera
+
+    torch.manual_seed(0)
+    dit = SanaWM.from_preset("tiny").eval()
+    with torch.no_grad():  # a trained camera branch: non-zero output projections and Plücker embedding
+        for lin in dit.camera_output_projections():
+            lin.weight.normal_(std=0.05)
+            lin.bias.normal_(std=0.05)
+        for p in dit.plucker_embedder.parameters():
+            p.normal_(std=0.05)
+    K = np.array([60.0, 60.0, 56.0, 32.0])
+    x = torch.randn(1, 16, 3, 8, 14)
+    y = torch.randn(1, 32, 32)
+
+    def run(action):
+        cam, plk = prepare_camera(action_to_c2w(action), K, (64, 112), (8, 14), num_frames=17)
+        with torch.no_grad():
+            return dit(x, torch.tensor([500.0]), y, camera_conditions=cam[None], chunk_plucker=plk[None])
+
+    assert not torch.allclose(run("w-16"), run("l-16"))
+    assert dit.zero_camera_branch() == 4 * len(dit.blocks)
+    assert torch.equal(run("w-16"), run("l-16"))  # exactly: the camera adds 0 · anything
 
 
 def test_gdn_init_is_linear_attention_equivalent():
