@@ -8,9 +8,10 @@ Frames are ``(F, H, W, 3)`` uint8 RGB (what :class:`sana_wm.inference.pipeline.G
   ``structural_similarity_index_measure(gaussian_kernel=False, kernel_size=11)`` is *not* this: it
   reflect-pads before filtering and differs by ~4e-4 on noisy 40 × 50 frames, so the plain definition is
   computed here. ``sample_covariance=True`` gives scikit-image's N/(N−1) variant.
-- **LPIPS** (AlexNet, inputs in [−1, 1]) needs the ``lpips`` package, torchvision and AlexNet weights from a
-  local file; anything missing makes :func:`load_lpips` return the reason, and callers report the metric as
-  skipped with it.
+- **LPIPS** v0.1 (AlexNet or VGG16 trunk, inputs in [−1, 1]), implemented in :mod:`sana_wm.eval.lpips` (the
+  ``lpips`` package needs torchvision, which cannot be installed beside the CPU torch build): torchvision's trunk
+  weights and the lpips package's linear heads from local files; a missing file makes :func:`load_lpips` return
+  the reason, and callers report the metric as skipped with it.
 - **Revisit**: pairs of frames whose cameras return to an earlier pose (rotation and centre within
   thresholds, at least ``min_gap`` frames apart); at most 5 pairs per video; PSNR / SSIM / LPIPS per pair.
 - **Temporal degradation**: the with-ground-truth metrics per window of ``window_s`` seconds.
@@ -100,51 +101,41 @@ def ssim(a, b, *, window: int = 11, k1: float = 0.01, k2: float = 0.03, sample_c
     return smap.mean(dim=(1, 2, 3)).numpy()
 
 
-# torchvision's AlexNet `features` indices → the `lpips` package's slice names.
-_LPIPS_ALEX_SLICES = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
+def load_lpips(backbone_weights: str | os.PathLike | None, linear_weights: str | os.PathLike | None,
+               net: str = "alex") -> Callable | Skipped:
+    """LPIPS (:mod:`sana_wm.eval.lpips`) from two local files, or why not.
 
-
-def load_lpips(alexnet_weights: str | os.PathLike | None) -> Callable | Skipped:
-    """LPIPS-AlexNet with backbone weights from a local torchvision ``alexnet`` state dict, or why not.
+    Args:
+        backbone_weights: torchvision's ``alexnet`` / ``vgg16`` ImageNet state dict.
+        linear_weights: the lpips package's ``alex.pth`` / ``vgg.pth`` (v0.1 linear heads).
+        net: ``"alex"`` or ``"vgg"``.
 
     Returns:
-        ``fn(a, b) -> (F,) numpy`` on uint8 stacks, or :class:`Skipped` naming the missing piece.
+        ``fn(a, b) -> (F,) numpy`` on uint8 stacks (``fn.metric_name``: ``lpips_<net>``), or :class:`Skipped`
+        naming the missing file.
+
+    Raises:
+        ValueError: an unknown ``net``, or a file of the wrong layout (a configuration error, not a missing piece).
     """
-    if alexnet_weights is None:
-        return Skipped("lpips", "no local AlexNet weights configured (metrics.lpips_alexnet_weights)")
-    path = Path(alexnet_weights)
-    if not path.is_file():
-        return Skipped("lpips", f"AlexNet weights file {path} does not exist")
-    try:
-        import lpips  # noqa: F401  (the linear-layer weights ship with the package)
-        import torchvision  # noqa: F401
-    except ImportError as err:
-        return Skipped("lpips", f"{err.name} is not installed (pip install -e '.[lpips]')")
-    # pnet_rand=True: build AlexNet without torchvision's download; its weights come from `path`.
-    model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    # A whole torchvision AlexNet ("features.N.weight", classifier ignored) or its `features` alone ("N.weight").
-    mapped = {}
-    for key, value in state.items():
-        parts = key.removeprefix("features.").split(".")
-        if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) in _LPIPS_ALEX_SLICES:
-            mapped[f"slice{_LPIPS_ALEX_SLICES[int(parts[0])]}.{parts[0]}.{parts[1]}"] = value
-    model.net.load_state_dict(mapped, strict=True)
+    from sana_wm.eval.lpips import load_lpips_model, lpips_fn
 
-    @torch.no_grad()
-    def fn(a, b) -> np.ndarray:
-        a, b = _pair(a, b)
-        to = lambda z: z.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return model(to(a), to(b)).flatten().double().numpy()
-
-    return fn
+    if net not in ("alex", "vgg"):
+        raise ValueError(f"metrics.lpips.net must be 'alex' or 'vgg'; got {net!r}")
+    trunk = "AlexNet" if net == "alex" else "VGG16"
+    for path, what, key in ((backbone_weights, f"torchvision {trunk} weights", "backbone_weights"),
+                            (linear_weights, f"LPIPS linear-head weights ({net}.pth)", "linear_weights")):
+        if path is None:
+            return Skipped(f"lpips_{net}", f"no local {what} configured (metrics.lpips.{key})")
+        if not Path(path).is_file():
+            return Skipped(f"lpips_{net}", f"{what} file {path} does not exist (metrics.lpips.{key})")
+    return lpips_fn(load_lpips_model(net, backbone_weights, linear_weights))
 
 
 def gt_metrics(pred, gt, lpips_fn: Callable | Skipped | None = None) -> dict[str, np.ndarray]:
     """Per-frame PSNR / SSIM (/ LPIPS) of a generated video against its ground truth."""
     out = {"psnr_db": psnr(pred, gt), "ssim": ssim(pred, gt)}
     if callable(lpips_fn):
-        out["lpips_alex"] = lpips_fn(pred, gt)
+        out[lpips_fn.metric_name] = lpips_fn(pred, gt)
     return out
 
 
@@ -204,7 +195,7 @@ def revisit_metrics(video, c2w, lpips_fn: Callable | Skipped | None = None, **pa
     out = {"revisit_pairs": float(len(pairs)), "revisit_psnr_db_mean": float(psnr(first, later).mean()),
            "revisit_ssim_mean": float(ssim(first, later).mean())}
     if callable(lpips_fn):
-        out["revisit_lpips_alex_mean"] = float(lpips_fn(first, later).mean())
+        out[f"revisit_{lpips_fn.metric_name}_mean"] = float(lpips_fn(first, later).mean())
     return out
 
 

@@ -48,8 +48,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SETTING_KEYS", "cell_name", "run_cell", "write_report"]
 
-#: The sweepable settings: they name the cell and become columns of results.csv.
-SETTING_KEYS = ("ckpt", "cfg_scale", "step", "seed", "sampler", "flow_shift", "refine", "num_frames")
+#: The sweepable settings: they name the cell and become columns of results.csv. ``zero_camera_branch``: generate
+#: with the DiT's camera output projections zeroed (:meth:`sana_wm.models.SanaWM.zero_camera_branch`), the
+#: no-camera control that says how much of the camera accuracy the camera branch is responsible for.
+SETTING_KEYS = ("ckpt", "cfg_scale", "step", "seed", "sampler", "flow_shift", "refine", "num_frames",
+                "zero_camera_branch")
 
 _PIPELINES: dict[tuple, Any] = {}
 
@@ -63,17 +66,23 @@ def cell_name(settings: dict[str, Any]) -> str:
     stem = "root" if ckpt is None else Path(str(ckpt)).stem
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     readable = f"ckpt={stem},cfg_scale={settings['cfg_scale']},step={settings['step']},seed={settings['seed']}"
+    if settings.get("zero_camera_branch"):
+        readable += ",camera=zeroed"
     return f"{readable},{digest}".replace(os.sep, "_")
 
 
 def _pipeline(cfg):
     from sana_wm.inference.pipeline import SanaWMPipeline
 
-    key = (str(cfg.model_root), str(cfg.ckpt), bool(cfg.refine), str(cfg.device))
+    zeroed = bool(cfg.get("zero_camera_branch"))
+    key = (str(cfg.model_root), str(cfg.ckpt), bool(cfg.refine), str(cfg.device), zeroed)
     if key not in _PIPELINES:
         _PIPELINES.clear()  # one model in memory at a time
-        _PIPELINES[key] = SanaWMPipeline.from_model_root(
+        pipe = SanaWMPipeline.from_model_root(
             cfg.model_root, checkpoint=cfg.ckpt, use_refiner=bool(cfg.refine), device=cfg.device)
+        if zeroed:
+            log.info("camera branch zeroed: %d tensors", pipe.dit.zero_camera_branch())
+        _PIPELINES[key] = pipe
     return _PIPELINES[key]
 
 
@@ -105,6 +114,20 @@ def _camera_rows(video, result, fps: float, estimators: dict[str, Any]) -> tuple
     return row, problems
 
 
+def _motion_row(video: np.ndarray, action: str, frame_offset: int) -> dict[str, float]:
+    """Motion-based camera following (:mod:`sana_wm.inference.motion`): did each commanded turn and forward/back
+    move show in the pixels? Needs no pose estimator, so it scores videos too small or too blurry for one."""
+    from sana_wm.inference.motion import camera_following, following_rate
+
+    rate = following_rate(camera_following(video, action, frame_offset=frame_offset))
+    if not rate["checks"]:
+        return {"follow_checks[motion]": 0.0}
+    row = {"follow_rate[motion]": rate["rate"], "follow_checks[motion]": float(rate["checks"]),
+           "follow_passed[motion]": float(rate["passed"])}
+    row.update({f"follow_rate_{kind}[motion]": v for kind, v in rate["by_kind"].items()})
+    return row
+
+
 def _crop_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """Ground-truth frames resized and centre-cropped like the pipeline's first image."""
     from sana_wm.inference.video import resize_center_crop
@@ -128,6 +151,8 @@ def _evaluate_case(pipe, case: BenchCase, cfg, cell_dir: Path, estimators, lpips
     row: dict[str, Any] = {"frames": len(video), "notices": " | ".join(result.notices)}
     cam, problems = _camera_rows(video, result, case.fps, estimators)
     row.update(cam)
+    if case.action is not None:
+        row.update(_motion_row(video, case.action, result.frame_offset))
     row.update(revisit_metrics(video, result.c2w, lpips_fn, **OmegaConf.to_container(cfg.metrics.revisit)))
     if case.gt_video is not None:
         per_frame = gt_metrics(video, _crop_frames(
@@ -165,7 +190,7 @@ def run_cell(cfg) -> Path:
     skipped = []
     estimators = _estimators(cfg.metrics)
     skipped += [e for e in estimators.values() if isinstance(e, Skipped)]
-    lpips_fn = load_lpips(cfg.metrics.lpips_alexnet_weights)
+    lpips_fn = load_lpips(cfg.metrics.lpips.backbone_weights, cfg.metrics.lpips.linear_weights, cfg.metrics.lpips.net)
     if isinstance(lpips_fn, Skipped):
         skipped.append(lpips_fn)
     todo = [c for c in cases if not (cell_dir / "rows" / f"{c.name}.json").is_file()]

@@ -13,9 +13,7 @@ from sana_wm.eval.quality import (
     Skipped,
     frechet_distance,
     fvd,
-    gt_metrics,
     load_i3d,
-    load_lpips,
     psnr,
     revisit_metrics,
     revisit_pairs,
@@ -81,21 +79,6 @@ def test_bad_frames_are_rejected_with_the_shape():
         ssim(_video(1, h=8, w=8), _video(1, h=8, w=8))
 
 
-def test_lpips_is_skipped_with_a_reason_never_dropped(tmp_path):
-    assert load_lpips(None) == Skipped("lpips", "no local AlexNet weights configured (metrics.lpips_alexnet_weights)")
-    missing = load_lpips(tmp_path / "alexnet.pth")
-    assert isinstance(missing, Skipped) and "does not exist" in missing.reason
-    (tmp_path / "alexnet.pth").write_bytes(b"")
-    try:
-        import lpips  # noqa: F401
-        import torchvision  # noqa: F401
-    except ImportError:
-        got = load_lpips(tmp_path / "alexnet.pth")
-        assert isinstance(got, Skipped) and "is not installed" in got.reason
-    out = gt_metrics(_video(), _video(), Skipped("lpips", "x"))
-    assert set(out) == {"psnr_db", "ssim"}
-
-
 def test_temporal_windows_split_by_seconds():
     per = {"psnr_db": np.arange(25, dtype=float)}
     out = temporal_windows(per, fps=2.0, window_s=5.0)  # 10 frames per window: 0-9, 10-19, 20-24
@@ -155,53 +138,3 @@ def test_fvd_from_a_local_torchscript_and_skips(tmp_path):
     assert "does not exist" in load_i3d(tmp_path / "none.pt").reason
     assert "needs >= 2 videos" in fvd(vids[:1], vids, extractor).reason
     assert "shorter than clip_frames=16" in fvd([_video(8)] * 2, vids, extractor).reason
-
-
-def _alexnet_features() -> torch.nn.Sequential:
-    """torchvision's AlexNet ``features`` layout (conv layers at indices 0, 3, 6, 8, 10)."""
-    nn = torch.nn
-    return nn.Sequential(nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Conv2d(64, 192, 5, padding=2),
-                         nn.ReLU(), nn.MaxPool2d(3, 2), nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1), nn.ReLU())
-
-
-def test_lpips_backbone_weights_come_from_the_local_file(tmp_path, monkeypatch):
-    """A stand-in `lpips` package with the real one's AlexNet slices (slice k holds features[a:b] under their
-    torchvision indices): the local state dict must land in those slices, and the distance is computed on [−1, 1]."""
-    import sys
-    import types
-
-    class FakeLPIPS(torch.nn.Module):
-        def __init__(self, net, pretrained, pnet_rand, verbose):
-            super().__init__()
-            assert (net, pretrained, pnet_rand) == ("alex", True, True)  # no torchvision download
-            feats = _alexnet_features()
-            self.net = torch.nn.Module()
-            for k, (a, b) in enumerate([(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)], start=1):
-                sl = torch.nn.Sequential()
-                for x in range(a, b):
-                    sl.add_module(str(x), feats[x])
-                setattr(self.net, f"slice{k}", sl)
-            self.seen = []
-
-        def forward(self, x, y):
-            self.seen.append((float(x.min()), float(x.max())))
-            return (self.net.slice1(x) - self.net.slice1(y)).pow(2).mean(dim=(1, 2, 3), keepdim=True)
-
-    made = []
-    fake = types.ModuleType("lpips")
-    fake.LPIPS = lambda **kw: made.append(FakeLPIPS(**kw)) or made[-1]
-    monkeypatch.setitem(sys.modules, "lpips", fake)
-    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
-    weights = _alexnet_features().state_dict()
-    whole_model = {f"features.{k}": v for k, v in weights.items()} | {"classifier.1.weight": torch.zeros(2, 2)}
-    torch.save(whole_model, tmp_path / "alexnet.pth")
-    fn = load_lpips(tmp_path / "alexnet.pth")
-    assert callable(fn)
-    net = made[0].net
-    assert torch.equal(getattr(net.slice1, "0").weight, weights["0.weight"])
-    assert torch.equal(getattr(net.slice2, "3").weight, weights["3.weight"])
-    assert torch.equal(getattr(net.slice5, "10").bias, weights["10.bias"])
-    v = _video(2, h=64, w=64)
-    np.testing.assert_allclose(fn(v, v), 0.0)
-    assert made[0].seen[0] == (-1.0, 1.0)

@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import sana_wm.eval.sweep as sweep
+from sana_wm.camera import action_to_c2w
 from sana_wm.eval.bench_set import write_case
 from sana_wm.testing.data import tiny_video_clip
 from sana_wm.testing.eval import forward_track
@@ -87,7 +88,7 @@ def test_two_settings_resume_and_rows(model_root, tmp_path, monkeypatch):
 
     report = (out / "report.md").read_text()
     assert "b_fails` (partial): estimator[cami2v]" in report
-    assert "lpips: no local AlexNet weights configured" in report
+    assert "lpips_alex: no local torchvision AlexNet weights configured" in report
     assert "fvd: no local I3D TorchScript configured" in report
     assert "![rot_err_deg_mean[sana_wm] vs cfg_scale](plots/" in report  # matplotlib is in the `eval` extra
 
@@ -171,3 +172,47 @@ def test_pipeline_input_check_rejects_before_any_model_loads(tmp_path, monkeypat
     row = json.loads((cell / "rows" / "short.json").read_text())
     assert row["status"] == "bad_case" and "refine" in row["error"], row["error"]
     assert json.loads((cell / "done.json").read_text())["bad_cases"] == 1
+
+
+def test_zeroed_camera_branch_cell_ignores_the_camera_and_scores_motion(model_root, tmp_path, monkeypatch):
+    """`zero_camera_branch=true` is its own cell; its model generates the same video for two commands (the random
+    root's camera projections are non-zero, so the trained cell's videos differ), and cases with an action get the
+    motion-based following columns."""
+    import sana_wm.inference.video as video_io
+
+    sweep._PIPELINES.clear()
+    # The generated frames as written (x264 does not re-encode noise-like frames bit-identically from run to run,
+    # so the mp4s cannot be compared).
+    written = {}
+    real_write = video_io.write_mp4
+    monkeypatch.setattr(video_io, "write_mp4", lambda path, frames, fps: written.__setitem__(
+        (Path(path).parent.name, Path(path).stem), frames.copy()) or real_write(path, frames, fps))
+    video, _, K = tiny_video_clip(9, 64, 96)
+    for name, action in (("fwd", "w-4,s-4"), ("turn", "l-4,j-4")):
+        write_case(tmp_path / "bench" / name, video[0], "a room", action_to_c2w(action), K, action=action)
+    out = tmp_path / "out"
+
+    def cfg(zeroed: bool):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose("eval", overrides=[f"model_root={model_root}", f"bench={tmp_path / 'bench'}",
+                                              f"output_root={out}", "device=cpu", "step=1", "cfg_scale=1.0",
+                                              f"zero_camera_branch={zeroed}"])
+
+    trained = sweep.run_cell(cfg(False))
+    dit = next(iter(sweep._PIPELINES.values())).dit
+    assert any(lin.weight.abs().sum() > 0 for lin in dit.camera_output_projections())
+    zeroed = sweep.run_cell(cfg(True))
+    assert zeroed.name.startswith("ckpt=root,cfg_scale=1.0,step=1,seed=42,camera=zeroed,")
+    dit = next(iter(sweep._PIPELINES.values())).dit
+    assert all(lin.weight.abs().sum() == 0 and lin.bias.abs().sum() == 0 for lin in dit.camera_output_projections())
+    assert not np.array_equal(written[(trained.name, "fwd")], written[(trained.name, "turn")])
+    np.testing.assert_array_equal(written[(zeroed.name, "fwd")], written[(zeroed.name, "turn")])
+
+    with open(out / "results.csv") as f:
+        rows = {(r["zero_camera_branch"], r["case"]): r for r in csv.DictReader(f)}
+    assert set(rows) == {("False", "fwd"), ("False", "turn"), ("True", "fwd"), ("True", "turn")}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["follow_checks[motion]"] == "2.0"
+        assert float(r["follow_passed[motion]"]) / 2 == float(r["follow_rate[motion]"])
+    assert rows[("True", "turn")]["follow_rate_turn[motion]"] != "" and rows[("True", "turn")]["follow_rate_move[motion]"] == ""
+    assert rows[("True", "fwd")]["follow_rate_move[motion]"] != ""
