@@ -17,8 +17,13 @@ Frames are ``(F, H, W, 3)`` uint8 RGB (what :class:`sana_wm.inference.pipeline.G
 - **Temporal degradation**: the with-ground-truth metrics per window of ``window_s`` seconds.
 - **FVD**: Fréchet distance between Gaussian fits of per-clip features from a local TorchScript I3D
   (StyleGAN-V's ``i3d_torchscript.pt`` calling convention: (B, 3, T, 224, 224) in [−1, 1] →
-  400-d logits); absent → skipped with the reason. FID needs torch-fidelity's Inception weights through
-  torchmetrics and is reported skipped when those are not installed.
+  400-d logits); absent → skipped with the reason.
+- **FID**: the same Fréchet distance on per-frame features of a local TorchScript Inception-v3 (the
+  ``inception-2015-12-05`` network in StyleGAN2-ADA's calling convention: uint8 (B, 3, H, W) → 2048-d pool
+  features with ``return_features=True``; it resizes to 299 × 299 inside); absent → skipped with the reason.
+  torchmetrics' ``FrechetInceptionDistance`` (which takes a local ``feature_extractor_weights_path`` in the
+  pinned 1.9) is not used: its Inception comes from torch-fidelity, which requires torchvision, and no
+  torchvision build can be installed beside the CPU torch of this environment.
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ from sana_wm.camera import rotation_angle
 __all__ = [
     "PSNR_CAP_DB",
     "Skipped",
+    "fid",
     "frechet_distance",
     "fvd",
     "gt_metrics",
     "load_i3d",
+    "load_inception",
     "load_lpips",
     "psnr",
     "revisit_metrics",
@@ -212,13 +219,25 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt)
 
 
+def _torchscript(path: str | os.PathLike | None, metric: str, what: str, key: str):
+    """A local TorchScript feature network, or :class:`Skipped` saying which file is missing."""
+    if path is None:
+        return Skipped(metric, f"no local {what} TorchScript configured (metrics.{key})")
+    if not Path(path).is_file():
+        return Skipped(metric, f"{what} TorchScript file {path} does not exist (metrics.{key})")
+    return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def _feature_distance(real: np.ndarray, fake: np.ndarray) -> float:
+    """Fréchet distance between Gaussian fits of two (N, D) feature sets."""
+    return frechet_distance(real.mean(0), np.cov(real, rowvar=False), fake.mean(0), np.cov(fake, rowvar=False))
+
+
 def load_i3d(path: str | os.PathLike | None) -> Callable | Skipped:
     """A local TorchScript I3D (StyleGAN-V convention) as ``fn(videos uint8 (B, F, H, W, 3)) -> (B, 400)``."""
-    if path is None:
-        return Skipped("fvd", "no local I3D TorchScript configured (metrics.i3d_torchscript)")
-    if not Path(path).is_file():
-        return Skipped("fvd", f"I3D TorchScript file {path} does not exist")
-    detector = torch.jit.load(str(path), map_location="cpu").eval()
+    detector = _torchscript(path, "fvd", "I3D", "i3d_torchscript")
+    if isinstance(detector, Skipped):
+        return detector
 
     @torch.no_grad()
     def fn(videos: torch.Tensor) -> np.ndarray:
@@ -247,7 +266,32 @@ def fvd(real: list, fake: list, extractor: Callable | Skipped, clip_frames: int 
         if short:
             return Skipped("fvd", f"{len(short)} video(s) shorter than clip_frames={clip_frames}")
         clips.append(torch.stack([_frames(v, "video")[:clip_frames] for v in group]))
-    feats = [extractor(c) for c in clips]
-    stats = [(f.mean(0), np.cov(f, rowvar=False)) for f in feats]
-    return frechet_distance(stats[0][0], stats[0][1], stats[1][0], stats[1][1])
+    return _feature_distance(extractor(clips[0]), extractor(clips[1]))
 
+
+def load_inception(path: str | os.PathLike | None) -> Callable | Skipped:
+    """A local TorchScript Inception-v3 (module docstring) as ``fn(frames uint8 (B, H, W, 3)) -> (B, 2048)``."""
+    detector = _torchscript(path, "fid", "Inception", "fid_inception_torchscript")
+    if isinstance(detector, Skipped):
+        return detector
+
+    @torch.no_grad()
+    def fn(frames: torch.Tensor) -> np.ndarray:
+        return detector(frames.permute(0, 3, 1, 2).contiguous(), return_features=True).double().numpy()
+
+    return fn
+
+
+def fid(real: list, fake: list, extractor: Callable | Skipped, batch: int = 32) -> float | Skipped:
+    """FID between the frames of two sets of videos (every frame of every video is one image).
+
+    Needs at least 2 frames per side (a covariance); fewer gives :class:`Skipped` with the counts.
+    """
+    if isinstance(extractor, Skipped):
+        return extractor
+    stacks = [torch.cat([_frames(v, "video") for v in group]) if group else None for group in (real, fake)]
+    counts = [0 if s is None else len(s) for s in stacks]
+    if min(counts) < 2:
+        return Skipped("fid", f"needs >= 2 frames per side; got {counts[0]} real and {counts[1]} generated")
+    feats = [np.concatenate([extractor(s[i:i + batch]) for i in range(0, len(s), batch)]) for s in stacks]
+    return _feature_distance(*feats)

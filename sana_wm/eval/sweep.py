@@ -35,9 +35,11 @@ from sana_wm.eval.bench_set import BenchCase, load_bench_set
 from sana_wm.eval.estimator import camera_accuracy, load_estimator
 from sana_wm.eval.quality import (
     Skipped,
+    fid,
     fvd,
     gt_metrics,
     load_i3d,
+    load_inception,
     load_lpips,
     revisit_metrics,
     temporal_windows,
@@ -205,11 +207,15 @@ def run_cell(cfg) -> Path:
             row.update(status="failed", error=f"{type(err).__name__}: {err}")
         _write_row(cell_dir, case.name, row)
     set_metrics = {}
-    fvd_value = _cell_fvd(cfg, cell_dir, cases)
-    if isinstance(fvd_value, Skipped):
-        skipped.append(fvd_value)
-    else:
-        set_metrics[f"fvd[i3d,{int(cfg.metrics.fvd_clip_frames)}f,224px]"] = fvd_value
+    real, fake = _cell_videos(cfg, cell_dir, cases)
+    fvd_value = fvd(real, fake, load_i3d(cfg.metrics.i3d_torchscript), int(cfg.metrics.fvd_clip_frames))
+    fid_value = fid(real, fake, load_inception(cfg.metrics.fid_inception_torchscript))
+    for name, value in ((f"fvd[i3d,{int(cfg.metrics.fvd_clip_frames)}f,224px]", fvd_value),
+                        ("fid[inception,frames]", fid_value)):
+        if isinstance(value, Skipped):
+            skipped.append(value)
+        else:
+            set_metrics[name] = value
     (cell_dir / "done.json").write_text(json.dumps(
         {"cases": len(cases), "bad_cases": len(bad), "set_metrics": set_metrics,
          "skipped_metrics": [{"metric": s.metric, "reason": s.reason} for s in skipped]}, indent=1) + "\n")
@@ -217,13 +223,10 @@ def run_cell(cfg) -> Path:
     return cell_dir
 
 
-def _cell_fvd(cfg, cell_dir: Path, cases: list[BenchCase]) -> float | Skipped:
-    """FVD of the cell's generated videos (re-read from their mp4s) against the cases' ground truth."""
+def _cell_videos(cfg, cell_dir: Path, cases: list[BenchCase]) -> tuple[list, list]:
+    """The cell's generated videos (re-read from their mp4s) and the cases' ground truth, for FVD and FID."""
     from sana_wm.inference.video import read_mp4
 
-    extractor = load_i3d(cfg.metrics.i3d_torchscript)
-    if isinstance(extractor, Skipped):
-        return extractor
     real, fake = [], []
     for case in cases:
         path = cell_dir / f"{case.name}.mp4"
@@ -232,7 +235,7 @@ def _cell_fvd(cfg, cell_dir: Path, cases: list[BenchCase]) -> float | Skipped:
             offset = 1 if cfg.refine else 0  # the refiner drops the sink frame
             gt = case.gt_video[offset : offset + len(fake[-1])]
             real.append(_crop_frames(gt, *fake[-1].shape[1:3]))
-    return fvd(real, fake, extractor, int(cfg.metrics.fvd_clip_frames))
+    return real, fake
 
 
 def _write_row(cell_dir: Path, case: str, row: dict[str, Any]) -> None:

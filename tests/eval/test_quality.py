@@ -11,9 +11,11 @@ import torch
 from sana_wm.eval.quality import (
     PSNR_CAP_DB,
     Skipped,
+    fid,
     frechet_distance,
     fvd,
     load_i3d,
+    load_inception,
     psnr,
     revisit_metrics,
     revisit_pairs,
@@ -138,3 +140,46 @@ def test_fvd_from_a_local_torchscript_and_skips(tmp_path):
     assert "does not exist" in load_i3d(tmp_path / "none.pt").reason
     assert "needs >= 2 videos" in fvd(vids[:1], vids, extractor).reason
     assert "shorter than clip_frames=16" in fvd([_video(8)] * 2, vids, extractor).reason
+
+
+def test_frechet_distance_of_non_commuting_gaussians_is_the_closed_form():
+    """2 × 2: Tr((Σ₁Σ₂)^½) = √(Tr(Σ₁Σ₂) + 2√(det Σ₁ det Σ₂)) (the eigenvalues of Σ₁Σ₂ are real, ≥ 0)."""
+    s1 = np.array([[2.0, 0.5], [0.5, 1.0]])
+    s2 = np.array([[1.0, -0.3], [-0.3, 3.0]])
+    assert not np.allclose(s1 @ s2, s2 @ s1)
+    mu1, mu2 = np.array([0.0, 1.0]), np.array([2.0, -1.0])
+    tr_sqrt = math.sqrt(np.trace(s1 @ s2) + 2 * math.sqrt(np.linalg.det(s1) * np.linalg.det(s2)))
+    want = 8.0 + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(want, rel=1e-12)
+    # Σ₁ = I in 5-D: Tr(Σ₂^½) from Σ₂'s eigenvalues; and the distance is symmetric.
+    a = np.random.default_rng(3).normal(size=(5, 5))
+    s2 = a @ a.T + 0.1 * np.eye(5)
+    want = 5.0 + np.trace(s2) - 2 * np.sqrt(np.linalg.eigvalsh(s2)).sum()
+    assert frechet_distance(np.zeros(5), np.eye(5), np.zeros(5), s2) == pytest.approx(want, rel=1e-10)
+    assert frechet_distance(np.zeros(5), s2, np.zeros(5), np.eye(5)) == pytest.approx(want, rel=1e-10)
+
+
+class _MeanColourInception(torch.nn.Module):
+    """Stands in for the Inception TorchScript: per-image channel means, same calling convention (uint8 NCHW)."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        assert x.dtype == torch.uint8 and x.shape[1] == 3 and return_features
+        return x.double().mean(dim=(2, 3))
+
+
+def test_fid_from_a_local_torchscript_on_frames_and_skips(tmp_path):
+    path = tmp_path / "inception.pt"
+    torch.jit.script(_MeanColourInception()).save(str(path))
+    extractor = load_inception(path)
+    vids = [_video(4, seed=s) for s in range(3)]
+    assert fid(vids, vids, extractor, batch=5) == pytest.approx(0.0, abs=1e-9)
+    shifted = [np.clip(v.astype(int) + 30, 0, 255).astype(np.uint8) for v in vids]
+    got = fid(vids, shifted, extractor)
+    feats = lambda vs: np.concatenate([v.reshape(len(v), -1, 3).mean(1) for v in vs])
+    a, b = feats(vids), feats(shifted)
+    assert got == pytest.approx(frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0),
+                                                 np.cov(b, rowvar=False)), rel=1e-9)
+    assert got > 100
+    assert load_inception(None).reason == "no local Inception TorchScript configured (metrics.fid_inception_torchscript)"
+    assert "does not exist" in load_inception(tmp_path / "none.pt").reason
+    assert fid([vids[0][:1]], vids, extractor).reason == "needs >= 2 frames per side; got 1 real and 12 generated"

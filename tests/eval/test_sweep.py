@@ -90,6 +90,7 @@ def test_two_settings_resume_and_rows(model_root, tmp_path, monkeypatch):
     assert "b_fails` (partial): estimator[cami2v]" in report
     assert "lpips_alex: no local torchvision AlexNet weights configured" in report
     assert "fvd: no local I3D TorchScript configured" in report
+    assert "fid: no local Inception TorchScript configured" in report
     assert "![rot_err_deg_mean[sana_wm] vs cfg_scale](plots/" in report  # matplotlib is in the `eval` extra
 
     # Rerun: finished cells are skipped without loading a model or generating.
