@@ -169,22 +169,6 @@ def _run(cmd: list[str], what: str) -> None:
         raise RuntimeError(f"{what} failed with exit status {r.returncode} (command above)")
 
 
-def _training_actions(video_dir: Path) -> set[str]:
-    """Action strings of the world's DSL clips (manifest + shard metadata)."""
-    import tarfile
-
-    actions = set()
-    for shard in sorted(video_dir.glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for m in tar.getmembers():
-                if m.name.endswith(".json"):
-                    meta = json.load(tar.extractfile(m))
-                    action = (meta.get("trajectory") or {}).get("action")
-                    if action:
-                        actions.add(action)
-    return actions
-
-
 def _loss_curve(train_dir: Path) -> list[tuple[int, float]]:
     import csv
 
@@ -332,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    from data.synthetic import DEFAULT_CONFIG, build_default_dataset, make_clip
+    from data.synthetic import DEFAULT_CONFIG, build_default_dataset, dataset_actions, make_clip
 
     H, W, F, S, C = a.height, a.width, DEFAULT_CONFIG["num_frames"], a.vae_stride, a.latent_channels
     world = {"num_frames": F, "height": H, "width": W, "pattern_scale": a.pattern_scale}
@@ -403,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"6/6 camera following on {a.eval_actions} held-out action strings, with and without the camera branch")
     t = time.perf_counter()
     actions = EVAL_ACTIONS[: a.eval_actions]
-    trained = _training_actions(out / "data" / "videos")
+    trained = dataset_actions(out / "data" / "videos")
     seen = sorted(set(actions) & trained)
     if seen:
         raise RuntimeError(f"held-out action strings {seen} are training trajectories of this world; pick others")

@@ -54,6 +54,7 @@ _EXPORTS = {
     "make_clip": ".clips",
     "DEFAULT_CONFIG": ".build",
     "build_default_dataset": ".build",
+    "dataset_actions": ".build",
     "main": ".build",
 }
 

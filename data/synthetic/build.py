@@ -17,7 +17,7 @@ from typing import Any
 
 from .clips import RENDERER_VERSION, SyntheticClip, plan_clip, render_clip
 
-__all__ = ["DEFAULT_CONFIG", "build_default_dataset", "main"]
+__all__ = ["DEFAULT_CONFIG", "build_default_dataset", "dataset_actions", "main"]
 
 
 #: The default sample set (``make demo``, tests): 16 clips × 33 frames at 128 × 224, 16 fps.
@@ -121,6 +121,24 @@ def build_default_dataset(
     with open(params_path, "w") as f:
         json.dump(params, f, indent=2)
     return sink.paths
+
+
+def dataset_actions(video_dir: str | os.PathLike) -> set[str]:
+    """Action strings of the DSL clips in a folder of video shards (each sample's json ``trajectory.action``): the
+    commands a model trained on them has seen, for picking held-out ones."""
+    import tarfile
+    from pathlib import Path
+
+    actions = set()
+    for shard in sorted(Path(video_dir).glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.load(tar.extractfile(m))
+                    action = (meta.get("trajectory") or {}).get("action")
+                    if action:
+                        actions.add(action)
+    return actions
 
 
 def main(argv: list[str] | None = None) -> int:

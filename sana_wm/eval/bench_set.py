@@ -288,24 +288,37 @@ def write_synthetic_bench(
     trajectory: str = "mixed",
     supersample: int = 2,
     pattern_scale: float = 1.0,
+    exclude_actions: set[str] | frozenset[str] = frozenset(),
 ) -> Path:
     """A set of ``num_cases`` clips of the bundled synthetic world, with exact poses and ground-truth video.
 
     Use a ``seed`` the training set does not use to hold the cases out (the default data set uses seed 0: other
     rooms, other random trajectories). Action-DSL clips also get their ``action.txt`` (the command their poses roll
     out), which the sweep's motion-based following check scores. Match the size and ``pattern_scale`` of the world
-    the model was trained on (the CPU demo: 64 × 112, ``pattern_scale`` 3).
+    the model was trained on (the CPU demo: 64 × 112, ``pattern_scale`` 3). ``exclude_actions``: commands the
+    model was trained on (:func:`data.synthetic.dataset_actions`); clips with one of them are passed over and the
+    next indices taken, so every command is held out too.
     """
-    from data.synthetic import make_clip
+    from data.synthetic import plan_clip, render_clip
 
+    if num_cases < 1:
+        raise ValueError(f"num_cases must be >= 1; got {num_cases}")
     out = Path(out)
-    for index in range(first_index, first_index + num_cases):
-        clip = make_clip(index, seed, num_frames, height, width, fps, trajectory, supersample, pattern_scale)
+    written = 0
+    for index in range(first_index, first_index + 20 * num_cases):
+        clip = plan_clip(index, seed, num_frames, height, width, fps, trajectory, pattern_scale)
         traj = clip.meta["trajectory"]
+        if traj.get("action") in exclude_actions:
+            continue
+        render_clip(clip, supersample)
+        written += 1
         write_case(out / clip.key, clip.frames[0], clip.caption, clip.c2w, clip.K, clip.frames,
                    {"fps": fps, "trajectory_type": traj["kind"], "source": "synthetic", "seed": seed,
                     "index": index, "pattern_scale": pattern_scale}, action=traj.get("action"))
-    return out
+        if written == num_cases:
+            return out
+    raise ValueError(f"only {written} of {num_cases} clips from index {first_index} on have an action outside the "
+                     f"{len(exclude_actions)} excluded ones")
 
 
 def write_shard_bench(
@@ -356,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="camera paths: action-DSL rollouts (scored for motion following too), smooth, or both")
     syn.add_argument("--pattern-scale", type=float, default=1.0,
                      help="coarseness of the rooms' patterns; the CPU demo's world uses 3")
+    syn.add_argument("--held-out-from", default=None, metavar="VIDEO_SHARDS",
+                     help="training video shards: skip clips whose action string one of their clips follows")
     shards = sub.add_parser("shards", help="the first clips of video shards")
     shards.add_argument("--urls", required=True, help="shard list / pattern / directory / manifest")
     shards.add_argument("--out", required=True)
@@ -370,9 +385,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "synthetic":
+        from data.synthetic import dataset_actions
+
+        exclude = dataset_actions(args.held_out_from) if args.held_out_from else frozenset()
+        if args.held_out_from and not exclude:
+            parser.error(f"--held-out-from {args.held_out_from}: no video shard with action strings there")
         root = write_synthetic_bench(args.out, args.num_cases, seed=args.seed, num_frames=args.num_frames,
                                      height=args.height, width=args.width, fps=args.fps, trajectory=args.trajectory,
-                                     pattern_scale=args.pattern_scale)
+                                     pattern_scale=args.pattern_scale, exclude_actions=exclude)
     elif args.command == "shards":
         root = write_shard_bench(args.urls, args.out, args.num_cases, num_frames=args.num_frames,
                                  height=args.height, width=args.width, fps=args.fps)

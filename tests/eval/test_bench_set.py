@@ -122,6 +122,25 @@ def test_synthetic_builder_at_the_demo_world_keeps_each_dsl_command(tmp_path):
         np.testing.assert_array_equal(case.gt_video, clip.frames)
         np.testing.assert_allclose(relative_to_first(case.c2w)[:, :3, :3], action_to_c2w(case.action)[:, :3, :3],
                                    atol=1e-5)
+    # A command the model was trained on is passed over: the next clip takes its place.
+    write_synthetic_bench(tmp_path / "held_out", 2, seed=1000, num_frames=9, height=64, width=112, trajectory="dsl",
+                          pattern_scale=3.0, supersample=1, exclude_actions={bench.cases[0].action})
+    held_out = load_bench_set(tmp_path / "held_out").cases
+    assert [c.name for c in held_out] == ["synth-1000-000001", "synth-1000-000002"]
+    assert bench.cases[0].action not in {c.action for c in held_out}
+    with pytest.raises(ValueError, match="only 0 of 1 clips from index 0 on have an action outside the 1 excluded"):
+        write_synthetic_bench(tmp_path / "none", 1, seed=1000, num_frames=9, height=64, width=112, trajectory="dsl",
+                              exclude_actions=_AnyAction())
+
+
+class _AnyAction(frozenset):
+    """Excludes every action string."""
+
+    def __contains__(self, item):
+        return True
+
+    def __len__(self):
+        return 1
 
 
 def test_an_action_beside_c2w_is_the_command_and_must_match_its_length(tmp_path):
@@ -165,3 +184,23 @@ def test_cli_builds_a_synthetic_set_and_checks_it(tmp_path, capsys):
     (out / "broken").mkdir()
     assert main(["check", str(out)]) == 1
     assert capsys.readouterr().out.splitlines()[1] == "bad  broken: no first image (expected one of .png, .jpg, .jpeg, .webp)"
+
+
+def test_cli_holds_out_the_commands_of_training_shards(tmp_path, capsys):
+    from data.synthetic import build_default_dataset, dataset_actions, plan_clip
+    from sana_wm.eval.bench_set import main
+
+    build_default_dataset(tmp_path / "train", num_clips=2, num_frames=9, height=32, width=64, workers=0)
+    trained = dataset_actions(tmp_path / "train")
+    assert trained == {plan_clip(0, 0, 9, 32, 64).meta["trajectory"]["action"]}  # clip 1 is smooth
+    # seed 0 again (same rooms): the first DSL clip's command is the training one, so it is passed over
+    assert main(["synthetic", "--out", str(tmp_path / "set"), "--num-cases", "2", "--seed", "0", "--num-frames", "9",
+                 "--height", "32", "--width", "64", "--trajectory", "dsl", "--held-out-from",
+                 str(tmp_path / "train")]) == 0
+    bench = load_bench_set(tmp_path / "set")
+    assert [c.name for c in bench.cases] == ["synth-0000-000001", "synth-0000-000002"]
+    assert not trained & {c.action for c in bench.cases}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["synthetic", "--out", str(tmp_path / "x"), "--held-out-from", str(tmp_path / "set")])
+    assert "no video shard with action strings there" in capsys.readouterr().err
