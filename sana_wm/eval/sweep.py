@@ -302,6 +302,14 @@ def write_report(root: str | os.PathLike) -> Path:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (cell, kind), rs in sorted(by_type.items()):
         lines.append("| " + " | ".join([cell, kind, str(len(rs))] + [_fmt(mean(rs, m)) for m in metrics]) + " |")
+    lines += ["", "## Camera following from the pixels (motion checks pooled over cases)", ""]
+    pooled = []
+    for cell, rs in sorted(by_cell.items()):
+        checks = sum(r.get("follow_checks[motion]", 0.0) for r in rs)
+        if checks:
+            passed = sum(r.get("follow_passed[motion]", 0.0) for r in rs)
+            pooled.append(f"- `{cell}`: {passed:g} / {checks:g} checks passed = {passed / checks:.3f}")
+    lines += pooled or ["no case with an action"]
     problems = [r for r in rows if r.get("error")]
     lines += ["", "## Cases with problems", ""]
     lines += [f"- `{r['cell']}` / `{r['case']}` ({r['status']}): {r['error']}" for r in problems] or ["none"]

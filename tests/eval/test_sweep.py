@@ -217,3 +217,5 @@ def test_zeroed_camera_branch_cell_ignores_the_camera_and_scores_motion(model_ro
         assert float(r["follow_passed[motion]"]) / 2 == float(r["follow_rate[motion]"])
     assert rows[("True", "turn")]["follow_rate_turn[motion]"] != "" and rows[("True", "turn")]["follow_rate_move[motion]"] == ""
     assert rows[("True", "fwd")]["follow_rate_move[motion]"] != ""
+    passed = sum(float(r["follow_passed[motion]"]) for r in rows.values() if r["zero_camera_branch"] == "True")
+    assert f"- `{zeroed.name}`: {passed:g} / 4 checks passed = {passed / 4:.3f}" in (out / "report.md").read_text()
