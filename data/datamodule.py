@@ -46,6 +46,8 @@ class SanaWMDataModule(L.LightningDataModule):
         persistent_workers, pin_memory, prefetch_factor: passed to the DataLoader.
         synthetic_dir: where to render the synthetic world when ``train_shards`` is None.
         synthetic: overrides of :data:`data.synthetic.DEFAULT_CONFIG` (num_clips, num_frames, …).
+        spatial_stride: the VAE's spatial compression (video shards only): the camera's Plücker maps are built on
+            the (height / stride, width / stride) latent grid, and height and width must be multiples of it.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class SanaWMDataModule(L.LightningDataModule):
         prefetch_factor: int | None = 2,
         synthetic_dir: str | None = None,
         synthetic: dict[str, Any] | None = None,
+        spatial_stride: int = 32,
     ):
         super().__init__()
         if kind not in ("video", "latent"):
@@ -138,6 +141,7 @@ class SanaWMDataModule(L.LightningDataModule):
             frame_sampling="random" if train else "start",
             video_format=hp.video_format,
             decode_threads=hp.decode_threads,
+            spatial_stride=hp.spatial_stride,
             **common,
         )
 

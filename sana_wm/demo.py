@@ -5,14 +5,14 @@ Steps (every artefact lands under ``--out``, default ``demo_out/``):
 1. **World** — render the bundled synthetic 3-D world (`data.synthetic.build_default_dataset`: 32 clips × 33 frames
    at 64 × 112 with coarse patterns, exact camera poses) into video shards, plus 4 held-out rooms for the codec's
    PSNR.
-2. **Codec** — no pretrained LTX-2 VAE is available offline, so train a tiny one: diffusers
-   ``AutoencoderKLLTX2Video`` with the LTX-2 block structure and 8× temporal compression but 8× (not 32×) spatial
-   compression (``--vae-stride``), 16 latent channels, ~2 M parameters, for ``--vae-steps`` steps on random 9-frame
-   windows with an MSE loss; its PSNR on the held-out rooms goes into the summary. Its per-channel latent mean/std
-   over the clips are written into the VAE's ``latents_mean/std`` so cached latents are normalised. The text encoder
-   is a *tiny random* Gemma-2 with an in-process tokenizer: captions carry (almost) no meaning. Both are saved in the
-   release layout (``model/vae``, ``model/text_encoder``, ``model/config.yaml`` with ``vae.vae_stride``).
-3. **Cache** — `python -m sana_wm.training.cache` logic: clips → latent shards (latents 16 × 5 × 8 × 14).
+2. **Codec** — no pretrained LTX-2 VAE is available offline, and one trained from random weights on a CPU stays a
+   grey field for many minutes, so the demo *computes* one: a diffusers ``AutoencoderKLLTX2Video`` in the patch
+   layout (8× spatial compression in the patchifier, three temporal stages: 8× temporal; 32 latent channels) whose
+   weights are set to the principal components of the training clips (`sana_wm.encoders.pca_init`). Its PSNR on the
+   held-out rooms goes into the summary. The text encoder is a *tiny random* Gemma-2 with an in-process tokenizer:
+   captions carry (almost) no meaning. Both are saved in the release layout (``model/vae``, ``model/text_encoder``,
+   ``model/config.yaml`` with ``vae.vae_stride``).
+3. **Cache** — `python -m sana_wm.training.cache` logic: clips → latent shards (latents 32 × 5 × 8 × 14).
 4. **Train** — ``python train.py experiment=demo_cpu`` (Hydra + Lightning, progress bar) trains the tiny DiT
    (5.8 M parameters) from scratch for ``--dit-steps`` steps; the trained weights are exported in the official layout.
 5. **Generate** — ``python infer.py`` from that checkpoint with an action string: an mp4 with the WASD / joystick
@@ -22,7 +22,7 @@ Steps (every artefact lands under ``--out``, default ``demo_out/``):
    forward/back move happened; the same is repeated with the camera branch's output projections zeroed. A contact
    sheet (input, frames with and without the camera branch, the commanded path seen from above) is written as PNG.
 
-Why 8× spatial and coarse patterns, and what they cost: docs/demo.md.
+Why this codec, 8× spatial compression and coarse patterns, and what they cost: docs/demo.md.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["train_tiny_vae", "write_model_root", "main"]
+__all__ = ["fit_demo_vae", "write_model_root", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTION_TOKENS = 32  # = the tiny DiT preset's caption_length
@@ -87,56 +87,30 @@ def _reconstruction_psnr(vae, clips: torch.Tensor) -> float:
     return _psnr(float(np.mean(mse)))
 
 
-def train_tiny_vae(clips: torch.Tensor, out_dir: str | os.PathLike, steps: int = 1500, held_out: torch.Tensor | None = None,
-                   spatial_compression: int = 8, latent_channels: int = 16, seed: int = 0, batch_size: int = 2,
-                   window: int = 9, lr: float = 2e-3) -> dict:
-    """Train a tiny LTX-2 VAE on `clips` (N, 3, F, H, W) in [-1, 1] for `steps` steps, set its latent statistics,
-    save it to `out_dir`.
+def fit_demo_vae(clips: torch.Tensor, out_dir: str | os.PathLike, held_out: torch.Tensor | None = None,
+                 spatial_compression: int = 8, latent_channels: int = 32, seed: int = 0) -> dict:
+    """The demo's LTX-2 VAE, set to the principal components of `clips` (N, 3, F, H, W) in [-1, 1], saved to
+    `out_dir`.
 
-    Recipe (docs/demo.md): random `window`-frame windows (8k+1) of whole frames, batch 2, Adam with a one-cycle
-    learning rate peaking at `lr`, MSE. A fixed step count (not a time budget) makes the codec, and so the rest of
-    the demo, the same on every machine.
+    The patch layout (`sana_wm.encoders.pca_init.patch_ltx2_vae`: all spatial compression in the patchifier, three
+    temporal stages) initialised by `pca_init_ltx2_vae` — no gradient steps, so it takes seconds and is the same on
+    every machine (docs/demo.md says why this instead of training).
 
     Returns:
-        {"path", "steps", "spatial_compression", "loss_first", "loss_last", "psnr_train", "psnr_heldout",
-        "heldout_clips"} — PSNRs (dB) of whole-clip reconstructions; psnr_heldout is None without `held_out`.
+        {"path", "init", "spatial_compression", "latent_channels", "patch_variance_kept", "group_variance_kept",
+        "psnr_train", "psnr_heldout", "heldout_clips"} — the variance shares of `pca_init_ltx2_vae`; PSNRs (dB) of
+        whole-clip reconstructions (training: the first 4 clips); psnr_heldout is None without `held_out`.
     """
-    from tqdm import tqdm
+    from sana_wm.encoders.pca_init import patch_ltx2_vae, pca_init_ltx2_vae
 
-    from sana_wm.encoders.tiny import tiny_ltx2_vae
-
-    if steps < 1:
-        raise ValueError(f"--vae-steps must be >= 1; got {steps}")
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    vae = tiny_ltx2_vae(latent_channels, seed=seed, random_stats=False, spatial_compression=spatial_compression,
-                        encoder_spatial_padding_mode="reflect").train()
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    N, _, F, H, W = clips.shape
-    losses = []
-    for _ in tqdm(range(steps), desc="tiny VAE", unit="step", mininterval=2.0):
-        idx = torch.randint(N, (batch_size,), generator=g)
-        start = torch.randint(F - window + 1, (batch_size,), generator=g)
-        batch = torch.stack([clips[i, :, a:a + window] for i, a in zip(idx, start, strict=True)])
-        rec = vae.decode(vae.encode(batch).latent_dist.mode()).sample
-        loss = (rec - batch).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    vae.eval()
-    with torch.no_grad():
-        z = torch.cat([vae.encode(clips[i:i + 1]).latent_dist.mode() for i in range(N)])  # (N, C, T, h, w)
-        vae.latents_mean.copy_(z.mean(dim=(0, 2, 3, 4)))
-        vae.latents_std.copy_(z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3))
+    vae = patch_ltx2_vae(latent_channels, spatial_compression=spatial_compression, seed=seed)
+    init = pca_init_ltx2_vae(vae, clips)
     path = Path(out_dir)
     vae.save_pretrained(path)
     return {
-        "path": str(path), "steps": steps, "spatial_compression": int(spatial_compression),
-        "latent_channels": int(latent_channels), "loss_first": losses[0], "loss_last": float(np.mean(losses[-10:])),
-        "psnr_train": _reconstruction_psnr(vae, clips[: min(N, 4)]),
+        "path": str(path), "init": "pca", "spatial_compression": int(spatial_compression),
+        "latent_channels": int(latent_channels), **init,
+        "psnr_train": _reconstruction_psnr(vae, clips[:4]),
         "psnr_heldout": None if held_out is None else _reconstruction_psnr(vae, held_out),
         "heldout_clips": 0 if held_out is None else len(held_out),
     }
@@ -144,7 +118,7 @@ def train_tiny_vae(clips: torch.Tensor, out_dir: str | os.PathLike, steps: int =
 
 def write_model_root(root: Path, height: int, width: int, spatial_compression: int, latent_channels: int,
                      seed: int = 0) -> None:
-    """Release layout for infer.py: config.yaml (+ vae/ written by train_tiny_vae) + a tiny random Gemma-2."""
+    """Release layout for infer.py: config.yaml (+ vae/ written by fit_demo_vae) + a tiny random Gemma-2."""
     import yaml
 
     from sana_wm.encoders.tiny import save_tiny_text_encoder
@@ -294,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=112)
     p.add_argument("--pattern-scale", type=float, default=3.0, help="coarseness of the rooms' patterns (docs/demo.md)")
     p.add_argument("--vae-stride", type=int, default=8, choices=(8, 16, 32), help="the codec's spatial compression")
-    p.add_argument("--latent-channels", type=int, default=16, help="the codec's latent channels (= the DiT's in/out)")
-    p.add_argument("--vae-steps", type=int, default=1500, help="codec training steps")
+    p.add_argument("--latent-channels", type=int, default=32, help="the codec's latent channels (= the DiT's in/out)")
     p.add_argument("--dit-steps", type=int, default=300, help="DiT training steps")
     p.add_argument("--action", default="w-12,l-20", help="camera action for the generated video (action DSL)")
     p.add_argument("--num-frames", type=int, default=33, help="frames to generate (8k+1)")
@@ -328,19 +301,20 @@ def main(argv: list[str] | None = None) -> int:
     times["world"] = time.perf_counter() - t
     print(f"{len(shards)} video shards in {out / 'data' / 'videos'} ({times['world']:.0f} s)")
 
-    _say(f"2/6 codec: training a tiny LTX-2 VAE ({S}x spatial / 8x temporal, {C} latent channels) "
-         f"for {a.vae_steps} steps")
+    _say(f"2/6 codec: an LTX-2 VAE ({S}x spatial / 8x temporal, {C} latent channels) set to the principal "
+         "components of the clips")
     t = time.perf_counter()
     model_root = out / "model"
     clips = _load_clips(shards, F, H, W, S)
     held = (torch.from_numpy(np.stack(heldout)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1) if heldout else None
-    vae_info = train_tiny_vae(clips, model_root / "vae", steps=a.vae_steps, held_out=held, spatial_compression=S,
-                              latent_channels=C, seed=a.seed)
+    vae_info = fit_demo_vae(clips, model_root / "vae", held_out=held, spatial_compression=S, latent_channels=C,
+                            seed=a.seed)
     write_model_root(model_root, H, W, S, C, seed=a.seed)
     times["codec"] = time.perf_counter() - t
     held_txt = f", held-out rooms {vae_info['psnr_heldout']:.1f} dB" if vae_info["psnr_heldout"] is not None else ""
-    print(f"VAE: {vae_info['steps']} steps, loss {vae_info['loss_first']:.3f} -> {vae_info['loss_last']:.3f}, "
-          f"reconstruction PSNR: training clips {vae_info['psnr_train']:.1f} dB{held_txt}; saved to {vae_info['path']}")
+    print(f"VAE: principal components keep {100 * vae_info['group_variance_kept']:.1f} % of the 8-frame features' "
+          f"variance; reconstruction PSNR: training "
+          f"clips {vae_info['psnr_train']:.1f} dB{held_txt}; saved to {vae_info['path']} ({times['codec']:.0f} s)")
     print("NOTE: the text encoder is a tiny *random* Gemma-2 (untrained): captions are encoded by an untrained "
           "encoder and carry almost no meaning in this demo.")
 

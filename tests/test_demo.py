@@ -35,15 +35,16 @@ def test_contact_sheet_layout(tmp_path):
 @pytest.mark.slow
 def test_demo_end_to_end_at_reduced_size(tmp_path):
     """The whole demo with a handful of steps everywhere: every stage runs and the summary has its fields."""
-    rc = main(["--out", str(tmp_path / "demo"), "--num-clips", "2", "--heldout-clips", "1", "--vae-steps", "3",
+    rc = main(["--out", str(tmp_path / "demo"), "--num-clips", "2", "--heldout-clips", "1",
                "--dit-steps", "10", "--steps", "2", "--eval-actions", "8", "--eval-steps", "1"])
     assert rc == 0
     out = tmp_path / "demo"
     summary = json.loads((out / "demo_summary.json").read_text())
     assert set(summary["wall_seconds"]) == {"world", "codec", "cache", "train", "generate", "evaluate", "total"}
     vae = summary["vae"]
-    assert (vae["steps"], vae["spatial_compression"], vae["latent_channels"], vae["heldout_clips"]) == (3, 8, 16, 1)
+    assert (vae["init"], vae["spatial_compression"], vae["latent_channels"], vae["heldout_clips"]) == ("pca", 8, 32, 1)
     assert np.isfinite(vae["psnr_heldout"]) and np.isfinite(vae["psnr_train"])
+    assert 0 < vae["patch_variance_kept"] <= 1 and 0 < vae["group_variance_kept"] <= 1
     assert [s for s, _ in summary["dit_loss_curve"]] and all(np.isfinite(v) for _, v in summary["dit_loss_curve"])
     cf = summary["camera_following"]
     assert cf["actions"] == list(EVAL_ACTIONS[:8])

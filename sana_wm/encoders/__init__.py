@@ -1,7 +1,8 @@
 """Frozen encoders: the LTX-2 latent codec (`vae`) and the Gemma-2 text encoder (`text`).
 
 Exports are resolved lazily so that importing one encoder does not import the other's heavy
-dependency (diffusers vs transformers). The tiny presets (`encoders.kind=tiny_random`, the demo, tests) live in `encoders.tiny`.
+dependency (diffusers vs transformers). The tiny presets (`encoders.kind=tiny_random`, tests) live in `encoders.tiny`;
+`encoders.pca_init` sets an LTX-2 VAE to the principal components of its clips (the CPU demo's codec).
 """
 
 from __future__ import annotations

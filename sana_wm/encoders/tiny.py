@@ -1,7 +1,7 @@
 """The encoders' `tiny` presets: seeded, randomly initialised LTX-2 VAE, Gemma-2 and tokenizer.
 
-Used by `encoders.kind=tiny_random` (CPU training configs), the demo and the tests, the way `SanaWM`'s `tiny`
-preset is: a real architecture at a size a laptop CPU runs.
+Used by `encoders.kind=tiny_random` (CPU training configs), the demo's text encoder and the tests, the way
+`SanaWM`'s `tiny` preset is: a real architecture at a size a laptop CPU runs.
 
 Everything is built in-process and offline: an LTX-2 VAE with a few thousand parameters per block,
 a 2-layer Gemma-2, and a byte-level BPE tokenizer trained on a handful of strings. Shapes and
@@ -82,7 +82,7 @@ def tiny_ltx2_vae(
         decoder_block_out_channels: decoder widths of the three up-sampling stages (pixels first).
         encoder_spatial_padding_mode: ``"zeros"`` (the LTX-2 config) or ``"reflect"``. Trained from scratch at this
             size, a zero-padded encoder stalls near MSE 0.1 (it cannot even overfit one batch) while a reflect-padded
-            one keeps learning (docs/demo.md); the demo's codec uses ``"reflect"``.
+            one keeps learning (bench/RESULTS.md, "The CPU demo's codec").
 
     Returns:
         ``diffusers.AutoencoderKLLTX2Video`` in eval mode, float32, on CPU.

@@ -19,7 +19,8 @@ import webdataset as wds
 from data.schema import C2W_KEY, CAPTION_KEY, FRAMES_KEY, INTRINSICS_KEY, META_KEY, SCHEMA_VERSION, VIDEO_KEY
 from data.video import encode_mp4
 
-__all__ = ["npy_bytes", "tiny_video_clip", "raw_video_sample", "raw_latent_sample", "write_raw_shard", "cut_tar"]
+__all__ = ["npy_bytes", "tiny_video_clip", "write_tiny_video_shards", "raw_video_sample", "raw_latent_sample",
+           "write_raw_shard", "cut_tar"]
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -47,6 +48,20 @@ def tiny_video_clip(num_frames: int = 9, height: int = 32, width: int = 64, seed
         c2w[i, :3, 3] = [0.1 * i, 0.0, 0.02 * i]
     K = np.array([[0.8 * width, 0, (width - 1) / 2], [0, 0.8 * width, (height - 1) / 2], [0, 0, 1.0]])
     return frames, c2w, K
+
+
+def write_tiny_video_shards(out_dir: str | os.PathLike, num_clips: int, num_frames: int, height: int, width: int,
+                            clips_per_shard: int = 2) -> list[str]:
+    """Valid video shards of :func:`tiny_video_clip` clips (seeds 0, 1, …; captions "a panning clip number i");
+    returns the shard paths."""
+    from data.write_shards import ShardSink, write_video_sample
+
+    with ShardSink(out_dir, prefix="v", max_count=clips_per_shard) as sink:
+        for i in range(num_clips):
+            frames, c2w, K = tiny_video_clip(num_frames=num_frames, height=height, width=width, seed=i)
+            write_video_sample(sink, f"clip-{i}", caption=f"a panning clip number {i}",
+                               meta={"fps": 16.0, "metric_scale": 1.0}, frames=frames, c2w=c2w, intrinsics=K)
+    return sink.paths
 
 
 def raw_video_sample(

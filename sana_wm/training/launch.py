@@ -74,9 +74,13 @@ def build_module(cfg: TrainConfig) -> SanaWMLitModule:
 
 
 def build_datamodule(cfg: TrainConfig, module: SanaWMLitModule | None = None) -> TrainDataModule:
-    """`TrainDataModule` over `cfg.data`; with `module`, the first cached sample is checked against the model."""
+    """`TrainDataModule` over `cfg.data`; with `module`, the first cached sample is checked against the model and
+    video shards are cropped and given camera maps for the module's codec (its spatial compression)."""
     d = cfg.data
     expect = None
+    stride = {}
+    if module is not None and module.encoders.vae is not None:
+        stride = {"spatial_stride": module.encoders.vae.spatial_compression}
     if module is not None:
         mc = module.model.config
         expect = {"latent_channels": mc.in_channels, "text_dim": mc.caption_channels}
@@ -88,7 +92,7 @@ def build_datamodule(cfg: TrainConfig, module: SanaWMLitModule | None = None) ->
         target_fps=d.target_fps, shuffle_buffer=d.shuffle_buffer, resampled=d.resampled,
         samples_per_epoch=d.samples_per_epoch, seed=cfg.seed, strict=d.strict,
         persistent_workers=d.persistent_workers and d.num_workers > 0, pin_memory=d.pin_memory,
-        expect=expect,
+        expect=expect, **stride,
     )
 
 

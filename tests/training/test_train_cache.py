@@ -9,22 +9,17 @@ import torch
 
 from data.schema import collate
 from data.webdataset import make_latent_dataset, make_video_dataset
-from data.write_shards import ShardSink, write_video_sample
 from sana_wm.encoders.text import GemmaTextEncoder
 from sana_wm.encoders.tiny import save_tiny_text_encoder, save_tiny_vae
 from sana_wm.encoders.vae import LatentCodec
-from sana_wm.testing.data import tiny_video_clip
+from sana_wm.testing.data import write_tiny_video_shards
 from sana_wm.training.cache import main
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    with ShardSink(root / "videos", prefix="v", max_count=2) as sink:
-        for i in range(3):
-            frames, c2w, K = tiny_video_clip(num_frames=17, height=64, width=96, seed=i)
-            write_video_sample(sink, f"clip-{i}", caption=f"a panning clip number {i}", meta={"fps": 16.0, "metric_scale": 1.0},
-                               frames=frames, c2w=c2w, intrinsics=K)
+    write_tiny_video_shards(root / "videos", num_clips=3, num_frames=17, height=64, width=96)
     save_tiny_vae(root / "enc", latent_channels=16)
     save_tiny_text_encoder(root / "enc", hidden=32)
     return root
