@@ -398,7 +398,11 @@ class SanaWM(nn.Module):
             attn.q_norm_cam.weight.copy_(attn.q_norm.weight)
             attn.k_norm_cam.weight.copy_(attn.k_norm.weight)
             block.mlp.t_conv.weight.zero_()  # temporal mixing starts as identity residual
-        self.zero_camera_branch()
+            # The UCPE branch starts silent through its output projection. The Plücker branch starts silent through
+            # its zero embedder (above) and keeps its Xavier `plucker_proj`: with both of that branch's linears at
+            # zero, each one's gradient is a product with the other, so neither could ever leave zero.
+            attn.out_proj_cam.weight.zero_()
+            attn.out_proj_cam.bias.zero_()
 
     def camera_output_projections(self) -> list[nn.Linear]:
         """The two linears per block through which the camera reaches the token stream: the UCPE attention branch's

@@ -69,6 +69,23 @@ def test_camera_branch_contributes_exactly_zero_at_init():
     assert not torch.allclose(moved, base)
 
 
+def test_both_camera_branches_learn_from_the_init():
+    """Silent at init, yet every camera path gets a gradient on the first step: the Plücker branch is silenced by its
+    zero embedder alone (a zero `plucker_proj` as well would pin both at zero for ever, each gradient being a
+    product with the other), the UCPE branch by its zero output projection."""
+    torch.manual_seed(0)
+    model = SanaWM.from_preset("tiny")
+    x, t, y = _inputs()
+    assert all(b.plucker_proj.weight.abs().sum() > 0 for b in model.blocks)
+    assert model.plucker_embedder.proj.weight.abs().sum() == 0
+    out = model(x, t, y, camera_conditions=_cam(2, 3), chunk_plucker=torch.randn(2, 48, 3, 4, 6))
+    out.square().mean().backward()
+    assert model.plucker_embedder.proj.weight.grad.abs().sum() > 0
+    for block in model.blocks:
+        assert block.attn.out_proj_cam.weight.grad.abs().sum() > 0
+        assert block.plucker_proj.weight.grad.abs().sum() == 0  # its input is exactly zero at init
+
+
 def test_zeroing_the_camera_branch_makes_the_dit_ignore_the_camera():
     from sana_wm.camera import action_to_c2w, prepare_camera
 
