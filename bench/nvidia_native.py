@@ -177,9 +177,17 @@ def _stand_ins() -> dict[str, types.ModuleType]:
         mods["mmcv"] = _module("mmcv", Registry=Registry)
     if importlib.util.find_spec("termcolor") is None:
         mods["termcolor"] = _module("termcolor", colored=lambda text, *a, **k: text)
-    if importlib.util.find_spec("importlib_metadata") is None:
+    if not _importable("importlib_metadata"):  # absent, or (seen on the GPU image) present without its own deps
         mods["importlib_metadata"] = importlib.import_module("importlib.metadata")
     return mods
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
 
 
 def import_nvidia(root: str | Path) -> types.ModuleType:
