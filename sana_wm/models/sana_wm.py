@@ -390,7 +390,7 @@ class SanaWM(nn.Module):
             if attn.conv_k is not None:
                 attn.conv_k.reset_identity()
                 attn.conv_k_cam.weight.copy_(attn.conv_k.weight)
-            # Camera branch copied from the base model; its output projections are zeroed after the loop.
+            # Camera branch copied from the base model (its output projection is zeroed below).
             C = attn.dim
             for i, proj in enumerate((attn.q_proj_cam, attn.k_proj_cam, attn.v_proj_cam)):
                 proj.weight.copy_(attn.qkv.weight[i * C : (i + 1) * C])
@@ -412,8 +412,9 @@ class SanaWM(nn.Module):
 
     @torch.no_grad()
     def zero_camera_branch(self) -> int:
-        """Silence the camera: zero every camera output projection (weight and bias), the state NVIDIA's
-        initialisation starts the camera fine-tune from. Used to measure what camera control a training taught
+        """Silence the camera: zero every camera output projection (weight and bias), so the output no longer
+        depends on the camera inputs (the initialisation silences it through the Plücker embedder instead, see
+        `initialize_weights`). Used to measure what camera control a training taught
         (evaluation with ``zero_camera_branch=true``, the CPU demo). Returns the number of zeroed tensors."""
         n = 0
         for lin in self.camera_output_projections():
