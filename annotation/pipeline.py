@@ -223,9 +223,8 @@ def _check_output_folder(out: Path, header: dict[str, Any]) -> None:
 
 def _caption(video: Path, default: str) -> tuple[str, str]:
     side = video.with_suffix(".txt")
-    if side.is_file() and side.read_text(encoding="utf-8").strip():
-        return side.read_text(encoding="utf-8").strip(), "sidecar"
-    return default, "default"
+    text = side.read_text(encoding="utf-8").strip() if side.is_file() else ""
+    return (text, "sidecar") if text else (default, "default")
 
 
 def _write_clip(clips_dir: Path, stem: str, frames: np.ndarray, fps: float, result, scores, caption, caption_source,
@@ -259,8 +258,6 @@ def _write_clip(clips_dir: Path, stem: str, frames: np.ndarray, fps: float, resu
 
 def annotate_video(video: Path, stem: str, estimator, cfg: AnnotateConfig, clips_dir: Path) -> dict[str, Any]:
     """Annotate one video; returns its state record {kept: [...], rejected: [...], frames: n}."""
-    from annotation.estimators.base import known_K
-
     kept, rejected = [], []
     try:
         vr, fps, n, h, w = _probe(video)
@@ -279,9 +276,9 @@ def annotate_video(video: Path, stem: str, estimator, cfg: AnnotateConfig, clips
                 rejected.append({"clip": name, "reason": "too_short", "detail": f"{span[1] - span[0]} frames"})
                 continue
             frames = vr.get_batch(list(range(*span))).asnumpy()
-            K = None if cfg.known_intrinsics is None else known_K(list(cfg.known_intrinsics), 1)[0]
+            known = None if cfg.known_intrinsics is None else list(cfg.known_intrinsics)
             try:
-                result = estimate_windows(estimator, frames, fps, K, cfg.window)
+                result = estimate_windows(estimator, frames, fps, known, cfg.window)
             except EstimationError as err:
                 rejected.append({"clip": name, "reason": err.reason, "detail": str(err)})
                 continue
@@ -309,10 +306,9 @@ def run(cfg: AnnotateConfig, progress: bool = True) -> dict[str, Any]:
         raise ValueError(f"need 0 ≤ rank < world_size; got rank={rank}, world_size={world}.")
     cfg.window.check()
     out = Path(cfg.out)
-    options = dict(cfg.estimator_options)
-    if cfg.estimator in (None, "colmap") and not cfg.weights and cfg.metres_per_unit is not None:
-        options.setdefault("metres_per_unit", cfg.metres_per_unit)
-    estimator = build_estimator(cfg.estimator, cfg.weights, **options)
+    if cfg.metres_per_unit is not None and not cfg.metres_per_unit > 0:
+        raise ValueError(f"metres_per_unit must be positive; got {cfg.metres_per_unit}.")
+    estimator = build_estimator(cfg.estimator, cfg.weights, **dict(cfg.estimator_options))
     header = {"pipeline_version": PIPELINE_VERSION, "estimator": estimator.name, "estimator_version": estimator.version,
               "licence": estimator.licence}
     _check_output_folder(out, header)

@@ -87,9 +87,7 @@ class SanaZipImportError(ValueError):
 def numeric_score(value: Any) -> float | None:
     """A sidecar entry's score: a number; the mean of a list's numbers; in a dict the first of the known score keys,
     else its first numeric value; None when there is none."""
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)):  # bool included (an int)
         return float(value)
     if isinstance(value, list):
         nums = [float(v) for v in value if isinstance(v, (int, float))]
@@ -185,20 +183,27 @@ def _load_latent(data: bytes) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.float32, copy=False))
 
 
-def _camera(cam: Any, key: str, info: dict, latent: torch.Tensor, scale: float):
+def _camera_index(cam: dict | None) -> dict[str, int]:
+    """A camera file's clip key → its row of ``ranges`` (the first row where a key repeats)."""
+    index: dict[str, int] = {}
+    for row, key in enumerate([] if cam is None else cam["ids"].tolist()):
+        index.setdefault(str(key), row)
+    return index
+
+
+def _camera(cam: dict | None, index: dict[str, int], key: str, info: dict, latent: torch.Tensor, scale: float):
     """(camera_conditions, chunk_plucker, relative metric c2w or None, intrinsics in pixels of the latent's
-    32·h × 32·w frame or None), as NVIDIA's loader builds them."""
+    32·h × 32·w frame or None), as NVIDIA's loader builds them. ``index``: :func:`_camera_index` of ``cam``."""
     from sana_wm.camera import prepare_camera
 
     _, T, h, w = latent.shape
     width, height = float(info.get("width") or 32 * w), float(info.get("height") or 32 * h)
     frames = 8 * (T - 1) + 1
-    ids = [] if cam is None else [str(i) for i in cam["ids"].tolist()]
-    if key not in ids:
+    if key not in index:
         cond, plk = prepare_camera(np.tile(np.eye(4), (frames, 1, 1)), [width, height, width / 2, height / 2],
                                    (int(height), int(width)), (h, w), frames)
         return cond, plk, None, None
-    start, count = (int(v) for v in cam["ranges"][ids.index(key)])
+    start, count = (int(v) for v in cam["ranges"][index[key]])
     pose = np.asarray(cam["pose"][start : start + count], dtype=np.float64).copy()
     intr = np.asarray(cam["intrinsics"][start : start + count], dtype=np.float64)
     if pose.shape[0] < frames:
@@ -281,7 +286,11 @@ def import_sana_zip(
                     captions = {suffix: sidecar(suffix) for suffix in caption_suffixes}
                     scales = sidecar("_metric_scale_stats")
                     cam_path = raw_dir / f"{stem}_camera.npz"
-                    cam = np.load(cam_path, allow_pickle=False) if cam_path.is_file() else None
+                    cam = None
+                    if cam_path.is_file():  # read once: each access to a lazy NpzFile member unzips it again
+                        with np.load(cam_path, allow_pickle=False) as npz:
+                            cam = dict(npz)
+                    cam_index = _camera_index(cam)
                     for key in sorted(set(metas) & set(latents)):
                         where = f"{raw_zip.name}:{key}"
                         if latents[key].file_size < min_latent_bytes:
@@ -311,14 +320,13 @@ def import_sana_zip(
                         except (ValueError, OSError, zipfile.BadZipFile) as err:
                             skip("bad_latent", f"{where} ({err})")
                             continue
-                        ids = set() if cam is None else {str(i) for i in cam["ids"].tolist()}
-                        if key not in ids and not identity_camera:
+                        if key not in cam_index and not identity_camera:
                             skip("no_camera", where)
                             continue
                         scale = numeric_score(scales.get(key))
                         scale = scale if scale is not None and math.isfinite(scale) else 1.0
                         try:
-                            cond, plk, c2w, intr = _camera(cam, key, info, latent, scale)
+                            cond, plk, c2w, intr = _camera(cam, cam_index, key, info, latent, scale)
                         except (ValueError, KeyError, IndexError) as err:
                             skip("bad_camera", f"{where} ({err})")
                             continue

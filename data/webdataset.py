@@ -66,6 +66,7 @@ from sana_wm.camera import resize_crop_geometry, validate_c2w
 
 from .errors import SKIP_REASONS, DataError, SampleError, SkipReason, SkipStats
 from .schema import (
+    _STORABLE,
     C2W_KEY,
     CAMERA_CONDITIONS_KEY,
     CAPTION_KEY,
@@ -390,7 +391,8 @@ def _check_finite(t: torch.Tensor, name: str) -> None:
             raise SampleError(SkipReason.NONFINITE_TENSOR, name, f"{bad} non-finite values.")
 
 
-_TENSOR_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# the writer's storable float dtypes (bool is text_mask's alone)
+_TENSOR_DTYPES: dict[str, torch.dtype] = {name: dt for dt, name in _STORABLE.items() if dt is not torch.bool}
 
 
 def _load_typed(raw: dict, name: str, member: str, dtypes: dict) -> torch.Tensor:

@@ -893,8 +893,8 @@ def predict(model: Pi3, frames: np.ndarray, *, frame_budget: int = 64, overlap: 
         Ks = rescale_intrinsics(intrinsics_from_points(local, principal_point).cpu().numpy(), hw, (H, W))
         if chunks:
             shared = list(range(start, chunks[-1][1]))
-            src = torch.stack([points[j - start] for j in shared]).reshape(-1, 3).cpu().numpy()
-            w_new = torch.stack([prob[j - start] for j in shared]).reshape(-1).cpu().numpy()
+            src = points[: len(shared)].reshape(-1, 3).cpu().numpy()  # shared frames are this chunk's first ones
+            w_new = prob[: len(shared)].reshape(-1).cpu().numpy()
             dst = np.concatenate([prev_points[j][0] for j in shared])
             w_old = np.concatenate([prev_points[j][1] for j in shared])
             weight = np.where((w_new > conf_threshold) & (w_old > conf_threshold), w_new * w_old, 0.0)

@@ -61,14 +61,12 @@ def tiny_ltx2_vae(
     seed: int = 0,
     random_stats: bool = True,
     spatial_compression: int = 32,
-    block_out_channels: tuple[int, int, int, int] = (16, 32, 64, 128),
-    decoder_block_out_channels: tuple[int, int, int] = (16, 32, 64),
     encoder_spatial_padding_mode: str = "zeros",
 ):
     """A ~2 M-parameter ``AutoencoderKLLTX2Video`` with 8× temporal and ``spatial_compression``× spatial compression.
 
     The decoder channels must double per stage: its up-sampling halves them (docs/design/libraries.md §1), so its
-    last stage works with half of ``decoder_block_out_channels[0]`` channels. The compression ratios are passed
+    last stage works with half of its first stage's 16 channels. The compression ratios are passed
     explicitly (diffusers would otherwise record 64/16).
 
     Args:
@@ -78,8 +76,6 @@ def tiny_ltx2_vae(
         random_stats: fill ``latents_mean`` / ``latents_std`` with non-trivial per-channel values (the
             real VAE ships them) so that tests exercise the normalisation; False keeps 0 / 1.
         spatial_compression: 32 (the real LTX-2 layout), 16 or 8 (see :data:`VAE_LAYOUTS`).
-        block_out_channels: encoder widths of the four stages.
-        decoder_block_out_channels: decoder widths of the three up-sampling stages (pixels first).
         encoder_spatial_padding_mode: ``"zeros"`` (the LTX-2 config) or ``"reflect"``. Trained from scratch at this
             size, a zero-padded encoder stalls near MSE 0.1 (it cannot even overfit one batch) while a reflect-padded
             one keeps learning (bench/RESULTS.md, "The CPU demo's codec").
@@ -96,8 +92,8 @@ def tiny_ltx2_vae(
         torch.manual_seed(seed)
         vae = AutoencoderKLLTX2Video(
             latent_channels=latent_channels,
-            block_out_channels=tuple(block_out_channels),
-            decoder_block_out_channels=tuple(decoder_block_out_channels),
+            block_out_channels=(16, 32, 64, 128),
+            decoder_block_out_channels=(16, 32, 64),
             encoder_spatial_padding_mode=encoder_spatial_padding_mode,
             layers_per_block=(1, 1, 1, 1, 1),
             decoder_layers_per_block=(1, 1, 1, 1),

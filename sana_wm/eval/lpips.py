@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .quality import _pair
+
 __all__ = ["LPIPS", "LPIPS_CHANNELS", "LPIPS_SCALE", "LPIPS_SHIFT", "build_trunk", "load_lpips_model", "lpips_fn"]
 
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
@@ -161,7 +163,7 @@ def lpips_fn(model: LPIPS, batch: int = 16) -> Callable[[np.ndarray, np.ndarray]
 
     @torch.no_grad()
     def fn(a, b) -> np.ndarray:
-        a, b = torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b))
+        a, b = _pair(a, b)  # the frame-stack checks every quality metric applies
         to = lambda z: z.permute(0, 3, 1, 2).float() / 127.5 - 1.0
         out = [model(to(a[i:i + batch]), to(b[i:i + batch])) for i in range(0, len(a), batch)]
         return torch.cat(out).double().numpy()
