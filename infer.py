@@ -184,9 +184,6 @@ def _intrinsics(args, image) -> tuple[np.ndarray, str, dict | None]:
     return _load_npy(args.intrinsics, "--intrinsics"), f"--intrinsics {args.intrinsics!r}", None
 
 
-#: horizontal and vertical field of view (degrees) an estimated K must have; the annotation pipeline's FOV range
-FOV_RANGE_DEG = (25.0, 120.0)
-
 _PASS_INTRINSICS = ("pass --intrinsics <file.npy> with (4,) [fx, fy, cx, cy], (3, 3) K, (F, 4) or (F, 3, 3) in "
                     "input-image pixels")
 
@@ -202,7 +199,8 @@ def estimate_intrinsics(image, estimator: str = "pi3x", weights: str | None = No
 
     Raises:
         InputError: no weights, unusable weights, a failed estimate, or a horizontal or vertical FOV outside
-            :data:`FOV_RANGE_DEG` (the message gives the FOV and the ways out).
+            the annotation pipeline's FOV range (``annotation.quality.QualityConfig``; the message gives the FOV
+            and the ways out).
     """
     if weights is None:
         raise InputError(
@@ -210,6 +208,7 @@ def estimate_intrinsics(image, estimator: str = "pi3x", weights: str | None = No
             f"--intrinsics_estimator_weights <folder with the {estimator} model.safetensors (+ config.json)> to "
             f"estimate K with {estimator} (weights CC BY-NC 4.0, non-commercial)")
     from annotation.estimators import EstimationError, build_estimator
+    from annotation.quality import QualityConfig
     from sana_wm.camera import fov_deg
 
     try:
@@ -226,7 +225,8 @@ def estimate_intrinsics(image, estimator: str = "pi3x", weights: str | None = No
     K = np.asarray(result.K[0], dtype=np.float64)
     height, width = frame.shape[:2]
     hfov, vfov = (float(v) for v in fov_deg(K, height, width))
-    lo, hi = FOV_RANGE_DEG
+    limits = QualityConfig()
+    lo, hi = limits.fov_min_deg, limits.fov_max_deg
     # Both axes are gated, as the reference CLI does; the horizontal one is the annotation pipeline's filter.
     for axis, fov, focal, extent, size in (("horizontal", hfov, "fx", K[0, 0], f"{width}-px-wide"),
                                            ("vertical", vfov, "fy", K[1, 1], f"{height}-px-high")):

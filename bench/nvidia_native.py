@@ -73,7 +73,7 @@ from pathlib import Path
 
 import torch
 from common import cuda_time, markdown_table, write_json
-from dit_step import make_inputs, resident_gib, run_info, set_compiled, wake_zero_init_paths
+from dit_step import TEXT, H, W, make_inputs, resident_gib, run_info, set_compiled, wake_zero_init_paths
 
 from sana_wm import SanaWM, SanaWMConfig
 from sana_wm.models.flops import H100_BF16_PEAK, model_flops
@@ -109,7 +109,6 @@ BARE_PACKAGES = ("diffusion", "diffusion.model", "diffusion.model.nets", "diffus
                  "diffusion.distributed", "diffusion.distributed.context_parallel")
 MODEL_MODULE = "diffusion.model.nets.sana_multi_scale_video_camctrl"
 NVIDIA_ONLY_KEYS = ("pos_embed",)  # their all-zero sincos table, unused with RoPE; our layout drops it
-H, W, TEXT = 22, 40, 300  # dit_step.make_inputs' latent grid and text length (for the FLOPs)
 # What main() builds (a CPU dry run of the flow sets "cpu", "tiny", float32).
 DEVICE, PRESET, DTYPE = "cuda", "sana_wm_1600m_720p", torch.bfloat16
 

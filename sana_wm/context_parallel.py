@@ -142,19 +142,19 @@ class ContextParallel:
                              f"got a clip of {frames} (lower parallel.cp_size or train on longer clips)")
         return FrameShard(self.group, self.rank, self.size, math.ceil(frames / self.size), frames)
 
-    def shard_frames(self, x: torch.Tensor, dim: int, edge: bool = False, shard: FrameShard | None = None):
+    def shard_frames(self, x: torch.Tensor, dim: int, edge: bool = False):
         """This rank's slice (along `dim`) of a whole-clip tensor, padded with zeros or (edge) its last frame."""
-        s = shard or self.shard
+        s = self.shard
         x = _pad_frames(x, dim, s.size * s.frames, edge)
         return x.narrow(dim, s.start, s.frames)
 
-    def gather_frames(self, x: torch.Tensor, dim: int, shard: FrameShard | None = None) -> torch.Tensor:
+    def gather_frames(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         """The whole clip's real frames from each rank's slice (see `sana_wm.ops.cp.gather_frames`)."""
-        return gather_frames(x, shard or self.shard, dim)
+        return gather_frames(x, self.shard, dim)
 
-    def frame_mask(self, device, dtype=torch.float32, shard: FrameShard | None = None) -> torch.Tensor:
+    def frame_mask(self, device, dtype=torch.float32) -> torch.Tensor:
         """[L]: 1 on this rank's real frames, 0 on padding."""
-        return (shard or self.shard).frame_mask(device, dtype)
+        return self.shard.frame_mask(device, dtype)
 
     def tables(self, ctx, shard: FrameShard) -> dict:
         """The attention context's RoPE tables cut from the whole (padded) clip's, for this rank's tokens."""

@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     seen = sorted(set(actions) & trained)
     if seen:
         raise RuntimeError(f"held-out action strings {seen} are training trajectories of this world; pick others")
-    evaluation = evaluate_camera_following(model_root, checkpoint, starts, actions or (a.action,), a.eval_steps,
+    evaluation = evaluate_camera_following(model_root, checkpoint, starts, actions, a.eval_steps,
                                            a.cfg_scale, a.seed, a.action)
     following = evaluation["summary"] if actions else None
     sheet = contact_sheet(out / "contact_sheet.png", starts[0][0], a.action,

@@ -199,11 +199,15 @@ def _set_child(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+def _check_recipe(recipe: str) -> None:
+    if recipe not in FP8_RECIPES:
+        raise ValueError(f"FP8 recipe {recipe!r} is not valid; expected one of {list(FP8_RECIPES)}")
+
+
 def training_config(recipe: str = "tensorwise", *, emulate: bool = False):
     """torchao's `Float8LinearConfig` for `recipe` (`FP8_RECIPES`). emulate: cast to float8 and back but multiply
     in high precision (torchao's emulation: runs on any device, for tests; never fast)."""
-    if recipe not in FP8_RECIPES:
-        raise ValueError(f"FP8 recipe {recipe!r} is not valid; expected one of {list(FP8_RECIPES)}")
+    _check_recipe(recipe)
     _torchao()
     from torchao.float8 import Float8LinearConfig
 
@@ -294,8 +298,7 @@ def quantize_for_inference(model: nn.Module, recipe: str = "rowwise",
     Raises :class:`Fp8Unavailable` (no torchao, no such GPU) or ValueError (unknown recipe, LoRA adapters, a model
     not in bfloat16).
     """
-    if recipe not in FP8_RECIPES:
-        raise ValueError(f"FP8 recipe {recipe!r} is not valid; expected one of {list(FP8_RECIPES)}")
+    _check_recipe(recipe)
     check_fp8_device(device)
     _refuse_lora(model)
     dtypes = {p.dtype for _, m in fp8_targets(model) for p in m.parameters()}

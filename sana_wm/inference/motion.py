@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sana_wm.camera import ACTION_KEYMAPS
+from sana_wm.camera import ACTION_KEYMAPS, parse_action
 
 __all__ = ["phase_shift", "segment_motion", "command_segments", "MotionCheck", "camera_following",
            "following_rate"]
@@ -90,16 +90,15 @@ def command_segments(action: str, scheme: str = "release") -> list[tuple[int, in
     if scheme not in ACTION_KEYMAPS:
         raise ValueError(f"unknown action scheme {scheme!r}; expected one of {sorted(ACTION_KEYMAPS)}")
     k = ACTION_KEYMAPS[scheme]
+    held = parse_action(action)  # the DSL's own rules (key case, spaces, full-width commas, unknown keys)
     out, frame = [], 0
-    for seg in action.split(","):
-        keys, sep, n = seg.strip().rpartition("-")
-        if not sep or not n.isdigit() or int(n) < 1:
-            raise ValueError(f"action segment {seg!r} of {action!r}: expected '<keys>-<frames>' with frames >= 1")
-        keys = "" if keys == "none" else keys
+    for seg in action.replace("，", ",").split(","):
+        n = len(parse_action(seg))
+        keys = held[frame]
         yaw = (k.yaw_right in keys) - (k.yaw_left in keys)
         fwd = (k.forward in keys) - (k.back in keys)
-        out.append((frame, frame + int(n), int(yaw), int(fwd)))
-        frame += int(n)
+        out.append((frame, frame + n, int(yaw), int(fwd)))
+        frame += n
     return out
 
 

@@ -78,7 +78,7 @@ def file_sha256(path: str | os.PathLike, bufsize: int = 1 << 22) -> str:
 
 def _hash_tensor(h: hashlib._Hash, name: str, t: torch.Tensor) -> None:
     h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}|".encode())
-    h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())  # the buffer, not a copy
 
 
 def checkpoint_digest(path: str | os.PathLike) -> str:
