@@ -6,6 +6,9 @@ Cases (docs/design/flops.md §6, issue 6):
   train21  forward+backward with per-block activation checkpointing, 21 latent frames, B=1
   trainmax longest clip whose training step fits (ours only; probes 41/61/81/121 latent frames); on a card bigger
            than the 80 GB H100 of the targets, --cap-gib 79 caps the allocator at what that card offers
+  train121 the minute-long clip's training step: 121 latent frames (961 f), B=1, ours only, with each --ac policy
+           in turn (compiled with --compile; --ac-blocks applies) under --cap-gib; a row for every policy that fits,
+           and the fastest of them named
   profile  breakdown of our fwd21 into linear / GDN / softmax / other (torch.profiler device time)
   kernels  with --compile: the top CUDA kernels of the compiled fwd21, fwd121 and train21 (where the time goes), and
            the GPU's idle time between kernels with the largest gaps (where the host fell behind)
@@ -432,6 +435,32 @@ def run_trainmax(bench: Bench) -> None:
             torch.cuda.empty_cache()
 
 
+def run_train121(bench: Bench) -> None:
+    """train121: the 961-frame training step with every --ac policy that fits (see the module docstring)."""
+    ours, args = bench.ours, bench.args
+    inp = make_inputs(1, 121)
+    fits = {}
+    for policy in args.ac.split(","):
+        bench.set_blocks(policy, args.compile)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            ms, gib = cuda_time(train_step(ours, inp, False), 1, max(2, min(args.reps, 3)))
+        except torch.OutOfMemoryError:
+            print(f"train121: {policy} AC does not fit", flush=True)
+            continue
+        finally:
+            ours.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+        label = policy if args.ac_blocks is None or not args.compile else f"{policy}, first {args.ac_blocks} blocks"
+        fits[label] = bench.record("train121", f"ours{'+compile' if args.compile else ''} ({label} AC)", 1, 121,
+                                   ms, gib, True)["ms"]
+    if fits:
+        best = min(fits, key=fits.get)
+        bench.results["train121_fastest"] = dict(policy=best, ms=fits[best])
+        print(f"train121: fastest policy that fits: {best} ({fits[best]} ms)", flush=True)
+
+
 def run_cp1(bench: Bench) -> None:
     """cp1: the plain eager model against a copy with the CP path forced at size 1 (see the module docstring), for
     fwd21 (B=1) and train21 (full checkpointing); the overhead in % and the outputs' difference."""
@@ -503,7 +532,7 @@ def main(argv=None) -> int:
     if "profile" in bench.cases:
         bench.results["profile_fwd21_ms"] = profile_breakdown(bench.ours, make_inputs(2, 21))
         print("profile fwd21 (device ms):", json.dumps(bench.results["profile_fwd21_ms"]), flush=True)
-    if "train21" in bench.cases or "trainmax" in bench.cases:
+    if any(c in bench.cases for c in ("train21", "trainmax", "train121")):
         bench.ours.train()
         if bench.port is not None:
             bench.port.train()
@@ -513,6 +542,8 @@ def main(argv=None) -> int:
     if "cp1" in bench.cases:
         run_cp1(bench)
     bench.drop_port()  # trainmax probes the longest clip that fits: the port's memory back first
+    if "train121" in bench.cases:
+        run_train121(bench)
     if "trainmax" in bench.cases:
         run_trainmax(bench)
     bench.dump()

@@ -37,6 +37,7 @@ quantizer sees every target; the model's state dict is not the checkpoint's afte
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from collections.abc import Iterator
@@ -57,7 +58,10 @@ __all__ = [
     "convert_for_training",
     "training_config",
     "linearize_for_inference",
+    "inference_targets",
     "quantize_for_inference",
+    "row_padded",
+    "FP8_ROW_MULTIPLE",
     "LinearTaps",
     "Float8PointwiseConv",
     "Float8TemporalConv",
@@ -147,15 +151,47 @@ def _linear_mm_config(config):
         return Float8Linear(16, 16, bias=False, config=config).linear_mm_config
 
 
+#: The weight gradient of a float8 GEMM contracts over its rows (tokens), and the float8 tensor-core GEMM needs every
+#: contracted dimension to be a multiple of 16. Row counts B·T·H·W are not always one (a temporal tap reads T − 1
+#: frames; many resolutions have H·W tokens per frame that are not), so rows are zero-padded up to one: zero rows add
+#: nothing to the weight gradient, do not change an amax, and their outputs are cut off.
+FP8_ROW_MULTIPLE = 16
+
+
+def row_padded(gemm, x: torch.Tensor) -> torch.Tensor:
+    """``gemm(x)`` of x [..., K] run on its rows zero-padded to a multiple of `FP8_ROW_MULTIPLE` (no copy when the
+    count already is one), the padded rows' outputs dropped."""
+    rows = x.numel() // x.shape[-1]
+    pad = -rows % FP8_ROW_MULTIPLE
+    if pad == 0:
+        return gemm(x)
+    y = gemm(torch.nn.functional.pad(x.reshape(rows, x.shape[-1]), (0, 0, 0, pad)))[:rows]
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 def _fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config, mm_config) -> torch.Tensor:
     """y = x·weightᵀ + bias with torchao's float8 autograd GEMM, exactly as torchao's Float8Linear.forward runs it
-    (its autocast handling included), for a 2-D ``weight`` that is a view of a conv-shaped parameter."""
+    (its autocast handling included), for a 2-D ``weight`` that is a view of a conv-shaped parameter; rows padded as
+    `row_padded` says."""
     from torchao.float8.float8_linear import matmul_with_hp_or_float8_args
 
     if torch.is_autocast_enabled("cuda"):
         x = x.to(torch.get_autocast_dtype("cuda"))
-    out = matmul_with_hp_or_float8_args.apply(x, weight.t(), mm_config, config)
+    out = row_padded(lambda z: matmul_with_hp_or_float8_args.apply(z, weight.t(), mm_config, config), x)
     return out if bias is None else out + bias.to(out.dtype)
+
+
+@functools.cache
+def _row_padded_float8_linear():
+    """torchao's Float8Linear with its rows padded as `row_padded` says (same parameters and state dict); a class made
+    on first use because torchao is optional."""
+    from torchao.float8.float8_linear import Float8Linear
+
+    class RowPaddedFloat8Linear(Float8Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return row_padded(super().forward, x)
+
+    return RowPaddedFloat8Linear
 
 
 class Float8PointwiseConv(PointwiseConv):
@@ -232,6 +268,8 @@ def convert_for_training(model: nn.Module, recipe: str = "tensorwise", *, emulat
     targets = dict(fp8_targets(model))
     linears = {name for name, m in targets.items() if type(m) is nn.Linear}
     convert_to_float8_training(model, module_filter_fn=lambda m, fqn: fqn in linears, config=config)
+    for name in linears:
+        model.get_submodule(name).__class__ = _row_padded_float8_linear()
     swapped = len(linears)
     for name, module in targets.items():
         if type(module) in _TRAINING_TYPES:
@@ -307,11 +345,29 @@ def quantize_for_inference(model: nn.Module, recipe: str = "rowwise",
                          f"{sorted(str(d).replace('torch.', '') for d in dtypes)} (infer.py: --dtype bf16 or auto)")
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
 
-    names = set(linearize_for_inference(model))
+    names, zero_rows = inference_targets(model)
+    if zero_rows:
+        log.warning("fp8 inference: %d layer(s) keep bf16 weights because a weight row is all zero (a zero-initialised "
+                    "layer, e.g. an untrained output gate), whose float8 scale would be 0: %s", len(zero_rows),
+                    ", ".join(zero_rows[:4]) + (" …" if len(zero_rows) > 4 else ""))
     granularity = PerRow() if recipe == "rowwise" else PerTensor()
+    # torchao scales by amax / 448 and divides by that scale: an all-zero activation row (rowwise) or tensor would be
+    # 0 / 0. A floor far below any real activation keeps such rows exactly zero and leaves every other scale alone.
     # set_inductor_config=False: torchao would otherwise change global Inductor settings for the whole process, and
     # compiled bf16 and FP8 runs would no longer be compiled alike.
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity, set_inductor_config=False)
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity, activation_value_lb=_ACTIVATION_AMAX_FLOOR,
+                                                       set_inductor_config=False)
     quantize_(model, config, filter_fn=lambda m, fqn: fqn in names)
     log.info("fp8 inference (%s): %d GEMMs with float8 weights", recipe, len(names))
     return len(names)
+
+
+_ACTIVATION_AMAX_FLOOR = 1e-12
+
+
+def inference_targets(model: nn.Module) -> tuple[set[str], list[str]]:
+    """(names of the Linears to store in float8, names left in bf16) after `linearize_for_inference`: a layer with an
+    all-zero weight row stays in bf16, because torchao divides that row by its zero scale (NaN outputs)."""
+    names = set(linearize_for_inference(model))
+    zero_rows = sorted(n for n in names if (model.get_submodule(n).weight == 0).all(dim=1).any())
+    return names - set(zero_rows), zero_rows

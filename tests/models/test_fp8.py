@@ -109,7 +109,8 @@ def test_training_conversion_swaps_exactly_the_targets_and_keeps_the_parameters(
     kinds = {}
     for name, m in model.named_modules():
         kinds.setdefault(type(m).__name__, []).append(name)
-    assert len(kinds["Float8Linear"]) == 40 and len(kinds["Float8PointwiseConv"]) == 8
+    assert len(kinds["RowPaddedFloat8Linear"]) == 40 and len(kinds["Float8PointwiseConv"]) == 8
+    assert all(isinstance(model.get_submodule(n), Float8Linear) for n in kinds["RowPaddedFloat8Linear"])
     assert len(kinds["Float8TemporalConv"]) == 4
     assert sum(type(m) is nn.Linear for m in model.modules()) == linears_before - 40
     for kept in KEPT:
@@ -157,7 +158,7 @@ def test_parallelize_converts_before_checkpointing_and_the_step_is_unchanged_by_
     model = parallelize(copy.deepcopy(ref), activation_checkpointing=True, fp8="tensorwise", fp8_emulate=True)
     assert all(isinstance(b, BlockCheckpointWrapper) for b in model.blocks)
     inner = model.blocks[0]._checkpoint_wrapped_module
-    assert type(inner.attn.qkv).__name__ == "Float8Linear" and type(inner.mlp.t_conv).__name__ == "Float8TemporalConv"
+    assert type(inner.attn.qkv).__name__ == "RowPaddedFloat8Linear" and type(inner.mlp.t_conv).__name__ == "Float8TemporalConv"
     out, grads = step(model, args, kwargs, target)
     # Dynamic scaling recomputes the same scales from the same tensors: recomputation changes nothing.
     assert torch.equal(out, out_plain)
@@ -183,7 +184,7 @@ model = parallelize(copy.deepcopy(ref), activation_checkpointing=True, fp8="tens
                     fsdp_mesh=init_device_mesh("cpu", (1,)), param_dtype=torch.float32)
 assert isinstance(model, FSDPModule) and all(isinstance(b, FSDPModule) for b in model.blocks)
 inner = model.blocks[0]._checkpoint_wrapped_module
-assert type(inner.attn.qkv).__name__ == "Float8Linear" and type(inner.mlp.point_conv.conv).__name__ == "Float8PointwiseConv"
+assert type(inner.attn.qkv).__name__ == "RowPaddedFloat8Linear" and type(inner.mlp.point_conv.conv).__name__ == "Float8PointwiseConv"
 for _ in range(2):  # the second step runs on resharded parameters
     out, grads = step(model, *batch)
 rel = lambda a, b: ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
@@ -260,6 +261,51 @@ def test_linearized_inference_model_computes_what_the_model_does():
     assert len(names) == 60  # 52 targets, each temporal conv as 3 taps
     assert all(isinstance(model.get_submodule(n), nn.Linear) for n in names)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_row_padding_pads_to_a_multiple_of_16_and_changes_no_output():
+    from sana_wm.fp8 import row_padded
+
+    w = torch.randn(5, 7, dtype=torch.float64)
+    seen = []
+    gemm = lambda z: (seen.append(z.shape), z @ w.T)[1]
+    x = torch.randn(1, 3, 8, 7, dtype=torch.float64)  # 24 rows
+    assert torch.equal(row_padded(gemm, x), x @ w.T) and seen == [(32, 7)]
+    x = torch.randn(2, 8, 7, dtype=torch.float64)  # 16 rows: passed through as it is
+    assert torch.equal(row_padded(gemm, x), x @ w.T) and seen[-1] == (2, 8, 7)
+
+
+def test_emulated_fp8_step_with_padded_rows_equals_the_unpadded_one(monkeypatch):
+    """The tiny batch's temporal taps read 24 rows (one latent frame of 4 × 6), padded to 32 for the float8 weight
+    gradient; with padding switched off (emulation does not need it) the step is the same to float32 rounding."""
+    pytest.importorskip("torchao")
+    import sana_wm.fp8 as fp8
+
+    args, kwargs, target = tiny_batch()
+    runs = []
+    for multiple in (16, 1):
+        monkeypatch.setattr(fp8, "FP8_ROW_MULTIPLE", multiple)
+        model = tiny_model()
+        convert_for_training(model, "tensorwise", emulate=True)
+        runs.append(step(model, args, kwargs, target))
+    (out_a, g_a), (out_b, g_b) = runs
+    assert torch.equal(out_a, out_b)
+    assert g_a.keys() == g_b.keys() and max(rel(g_a[n], g_b[n]) for n in g_a if g_b[n].norm() > 0) < 1e-6
+
+
+def test_inference_keeps_layers_with_an_all_zero_weight_row_in_bf16():
+    """A freshly initialised model's zero-initialised layers (per block: the camera output projection, the GDN output
+    gate, the temporal conv's three taps) would be divided by their zero float8 scale, so they stay in bf16; every
+    other target is stored in float8."""
+    from sana_wm.fp8 import inference_targets
+
+    names, kept = inference_targets(SanaWM.from_preset("tiny"))
+    per_block = ["attn.out_proj_cam", "attn.output_gate", "mlp.t_conv.taps.0", "mlp.t_conv.taps.1",
+                 "mlp.t_conv.taps.2"]
+    assert kept == [f"blocks.{i}.{n}" for i in range(4) for n in per_block]
+    assert len(names) == 40 and not set(kept) & names
+    names, kept = inference_targets(tiny_model())  # output gates made non-zero
+    assert kept == [] and len(names) == 60
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
@@ -342,3 +388,9 @@ def test_gpu_fp8_inference_forward_matches_bf16(recipe, bound):
     assert 0.005 < rel(out8, out_bf16) < bound
     with pytest.raises(ValueError, match="needs the DiT in bfloat16"):
         quantize_for_inference(tiny_model().cuda(), recipe, device="cuda")
+    # A fresh model (zero output gates: kept in bf16) and a batch with all-zero token rows give finite outputs.
+    fresh = SanaWM.from_preset("tiny").cuda().bfloat16().eval()
+    assert quantize_for_inference(fresh, recipe, device="cuda") == 40
+    args[0][..., :2] = 0
+    with torch.no_grad():
+        assert torch.isfinite(fresh(*args, **kwargs)).all()
