@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--offload_refiner", action="store_true",
                    help="refiner modules on the CPU except while each runs; stage-1 modules leave the GPU for stage 2")
     o.add_argument("--offload_text_encoder", action="store_true", help="Gemma-2 on the CPU except while encoding")
+    o.add_argument("--prefetch_refiner", action="store_true",
+                   help="with --offload_refiner: encode the refiner prompt before stage 1 and upload the refiner "
+                        "during stage 1 (hides the upload; stage 1 then also holds the refiner's weights)")
     o.add_argument("--vae_tiling", choices=["framewise", "spatial", "none"], default=None,
                    help="VAE decode tiling (default from config.yaml: frame-wise 96/64)")
     o.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default cuda if available)")
@@ -296,6 +299,11 @@ def check_inputs(args) -> Inputs:
             raise InputError(f"{flag} must be a positive multiple of 8 (of the VAE's spatial compression); got {v}")
     if args.action is None and (args.translation_speed is not None or args.rotation_speed_deg is not None):
         raise InputError("--translation_speed / --rotation_speed_deg apply to --action only")
+    if args.prefetch_refiner and args.no_refiner:
+        raise InputError("--prefetch_refiner uploads the refiner, which --no_refiner leaves out; drop one")
+    if args.prefetch_refiner and not args.offload_refiner:
+        raise InputError("--prefetch_refiner needs --offload_refiner (without it the refiner stays on the GPU); "
+                         "add --offload_refiner or drop --prefetch_refiner")
     if args.fp8 is not None:
         _check_fp8(args)
 
@@ -349,6 +357,7 @@ def run(args, inputs: Inputs) -> dict:
     device = torch.device(args.device) if args.device else default_device()
     kwargs = dict(
         offload_vae=args.offload_vae, offload_refiner=args.offload_refiner, offload_text_encoder=args.offload_text_encoder,
+        prefetch_refiner=args.prefetch_refiner,
     )
     if args.vae_tiling is not None:
         kwargs["vae_tiling"] = args.vae_tiling
@@ -363,6 +372,7 @@ def run(args, inputs: Inputs) -> dict:
 
         apply_compile(pipe.dit)
     load_s = time.perf_counter() - t0
+    moves_before = len(pipe.placement.transfers)
     result = pipe.generate(
         inputs.image, inputs.prompt, inputs.c2w, inputs.intrinsics, num_frames=inputs.num_frames, fps=args.fps,
         num_steps=args.step, cfg_scale=args.cfg_scale, flow_shift=args.flow_shift, sampler=args.sampling_algo,
@@ -407,6 +417,8 @@ def run(args, inputs: Inputs) -> dict:
         "timings_s": {"load": load_s, **result.timings, "write": write_s, "generation_total": generation_s},
         "realtime_factor": generation_s / duration if duration > 0 else None,
         "peak_memory_bytes": result.peak_memory,
+        # module moves during generation: count, bytes host→device / device→host, seconds spent on the copies
+        "offload": pipe.placement.totals(since=moves_before),
         "notices": inputs.notices + result.notices,
         # where K came from: a file (e.g. the annotation's <clip>.intrinsics.npy) or the estimator on --image
         "intrinsics_source": ({"kind": "file", "path": str(Path(args.intrinsics).resolve())} if args.intrinsics

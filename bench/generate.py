@@ -18,9 +18,11 @@ before the next, so each peak-memory figure is that stage's own (weights residen
                 dropped here), AR blocks of 3, K/V window 11
   vae_decode    LTX-2 VAE (diffusers default config, 1.22 B), frame-wise tiles 96/64
   pipeline      (only when asked: --stages pipeline) every module above in one SanaWMPipeline, run end to end
-                (prompt → stage 1 → refiner → decode) twice: all modules resident, then with --offload_vae,
-                --offload_refiner and the text-encoder offload, so the offload flags' memory saving and time cost
-                are measured on the real path (peak memory per pipeline stage, and where each module sat)
+                (prompt → stage 1 → refiner → decode): all modules resident; then one pipeline with --offload_vae,
+                --offload_refiner and the text-encoder offload (host copies pinned when it is built, not timed), run
+                once as is and once more with --prefetch_refiner; so the offload flags' memory saving and time cost
+                are measured on the real path (peak memory per pipeline stage, where each module sat, and the moves
+                of each timed run: count, GB host→device and device→host, seconds the copies held up the GPU)
 
 Real-time factor = stage seconds / video seconds (frames / fps). Output: a table on stdout, optionally JSON.
 """
@@ -46,7 +48,8 @@ from sana_wm.camera import action_to_c2w  # noqa: E402
 from sana_wm.diffusion import inference_sigmas  # noqa: E402
 from sana_wm.encoders import GemmaTextEncoder, LatentCodec  # noqa: E402
 from sana_wm.inference.pipeline import SanaWMPipeline  # noqa: E402
-from sana_wm.inference.refiner import LTX2Refiner, is_audio_only, move_module  # noqa: E402
+from sana_wm.inference.placement import move_module  # noqa: E402
+from sana_wm.inference.refiner import LTX2Refiner, is_audio_only  # noqa: E402
 
 STAGES = ("stage1", "text", "refiner_text", "refiner", "vae_decode", "pipeline")
 
@@ -60,6 +63,7 @@ class Row:
     peak_gib: float | None
     rtf: float
     note: str = ""
+    moved: dict | None = None  # pipeline rows: ModulePlacement.totals() of the timed run
 
 
 @dataclass(frozen=True)
@@ -300,7 +304,8 @@ def bench_vae(sizes, codec, frames, fps, device) -> Row:
 
 
 def bench_pipeline(sizes, frames, steps, timed, fps, device, dtype, offload: bool) -> list[Row]:
-    """One end-to-end `SanaWMPipeline.generate` with every full-size module, offload flags all on or all off."""
+    """End-to-end `SanaWMPipeline.generate` with every full-size module: offload flags all off (one run), or all on
+    (one run, then one more with ``prefetch_refiner``)."""
     from sana_wm.encoders.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
@@ -327,23 +332,31 @@ def bench_pipeline(sizes, frames, steps, timed, fps, device, dtype, offload: boo
     K = [sizes.width * 0.6, sizes.width * 0.6, sizes.width / 2, sizes.height / 2]
     n_run = min(timed, steps) if timed else steps
     grid = inference_sigmas(steps, 9.8)[: n_run + 1]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    res = pipe.generate(image, "A first-person walk through a quiet forest path.", action_to_c2w(f"w-{frames}"), K,
-                        num_frames=frames, fps=fps, sigmas=grid, progress=False)
-    wall = time.perf_counter() - t0
-    where = ", ".join(f"{k}:{v}" for k, v in sorted(pipe.placement.where.items()))
-    tag = "offload on" if offload else "all resident"
     rows = []
-    for stage, sec in res.timings.items():
-        peak = res.peak_memory.get(stage)
-        rows.append(Row(f"pipe:{stage}", frames, f"{n_run}/{steps}" if stage == "stage1" else "-", sec,
-                        None if peak is None else peak / 2**30, 0.0, tag))
-    overall = res.peak_memory.get("overall")
-    rows.append(Row("pipe:total", frames, f"{n_run}/{steps}", wall, None if overall is None else overall / 2**30,
-                    0.0, f"{tag}; end placement {where}; {len(pipe.placement.log)} moves"))
-    del pipe, refiner, text, dit, codec, conn, te, gemma2, res
+    for prefetch in (False, True) if offload else (False,):
+        pipe.prefetch_refiner = prefetch
+        tag = ("offload + prefetch" if prefetch else "offload on") if offload else "all resident"
+        since = len(pipe.placement.transfers)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        res = pipe.generate(image, "A first-person walk through a quiet forest path.", action_to_c2w(f"w-{frames}"),
+                            K, num_frames=frames, fps=fps, sigmas=grid, progress=False)
+        wall = time.perf_counter() - t0
+        moved = pipe.placement.totals(since=since)
+        where = ", ".join(f"{k}:{v}" for k, v in sorted(pipe.placement.where.items()))
+        for stage, sec in res.timings.items():
+            peak = res.peak_memory.get(stage)
+            rows.append(Row(f"pipe:{stage}", frames, f"{n_run}/{steps}" if stage == "stage1" else "-", sec,
+                            None if peak is None else peak / 2**30, 0.0, tag))
+        overall = res.peak_memory.get("overall")
+        rows.append(Row(
+            "pipe:total", frames, f"{n_run}/{steps}", wall, None if overall is None else overall / 2**30, 0.0,
+            f"{tag}; {moved['moves']} moves, H→D {moved['h2d_bytes'] / 1e9:.1f} GB, D→H {moved['d2h_bytes'] / 1e9:.1f} "
+            f"GB, copies {moved['copy_seconds']:.2f} s; end placement {where}", moved,
+        ))
+        del res
+    del pipe, refiner, text, dit, codec, conn, te, gemma2
     free()
     return rows
 

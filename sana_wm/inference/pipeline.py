@@ -18,10 +18,16 @@ Used by ``infer.py``, the training sample callback and evaluation. Stages (docs/
             dropped: 161 → 160 frames, and c2w / intrinsics are returned aligned as [1:F]. Without the refiner all
             F frames are kept (the diffusers port's stage-1 behaviour).
 
-Placement: every module move goes through one :class:`ModulePlacement`, which records where each named module is
-(``where``) and every move (``log``). ``offload_vae`` keeps the VAE on the offload device except while encoding or
-decoding; ``offload_text_encoder`` does the same for Gemma-2; ``offload_refiner`` keeps the refiner's modules off
-the accelerator except while each runs and moves the stage-1 DiT, text encoder and VAE off before stage 2.
+Placement: every module move goes through one :class:`sana_wm.inference.placement.ModulePlacement`, which records
+where each named module is (``where``), every move (``log``) with its bytes and copy time (``transfers``,
+``totals()``), and keeps each offloaded module's weights in (pinned) host memory, so that an offload is free and a
+load is one asynchronous copy. ``offload_vae`` keeps the VAE on the offload device except while encoding or decoding;
+``offload_text_encoder`` does the same for Gemma-2; ``offload_refiner`` keeps the refiner's modules off the
+accelerator except while each runs and moves the stage-1 DiT, text encoder and VAE off before stage 2 (the DiT's
+host copy is made when the pipeline is built, so that move costs no copy). ``prefetch_refiner`` (with
+``offload_refiner``) encodes the refiner prompt before stage 1 and uploads the refiner transformer on a side stream
+while stage 1 runs: the upload is hidden, but stage 1 then holds the transformer's weights too (its peak grows by
+their size, which raises the run's peak wherever stage 1's own peak exceeds the refiner's activations).
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ from sana_wm.camera import (
     validate_c2w,
 )
 from sana_wm.diffusion import CFGDenoiser, dpm_solver_pp, flow_euler, inference_sigmas
-from sana_wm.inference.refiner import LTX2Refiner, move_module
+from sana_wm.inference.placement import ModulePlacement
+from sana_wm.inference.refiner import LTX2Refiner, is_audio_only
 from sana_wm.inference.video import image_to_tensor, load_image, resize_center_crop, video_to_uint8
 
 log = logging.getLogger(__name__)
@@ -73,26 +80,6 @@ VAE_TILING = ("framewise", "spatial", "none")
 
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-class ModulePlacement:
-    """Moves named modules between devices and remembers it.
-
-    Attributes:
-        where: module name → device string it was last moved to.
-        log: every move that changed a module's device, in order, as (name, device).
-    """
-
-    def __init__(self) -> None:
-        self.where: dict[str, str] = {}
-        self.log: list[tuple[str, str]] = []
-
-    def move(self, name: str, module: nn.Module, device, skip=None) -> None:
-        dev = str(torch.device(device))
-        move_module(module, device, skip)
-        if self.where.get(name) != dev:
-            self.log.append((name, dev))
-        self.where[name] = dev
 
 
 @dataclass
@@ -274,6 +261,7 @@ class SanaWMPipeline:
             (`sana_wm.fp8.quantize_for_inference`: torchao, a bfloat16 DiT, a CUDA device of compute capability
             8.9+), None (default) for none. The DiT is changed in place, once it is on ``device``; it then stays
             there (not combinable with ``offload_refiner``, which moves it off and back).
+        prefetch_refiner: with ``offload_refiner``, upload the refiner transformer during stage 1 (module docstring).
     """
 
     def __init__(
@@ -296,7 +284,11 @@ class SanaWMPipeline:
         vae_tile_stride: int = 64,
         placement: ModulePlacement | None = None,
         fp8: str | None = None,
+        prefetch_refiner: bool = False,
     ) -> None:
+        if prefetch_refiner and not offload_refiner:
+            raise ValueError("prefetch_refiner needs offload_refiner (without it the refiner stays on the device); "
+                             "infer.py: add --offload_refiner or drop --prefetch_refiner")
         if fp8 is not None and offload_refiner:
             # Moving float8 weight tensors off the GPU and back is a path nothing here tests.
             raise ValueError("fp8 with offload_refiner is not supported: the float8 DiT stays on the device; "
@@ -319,7 +311,7 @@ class SanaWMPipeline:
         self.device = torch.device(device) if device is not None else default_device()
         self.offload_device = torch.device(offload_device)
         self.offload_vae, self.offload_text_encoder = bool(offload_vae), bool(offload_text_encoder)
-        self.offload_refiner = bool(offload_refiner)
+        self.offload_refiner, self.prefetch_refiner = bool(offload_refiner), bool(prefetch_refiner)
         self.vae_tiling, self.vae_tile_frames, self.vae_tile_stride = vae_tiling, vae_tile_frames, vae_tile_stride
         self.placement = placement or ModulePlacement()
         if refiner is not None:  # one placement record and one policy for both stages
@@ -328,6 +320,8 @@ class SanaWMPipeline:
             refiner.device = self.device
             refiner.offload_device = self.offload_device
             refiner.home()
+        if self.offload_refiner:  # the DiT leaves before every stage 2: make its host copy now, not in the first run
+            self.placement.keep_host_copy("dit", self.dit)
         self._home("dit")
         self._home("text_encoder")
         self._home("vae")
@@ -555,20 +549,30 @@ class SanaWMPipeline:
         stages = _Stages(self.device)
         refine = self._check_settings(sampler, num_steps, refine)
         guidance = cfg_scale != 1.0
+        prefetch = refine and self.prefetch_refiner
         with stages("prepare"):
             inputs = self._prepare_inputs(image, c2w, intrinsics, num_frames, refine, image_latent)
         with stages("text_encoder"):
             cond, uncond = self._text_embeddings(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance)
+        refiner_text = None
+        if prefetch:  # Gemma-3 runs before the refiner transformer is uploaded, never beside it
+            with stages("refiner_text"):
+                refiner_text = self.refiner.encode_prompt(prompt)
         with stages("vae_encode"):
             z0 = self._first_frame_latent(inputs.pixels, image_latent)
-        with stages("stage1"):
-            stage1 = self._stage1(inputs, z0, cond, uncond, cfg_scale=cfg_scale, sampler=sampler, seed=seed,
-                                  sigmas=sigmas, num_steps=num_steps, flow_shift=flow_shift, progress=progress)
-        final = stage1
-        if refine:
-            with stages("stage2"):
-                final = self._stage2(stage1, prompt, fps=fps, block_size=refiner_block_size,
-                                     kv_max_frames=refiner_kv_max_frames, seed=refiner_seed, progress=progress)
+        try:
+            with stages("stage1"):
+                stage1 = self._stage1(inputs, z0, cond, uncond, cfg_scale=cfg_scale, sampler=sampler, seed=seed,
+                                      sigmas=sigmas, num_steps=num_steps, flow_shift=flow_shift, progress=progress,
+                                      prefetch=prefetch)
+            final = stage1
+            if refine:
+                with stages("stage2"):
+                    final = self._stage2(stage1, prompt, refiner_text, fps=fps, block_size=refiner_block_size,
+                                         kv_max_frames=refiner_kv_max_frames, seed=refiner_seed, progress=progress)
+        finally:
+            if prefetch:  # a failed stage must not leave the upload holding device memory
+                self.placement.cancel_prefetch("refiner.transformer")
         offset = 1 if refine else 0  # the refiner's sink frame is not part of the video
         video = stage1_video = None
         if decode:
@@ -653,10 +657,13 @@ class SanaWMPipeline:
         return z0
 
     def _stage1(self, inputs: _Prepared, z0, cond, uncond, *, cfg_scale, sampler, seed, sigmas, num_steps, flow_shift,
-                progress) -> torch.Tensor:
+                progress, prefetch: bool = False) -> torch.Tensor:
         """Stage 1: seeded CPU noise, frame 0 held at the image latent, CFG denoising with the camera inputs shared by
-        both branches. Returns (1, C, T, h, w) float32 CPU latents."""
+        both branches (``prefetch``: the refiner transformer uploads meanwhile). Returns (1, C, T, h, w) float32 CPU
+        latents."""
         self._onload("dit")
+        if prefetch:
+            self.placement.prefetch("refiner.transformer", self.refiner.transformer, self.device, skip=is_audio_only)
         dev = self.device
         C, (h, w), T = self.codec.latent_channels, self._latent_hw(), inputs.camera_conditions.shape[0]
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -675,14 +682,17 @@ class SanaWMPipeline:
         latents = SAMPLERS[sampler](denoise, noise, sigmas, condition_latent=z0.to(dev, torch.float32), progress=progress)
         return latents.float().cpu()
 
-    def _stage2(self, stage1: torch.Tensor, prompt, *, fps, block_size, kv_max_frames, seed, progress) -> torch.Tensor:
+    def _stage2(self, stage1: torch.Tensor, prompt, prompt_embeds, *, fps, block_size, kv_max_frames, seed,
+                progress) -> torch.Tensor:
         """Stage 2: the LTX-2 refiner on the stage-1 latents (stage-1 modules leave the accelerator first when
-        ``offload_refiner``). Returns float32 CPU latents of the same shape."""
+        ``offload_refiner``; ``prompt_embeds`` when the refiner prompt was encoded already). Returns float32 CPU
+        latents of the same shape."""
         if self.offload_refiner:
             for name in ("dit", "text_encoder", "vae"):
                 self._offload(name)
         return self.refiner.refine(
-            stage1, prompt, fps=fps, block_size=block_size, kv_max_frames=kv_max_frames, seed=seed, progress=progress,
+            stage1, prompt, prompt_embeds=prompt_embeds, fps=fps, block_size=block_size, kv_max_frames=kv_max_frames,
+            seed=seed, progress=progress,
         ).float().cpu()
 
     __call__ = generate

@@ -33,17 +33,18 @@ The decoded sink frame is dropped by the caller (161 → 160 frames, c2w aligned
 
 Memory: the audio half of the LTX-2 checkpoint is loaded (so the released weights load unchanged) but never run and
 never moved to the accelerator. With ``offload=True`` the Gemma-3 language model, the connectors and the transformer
-live on the offload device and are moved to the execution device only while they run.
+live on the offload device and are moved to the execution device only while they run (host copies kept by the
+placement, :mod:`sana_wm.inference.placement`: loads from pinned memory, offloads without a copy).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from sana_wm.inference.placement import ModulePlacement, move_module
 
 log = logging.getLogger(__name__)
 
@@ -71,29 +72,6 @@ def is_audio_only(name: str) -> bool:
     return False
 
 
-def move_module(module: nn.Module, device: torch.device | str, skip: Callable[[str], bool] | None = None) -> None:
-    """Move a module's parameters and buffers to ``device`` in place, leaving those whose name ``skip`` accepts.
-
-    Unlike ``module.to`` this never transfers the skipped tensors (no transient peak on the target device).
-    """
-    device = torch.device(device)
-    for mod_name, mod in module.named_modules():
-        for pname, p in list(mod._parameters.items()):
-            full = f"{mod_name}.{pname}" if mod_name else pname
-            if p is None or (skip is not None and skip(full)) or p.device == device:
-                continue
-            moved = p.data.to(device)
-            if torch._has_compatible_shallow_copy_type(p.data, moved):
-                p.data = moved  # keeps the Parameter object (and any weight tying, optimiser references)
-            else:  # e.g. to/from `meta`: a new Parameter, as nn.Module.to does
-                mod._parameters[pname] = nn.Parameter(moved, requires_grad=p.requires_grad)
-        for bname, b in list(mod._buffers.items()):
-            full = f"{mod_name}.{bname}" if mod_name else bname
-            if b is None or (skip is not None and skip(full)) or b.device == device:
-                continue
-            mod._buffers[bname] = b.to(device)
-
-
 def plan_blocks(num_frames: int, sink_frames: int = 1, block_size: int | None = 3) -> list[tuple[int, int]]:
     """Latent-frame ranges [start, end) refined one after another; ``block_size=None`` gives one block.
 
@@ -114,17 +92,6 @@ def _text_backbone(text_encoder: nn.Module) -> nn.Module:
     return getattr(inner, "language_model", inner)
 
 
-@dataclass
-class _Placer:
-    """Fallback placement when no tracker is shared by a pipeline: move and remember (see ModulePlacement)."""
-
-    where: dict
-
-    def move(self, name: str, module: nn.Module, device, skip=None) -> None:
-        move_module(module, device, skip)
-        self.where[name] = str(torch.device(device))
-
-
 class LTX2Refiner:
     """Stage-2 refiner around diffusers' LTX-2 refiner modules.
 
@@ -138,8 +105,9 @@ class LTX2Refiner:
         device: execution device (where the transformer runs).
         offload: keep the modules on ``offload_device`` except while they run.
         offload_device: where offloaded modules live (CPU).
-        placement: an object with ``move(name, module, device, skip=None)`` and a ``where`` dict, shared with the
-            stage-1 pipeline so that every move is recorded in one place; a private one by default.
+        placement: a :class:`sana_wm.inference.placement.ModulePlacement` (or an object with its ``move(name,
+            module, device, skip=None)`` and ``where``), shared with the stage-1 pipeline so that every move is
+            recorded in one place and host copies are kept once; a private one by default.
     """
 
     def __init__(
@@ -176,7 +144,7 @@ class LTX2Refiner:
         self.device = torch.device(device)
         self.offload = bool(offload)
         self.offload_device = torch.device(offload_device)
-        self.placement = placement if placement is not None else _Placer({})
+        self.placement = placement if placement is not None else ModulePlacement()
         self.home()
 
     # ------------------------------------------------------------------------------------------------ loading

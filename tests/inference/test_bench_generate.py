@@ -43,11 +43,17 @@ def test_quick_pipeline_stage_runs_with_and_without_offload(tmp_path, capsys, be
     assert mod.main(["--quick", "--stages", "pipeline", "--json", str(tmp_path / "rows.json")]) == 0
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     totals = [r for r in rows if r["stage"] == "pipe:total"]
-    assert [r["note"].split(";")[0] for r in totals] == ["all resident", "offload on"]
-    for tag in ("all resident", "offload on"):
-        stages = {r["stage"] for r in rows if r["note"].startswith(tag)}
-        assert {"pipe:stage1", "pipe:stage2", "pipe:vae_decode"} <= stages, stages
-    assert "moves" in totals[1]["note"]
+    assert [r["note"].split(";")[0] for r in totals] == ["all resident", "offload on", "offload + prefetch"]
+    for tag in ("all resident", "offload on", "offload + prefetch"):
+        stages = [r["stage"] for r in rows if r["note"].split(";")[0] == tag]
+        assert {"pipe:stage1", "pipe:stage2", "pipe:vae_decode"} <= set(stages), stages
+        # with the prefetch the refiner prompt is encoded before stage 1, so the upload never sits beside Gemma-3
+        assert ("pipe:refiner_text" in stages) == (tag == "offload + prefetch"), stages
+        if tag == "offload + prefetch":
+            assert stages.index("pipe:refiner_text") < stages.index("pipe:stage1"), stages
+    for r in totals:  # on the CPU the offload device is the execution device: nothing moves
+        assert "0 moves, H→D 0.0 GB, D→H 0.0 GB" in r["note"]
+        assert set(r["moved"]) == {"moves", "h2d_bytes", "d2h_bytes", "pinned_bytes", "reused_bytes", "copy_seconds"}
 
 
 def test_quick_compiled_stage1_runs_through_compiled_blocks(tmp_path, bench_module, monkeypatch):
