@@ -139,12 +139,16 @@ def test_cli_dsl_signs(files, tmp_path, capsys):
 
 def test_cli_flags_single_shot_refiner_offload_dpm(files, tmp_path, capsys):
     rc = infer.main(argv(files, tmp_path, "--action", "w-8", "--num_frames", "9", "--refiner_block_size", "0",
-                         "--offload_refiner", "--offload_vae", "--offload_text_encoder",
+                         "--offload_refiner", "--offload_vae", "--offload_text_encoder", "--prefetch_refiner",
                          "--sampling_algo", "flow_dpm-solver", "--output_name", "clip", "--vae_tiling", "spatial"))
     assert rc == 0, capsys.readouterr().err
     assert read_mp4(tmp_path / "clip.mp4")[0].shape == (8, 64, 96, 3)
     record = json.loads((tmp_path / "clip.json").read_text())
     assert record["args"]["refiner_block_size"] == 0 and record["refined"]
+    assert "refiner_text" in record["timings_s"]  # encoded before stage 1 with --prefetch_refiner
+    # on the CPU the offload device is the execution device: nothing moves during generation
+    assert {k: record["offload"][k] for k in ("moves", "h2d_bytes", "d2h_bytes")} == {
+        "moves": 0, "h2d_bytes": 0, "d2h_bytes": 0}
 
 
 def _one_line_error(capsys) -> str:
@@ -221,6 +225,22 @@ def test_fp8_with_refiner_offload_is_refused_before_loading(files, tmp_path, cap
     rc = infer.main(argv(files, tmp_path, "--action", "w-16", "--fp8", "--offload_refiner"))
     assert rc == infer.EXIT_BAD_INPUT
     assert "--fp8 with --offload_refiner is not supported" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ((), "--prefetch_refiner needs --offload_refiner (without it the refiner stays on the GPU); add "
+         "--offload_refiner or drop --prefetch_refiner"),
+    (("--offload_refiner", "--no_refiner"), "--prefetch_refiner uploads the refiner, which --no_refiner leaves out; "
+                                            "drop one"),
+])
+def test_prefetch_refiner_needs_the_offloaded_refiner(files, tmp_path, capsys, monkeypatch, extra, message):
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded despite bad input")
+
+    monkeypatch.setattr(SanaWMPipeline, "from_model_root", classmethod(boom))
+    rc = infer.main(argv(files, tmp_path, "--action", "w-16", "--prefetch_refiner", *extra))
+    assert rc == infer.EXIT_BAD_INPUT
+    assert _one_line_error(capsys) == f"infer.py: error: {message}"
 
 
 def test_subprocess_exit_status(files, tmp_path):

@@ -11,7 +11,7 @@ from sana_wm.camera import action_to_c2w
 from sana_wm.encoders import GemmaTextEncoder, LatentCodec
 from sana_wm.encoders.tiny import tiny_gemma2, tiny_ltx2_vae, tiny_tokenizer
 from sana_wm.inference.pipeline import InputNames, ModulePlacement, SanaWMPipeline, plan_trajectory
-from sana_wm.inference.refiner import LTX2Refiner
+from sana_wm.inference.refiner import LTX2Refiner, _text_backbone, is_audio_only
 from sana_wm.models import SanaWM
 from sana_wm.testing.refiner import tiny_refiner_components
 
@@ -232,6 +232,60 @@ def test_offload_flags_move_modules(parts, image, offload):
         assert all(dev == "cpu" for _, dev in placement.log)
 
 
+def test_prefetch_refiner_encodes_its_prompt_before_stage1_and_changes_nothing(parts, image):
+    base = run(make(parts, placement=RecordingPlacement(), offload_device="meta", offload_refiner=True), image)
+    placement = RecordingPlacement()
+    pipe = make(parts, placement=placement, offload_device="meta", offload_refiner=True, prefetch_refiner=True)
+    seen, hooks = _watch(pipe, placement)
+    order = []
+    hooks += [m.register_forward_pre_hook(lambda m, a, k=k: order.append(k))
+              for k, m in (("connectors", pipe.refiner.connectors), ("dit", pipe.dit))]
+    try:
+        res = run(pipe, image)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert torch.equal(res.latents, base.latents) and np.array_equal(res.video, base.video)
+    assert list(res.timings)[:5] == ["prepare", "text_encoder", "refiner_text", "vae_encode", "stage1"]
+    assert order.index("connectors") < order.index("dit")
+    # Gemma-3 runs beside the resident DiT, never beside the refiner transformer
+    assert seen["refiner_text"]["dit"] == "cpu" and seen["refiner_text"]["refiner.transformer"] == "meta"
+    assert seen["refiner"]["dit"] == "meta" and seen["refiner"]["refiner.transformer"] == "cpu"
+    with pytest.raises(ValueError, match=r"^prefetch_refiner needs offload_refiner"):
+        make(parts, prefetch_refiner=True)
+
+
+def _nbytes(module):
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def test_offload_refiner_keeps_the_dits_host_copy_so_no_offload_copies_back(parts):
+    """`meta` stands in for the accelerator: every load is counted, and an offload that copied device→host would
+    fail (a meta tensor has no data), so only re-pointing at host copies gets through."""
+    import copy
+
+    dit, codec, te, rparts = copy.deepcopy(parts)
+    pipe = SanaWMPipeline(dit, codec, te, LTX2Refiner(*rparts, text_max_sequence_length=64), height=H, width=W,
+                          device="meta", offload_vae=True, offload_refiner=True, offload_text_encoder=True,
+                          placement=ModulePlacement(pin_memory=False))
+    pl = pipe.placement
+    assert pl.where == {"refiner.text_encoder": "cpu", "refiner.connectors": "cpu", "refiner.transformer": "cpu",
+                        "dit": "meta", "text_encoder": "cpu", "vae": "cpu"}
+    since = len(pl.transfers)
+    for _ in range(2):  # the stage-1 modules in and out as two generations move them
+        for name in ("text_encoder", "vae"):
+            pipe._onload(name)
+            pipe._offload(name)
+        pipe._offload("dit")
+        pipe._onload("dit")
+    assert pl.log[since:] == 2 * [("text_encoder", "meta"), ("text_encoder", "cpu"), ("vae", "meta"), ("vae", "cpu"),
+                                  ("dit", "cpu"), ("dit", "meta")]
+    tot = pl.totals(since)
+    assert tot["d2h_bytes"] == 0 and tot["moves"] == 12
+    assert tot["h2d_bytes"] == tot["reused_bytes"] == 2 * (_nbytes(te) + _nbytes(codec) + _nbytes(dit))
+
+
 def test_module_placement_really_moves(parts):
     import copy
 
@@ -242,6 +296,30 @@ def test_module_placement_really_moves(parts):
     assert placement.where == {"dit": "meta"} and placement.log == [("dit", "meta")]
     placement.move("dit", dit, "meta")
     assert placement.log == [("dit", "meta")]  # no-op moves are not logged
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_offload_on_cuda_from_pinned_host_copies(parts, image, prefetch):
+    """Offloaded modules wait in pinned memory; once the host copies exist no offload copies anything back; the
+    refiner upload overlaps stage 1 with ``prefetch_refiner``; the result matches the all-resident pipeline."""
+    resident = run(make(parts, device="cuda"), image, decode=False)
+    pipe = make(parts, device="cuda", offload_vae=True, offload_refiner=True, offload_text_encoder=True,
+                prefetch_refiner=prefetch)
+    pl = pipe.placement
+    since = len(pl.transfers)
+    first = run(pipe, image, decode=False)
+    second = run(pipe, image, decode=False)
+    assert pl.totals(since)["d2h_bytes"] == 0 and pl.totals(since)["h2d_bytes"] > 0
+    loads = [t for t in pl.transfers[since:] if t.name == "refiner.transformer" and t.kind == "load"]
+    assert len(loads) == 2 and all(t.prefetched == prefetch for t in loads)
+    ref = pipe.refiner
+    for module in (pipe.codec, pipe.text_encoder, pipe.dit, ref.connectors, ref.transformer, _text_backbone(ref.text_encoder)):
+        named = [*module.named_parameters(), *module.named_buffers()]
+        host = [n for n, t in named if not is_audio_only(n) and t.device.type == "cpu" and not t.is_pinned()]
+        assert not host, host[:3]
+    torch.testing.assert_close(first.latents, resident.latents, rtol=0, atol=1e-5)
+    torch.testing.assert_close(second.latents, first.latents, rtol=0, atol=1e-5)
 
 
 @pytest.mark.gpu
