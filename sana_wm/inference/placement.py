@@ -96,12 +96,21 @@ def _nbytes(t: torch.Tensor) -> int:
 def _host_like(tensors: list[torch.Tensor], pin: bool) -> list[torch.Tensor]:
     """Empty host tensors shaped like ``tensors`` (pinned when ``pin``), the small contiguous ones packed into chunks
     of at most :data:`HOST_CHUNK_BYTES` (a chunk is a power of two: the size the allocator would round it to)."""
+    def empty(make):
+        if pin:
+            try:
+                return make(True)
+            except RuntimeError as err:  # the host may refuse to page-lock that much memory
+                log.warning("could not allocate pinned host memory (%s); using pageable memory, so copies to and "
+                            "from the device are slower and synchronous", err)
+        return make(False)
+
     out: list[torch.Tensor | None] = [None] * len(tensors)
     groups, members, used = [], [], 0
     for i, t in enumerate(tensors):
         n = _nbytes(t)
-        if not t.is_contiguous() or n > HOST_CHUNK_BYTES // 4:
-            out[i] = torch.empty_like(t, device="cpu", pin_memory=pin)  # big or strided: a buffer of its own
+        if not t.is_contiguous() or n > HOST_CHUNK_BYTES // 4:  # big or strided: a buffer of its own
+            out[i] = empty(lambda p, t=t: torch.empty_like(t, device="cpu", pin_memory=p))
             continue
         if used + n > HOST_CHUNK_BYTES:
             groups.append((members, used))
@@ -111,7 +120,8 @@ def _host_like(tensors: list[torch.Tensor], pin: bool) -> list[torch.Tensor]:
     if members:
         groups.append((members, used))
     for members, used in groups:
-        chunk = torch.empty(1 << max(used - 1, 0).bit_length(), dtype=torch.uint8, pin_memory=pin)
+        size = 1 << max(used - 1, 0).bit_length()
+        chunk = empty(lambda p, size=size: torch.empty(size, dtype=torch.uint8, pin_memory=p))
         for i, t, off in members:
             out[i] = chunk[off:off + _nbytes(t)].view(t.dtype).view(t.shape)
     return out

@@ -15,7 +15,6 @@ from torch import nn
 from sana_wm.inference import placement
 from sana_wm.inference.placement import ModulePlacement
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 TINY_BYTES = (4 * 8 + 8 + 8 + 8 + 8 * 3 + 3 + 1) * 4  # two Linears, a LayerNorm and a 1-element buffer, float32
 
 
@@ -155,7 +154,6 @@ def test_prefetch_needs_cuda():
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_round_trip_is_bit_identical_from_pinned_memory_without_a_second_copy():
     m = tiny(torch.bfloat16).cuda()
     x = torch.randn(64, 4, device="cuda", dtype=torch.bfloat16)
@@ -180,7 +178,6 @@ def test_cuda_round_trip_is_bit_identical_from_pinned_memory_without_a_second_co
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_host_module_is_pinned_when_homed():
     m = tiny()
     x = torch.randn(5, 4)
@@ -194,7 +191,6 @@ def test_cuda_host_module_is_pinned_when_homed():
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_changed_weight_is_copied_back():
     m = tiny().cuda()
     pl = ModulePlacement()
@@ -213,7 +209,6 @@ def test_cuda_changed_weight_is_copied_back():
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_prefetch_on_a_side_stream_matches_a_plain_load():
     big = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(8)]).requires_grad_(False)
     x = torch.randn(256, 1024, device="cuda")
@@ -243,7 +238,6 @@ def test_cuda_prefetch_on_a_side_stream_matches_a_plain_load():
 
 
 @pytest.mark.gpu
-@cuda
 def test_cuda_cancelled_prefetch_leaves_the_module_on_the_host():
     m = tiny()
     pl = ModulePlacement()
