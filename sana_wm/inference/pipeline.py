@@ -313,7 +313,7 @@ class SanaWMPipeline:
         self.offload_vae, self.offload_text_encoder = bool(offload_vae), bool(offload_text_encoder)
         self.offload_refiner, self.prefetch_refiner = bool(offload_refiner), bool(prefetch_refiner)
         self.vae_tiling, self.vae_tile_frames, self.vae_tile_stride = vae_tiling, vae_tile_frames, vae_tile_stride
-        self.placement = placement or ModulePlacement()
+        self.placement = placement or ModulePlacement(pin_memory=self.device.type == "cuda")
         if refiner is not None:  # one placement record and one policy for both stages
             refiner.placement = self.placement
             refiner.offload = self.offload_refiner
@@ -397,7 +397,7 @@ class SanaWMPipeline:
             paths.text_encoder, dtype=dtype, max_sequence_length=cfg.text_max_length,
             chi_prompt=cfg.chi_prompt or CHI_PROMPT,
         )
-        placement = kwargs.pop("placement", None) or ModulePlacement()
+        placement = kwargs.pop("placement", None) or ModulePlacement(pin_memory=device.type == "cuda")
         refiner = None
         if use_refiner:
             refiner = LTX2Refiner.from_pretrained(

@@ -196,7 +196,8 @@ class ModulePlacement:
     """Moves named modules between devices, keeps their host copies and records every transfer.
 
     Args:
-        pin_memory: keep host copies in page-locked memory (default: when CUDA is available).
+        pin_memory: keep host copies in page-locked memory (default: when CUDA is available; the pipeline passes
+            whether its execution device is CUDA).
         on_changed: what an offload does with a tensor whose device copy changed since its load: ``"copy"`` (copy it
             back into the host copy and warn) or ``"error"`` (refuse, naming the module and the tensors).
 

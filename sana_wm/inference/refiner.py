@@ -144,7 +144,7 @@ class LTX2Refiner:
         self.device = torch.device(device)
         self.offload = bool(offload)
         self.offload_device = torch.device(offload_device)
-        self.placement = placement if placement is not None else ModulePlacement()
+        self.placement = placement if placement is not None else ModulePlacement(pin_memory=self.device.type == "cuda")
         self.home()
 
     # ------------------------------------------------------------------------------------------------ loading
