@@ -277,7 +277,9 @@ class ModulePlacement:
         todo = [(owner, kind, key, t) for owner, kind, key, _, t in _slots(module, skip) if t.device != dev]
         if not todo:
             return False
-        stream = self._streams.setdefault(dev, torch.cuda.Stream(dev))
+        if dev not in self._streams:
+            self._streams[dev] = torch.cuda.Stream(dev)
+        stream = self._streams[dev]
         done = torch.cuda.Event()
         tensors = {}
         stream.wait_stream(torch.cuda.current_stream(dev))
