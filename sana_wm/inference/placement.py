@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ModulePlacement", "Transfer", "move_module"]
 
-#: Pinned host copies are packed into chunks of this many bytes: the caching host allocator rounds every request up
-#: to a power of two, so one buffer per tensor (or per 26 GB module) would waste up to half of it.
+#: Host copies of tensors up to a quarter of this size are packed into chunks of at most this many bytes (larger ones
+#: get a buffer each): the caching host allocator rounds every pinned request up to a power of two, so a buffer per
+#: small tensor could waste up to half of it, and a 26 GB module in one buffer would take 32 GB.
 HOST_CHUNK_BYTES = 1 << 30
 _ALIGN = 512  # byte alignment of each tensor inside a chunk (DMA-friendly, and enough for any dtype's view)
 
