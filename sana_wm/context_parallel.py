@@ -26,7 +26,11 @@ gives the whole clip's. `gather_frames` gives the whole output (for a loss every
 With torch.compile: blocks compiled before CP is installed (`parallelize`'s order) trace the dispatchers and the
 collectives into their graphs (Dynamo's point-to-point tracing switched on for the halos; the CP block wrapper, which
 pushes the layout, stays eager around the compiled forward). Compiled blocks that are also checkpointed are refused
-(`apply_context_parallel` says why).
+(`check_compile_checkpointing` says why; a one-rank group, which runs its blocks as they are, is allowed).
+
+At cp_size 1 (`parallelize` installs nothing then; `apply_context_parallel(..., force=True)` installs everything over
+the one rank) every block runs as the plain model's: the block wrapper decides it, once (`_wrap_block`), and the
+frame helpers return their input (a one-rank slice is the whole clip, unpadded).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from sana_wm.ops.cp import (
     halo_exchange,
 )
 
-__all__ = ["ContextParallel", "apply_context_parallel", "context_parallel_of"]
+__all__ = ["ContextParallel", "apply_context_parallel", "check_compile_checkpointing", "context_parallel_of"]
 
 # The frame layout of the CP block running now (innermost last); empty outside CP blocks.
 _ACTIVE: list[FrameShard] = []
@@ -143,8 +147,14 @@ class ContextParallel:
         return FrameShard(self.group, self.rank, self.size, math.ceil(frames / self.size), frames)
 
     def shard_frames(self, x: torch.Tensor, dim: int, edge: bool = False):
-        """This rank's slice (along `dim`) of a whole-clip tensor, padded with zeros or (edge) its last frame."""
+        """This rank's slice (along `dim`) of a whole-clip tensor, padded with zeros or (edge) its last frame; x itself
+        in a one-rank group (its slice is the whole clip, unpadded: `FrameShard` checks it)."""
         s = self.shard
+        if x.shape[dim] != s.valid:
+            raise ValueError(f"context parallelism: a whole-clip tensor of {s.valid} frames along dim {dim} expected "
+                             f"(the model's latest input), got shape {list(x.shape)}")
+        if s.size == 1:
+            return x
         x = _pad_frames(x, dim, s.size * s.frames, edge)
         return x.narrow(dim, s.start, s.frames)
 
@@ -201,6 +211,14 @@ class ContextParallel:
 
         @functools.wraps(orig)
         def forward(*args, **kwargs):
+            if self.size == 1:
+                # The one place where CP sends a one-rank group to the plain ops. Such a group has no neighbour: every
+                # incoming GDN state and halo frame is zero and the K/V gather returns the rank's own, so each
+                # frame-parallel op is exactly its plain op (the composite scan with zero incoming states is the
+                # plain scan, only slower), and the whole clip's RoPE tables are the block's own. So the block runs
+                # as it is, on the fused kernels and with no collective: with no CP block active, the dispatchers
+                # and the FFN's temporal-conv wrapper fall through to the plain ops.
+                return orig(*args, **kwargs)
             bound = sig.bind(*args, **kwargs)
             ctx = bound.arguments["ctx"]
             # Pinned on the forward's context, so that a checkpointed block recomputed in the backward pass uses the
@@ -231,6 +249,24 @@ class ContextParallel:
         mlp._temporal = temporal
 
 
+def check_compile_checkpointing(cp_size: int, compiled: bool, checkpointed: bool, settings: str,
+                                error: type[Exception] = NotImplementedError) -> None:
+    """Refuse context parallelism over two or more ranks on blocks that are both compiled and checkpointed, before
+    anything is applied and before any collective (every rank checks the same settings). The one copy of this rule:
+    the config check (`sana_wm.training.config`), `sana_wm.parallel.parallelize` and `apply_context_parallel` (blocks
+    compiled and checkpointed by hand) call it. `settings` names the offending settings as the caller's user wrote
+    them; `error` the exception type to raise.
+
+    Why: with torch 2.13 Dynamo refuses the CP block wrapper's side effects (the layout pushed and pinned) inside a
+    compiled checkpoint region, and with the wrapper outside it the recomputed frame exchanges gave NaN gradients
+    (bench/RESULTS.md). A one-rank group is allowed: its block wrapper runs the block as it is (`_wrap_block`)."""
+    if cp_size > 1 and compiled and checkpointed:
+        raise error(f"{settings} is not supported (torch 2.13: Dynamo refuses the CP block wrapper's side effects "
+                    "inside a compiled checkpoint region, and with the wrapper outside it the recomputed frame "
+                    "exchanges gave NaN gradients; see sana_wm/context_parallel.py); turn off compile or activation "
+                    "checkpointing")
+
+
 def _inner_blocks(model: nn.Module) -> list[nn.Module]:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.ModuleList):
@@ -241,26 +277,23 @@ def _inner_blocks(model: nn.Module) -> list[nn.Module]:
 def apply_context_parallel(model: nn.Module, group, force: bool = False) -> nn.Module:
     """Install frame-parallel execution over the process group `group` (or a 1-D DeviceMesh) on `model` in place;
     idempotent. A group of one rank installs nothing (the plain model is the CP model at size 1) unless `force`:
-    then every hook, dispatcher and collective runs over the one rank (what `bench/dit_step.py`'s cp1 case times
-    against the plain model; tests/models check it gives the plain model's output bit for bit and its gradients to
-    float32 rounding)."""
+    then the hooks, wrappers and dispatchers are installed over the one rank and its blocks run the plain ops with no
+    collective (`_wrap_block`); `bench/dit_step.py`'s cp1 case times that against the plain model, and tests/models
+    check it gives the plain model's output and gradients bit for bit."""
     if hasattr(group, "get_group"):  # a DeviceMesh
         group = group.get_group()
     if getattr(model, "_sana_context_parallel", None) is not None:
         return model
-    if dist.get_world_size(group) == 1 and not force:
+    size = dist.get_world_size(group)
+    if size == 1 and not force:
         return model
     for name in ("config", "blocks"):
         if not hasattr(model, name):
             raise TypeError(f"context parallelism needs a SanaWM-like model with `{name}`; got {type(model).__name__}")
     compiled = [i for i, b in enumerate(model.blocks) if "forward" in vars(b)]  # `sana_wm.parallel.apply_compile`
     checkpointed = [i for i, b in enumerate(model.blocks) if hasattr(b, "_checkpoint_wrapped_module")]
-    if set(compiled) & set(checkpointed):
-        raise NotImplementedError(
-            "context parallelism over compiled, checkpointed blocks is not supported (torch 2.13: Dynamo refuses the "
-            "CP block wrapper's side effects inside a compiled checkpoint region, and with the wrapper outside it the "
-            "recomputed frame exchanges gave NaN gradients, bench/RESULTS.md); turn off compile or activation "
-            "checkpointing")
+    both = bool(set(compiled) & set(checkpointed))
+    check_compile_checkpointing(size, both, both, f"context parallelism ({size} ranks) over compiled, checkpointed blocks")
     if compiled:
         # The halo exchanges are point-to-point sends and receives, which Dynamo traces only when told to (torch
         # 2.13; without it: a graph break at each exchange, and fullgraph=True fails). The all-gathers trace as they

@@ -11,7 +11,7 @@ context parallelism over latent frames (`sana_wm.context_parallel`, over a CP me
 wrap the model themselves, after it. The FSDP2 part (`fsdp_mesh`) is for loops of one's own.
 
 Context parallelism with torch.compile traces the frame exchanges into the compiled blocks; with activation
-checkpointing as well it is refused (`sana_wm.context_parallel.apply_context_parallel` says why).
+checkpointing as well it is refused (`sana_wm.context_parallel.check_compile_checkpointing` says why).
 """
 
 from __future__ import annotations
@@ -234,16 +234,15 @@ def parallelize(
     its clip's loss times the CP size (the trainer's `SanaWMLitModule` does this): the average over dp · cp ranks is
     then the average over dp of whole-clip gradients. (FSDP2's `set_gradient_divide_factor` would say this directly,
     but its pre-multiplied sum does not exist in gloo.)"""
+    from sana_wm.context_parallel import apply_context_parallel, check_compile_checkpointing
+
     cp_size = 1
     if cp_mesh is not None:
         import torch.distributed as dist
 
         cp_size = dist.get_world_size(cp_mesh.get_group() if hasattr(cp_mesh, "get_group") else cp_mesh)
-    if cp_size > 1 and compile and activation_checkpointing:
-        # Before anything is applied; `apply_context_parallel` checks the same on blocks compiled by hand.
-        raise NotImplementedError(f"context parallelism (cp size {cp_size}) with compile=True and activation "
-                                  "checkpointing: not supported (sana_wm.context_parallel.apply_context_parallel "
-                                  "says why); turn off compile or activation checkpointing")
+    check_compile_checkpointing(cp_size, compile, activation_checkpointing,  # before anything is applied
+                                f"context parallelism (cp size {cp_size}) with compile=True and activation checkpointing")
     if activation_checkpointing and ac_policy == "ffn" and not compile:
         raise ValueError("ac_policy='ffn' needs compile=True (the compiler's partitioner makes most of its save/"
                          "recompute choices; run eagerly it would keep every activation outside the FFN)")
@@ -258,8 +257,6 @@ def parallelize(
     if compile:
         apply_compile(model)
     if cp_size > 1:
-        from sana_wm.context_parallel import apply_context_parallel
-
         apply_context_parallel(model, cp_mesh)
     if fsdp_mesh is not None:
         apply_fsdp(model, fsdp_mesh, param_dtype=param_dtype)

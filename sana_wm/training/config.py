@@ -481,6 +481,7 @@ def _check_fp8(cfg: TrainConfig) -> None:
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     """Check choices and ranges that types cannot express; raises ConfigError naming the key. Returns cfg."""
+    from sana_wm.context_parallel import check_compile_checkpointing
     from sana_wm.fp8 import FP8_RECIPES
     from sana_wm.models import CAMERA_RMS_DOWNSCALE_MODES, PRESETS
     from sana_wm.parallel import AC_POLICIES
@@ -544,9 +545,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if s.cp_size > 1 and s.name != "fsdp2":
         raise ConfigError(f"strategy.cp_size={s.cp_size} (context parallelism) needs strategy=fsdp2; got "
                           f"strategy.name={s.name!r}")
-    if s.cp_size > 1 and cfg.model.compile and cfg.model.activation_checkpointing:
-        raise ConfigError(f"strategy.cp_size={s.cp_size} with model.compile=true and model.activation_checkpointing="
-                          "true is not supported (see sana_wm/context_parallel.py); set compile or checkpointing off")
+    check_compile_checkpointing(s.cp_size, cfg.model.compile, cfg.model.activation_checkpointing,
+                                f"strategy.cp_size={s.cp_size} with model.compile=true and "
+                                "model.activation_checkpointing=true", ConfigError)
     _choice("strategy.param_dtype", s.param_dtype, ("float32", "bfloat16", "float16"))
     if cfg.ema.enabled and (s.name in ("fsdp", "fsdp2") or (s.name == "deepspeed" and s.stage == 3)):
         # Under weight sharding each rank's parameters are shards (FSDP) or empty placeholders (ZeRO-3), so the EMA

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sana_wm.ops.cp import FrameShard, _halo_transfers
@@ -31,3 +32,27 @@ def test_frame_shard_layout_and_mask():
     assert s.mask_frames(x, 1)[0, :, 0].tolist() == [1.0, 0.0, 0.0]
     full = FrameShard(None, rank=0, size=3, frames=3, valid=9)
     assert full.mask_frames(x, 1) is x
+
+
+def test_one_rank_helpers_return_their_input_and_refuse_a_padded_one_rank_layout():
+    """A one-rank slice is the whole clip, unpadded: slicing, gathering and masking are the identity (no copy, no
+    collective: the group here is None), and a one-rank layout with padding is refused rather than assumed away."""
+    from sana_wm.context_parallel import ContextParallel
+    from sana_wm.ops.cp import gather_frames
+
+    whole = FrameShard(None, rank=0, size=1, frames=5, valid=5)
+    x = torch.randn(1, 5, 2)
+    cp = ContextParallel.__new__(ContextParallel)  # the frame helpers only read the latest layout
+    cp.shard = whole
+    assert cp.shard_frames(x, 1) is x and cp.shard_frames(x, 1, edge=True) is x
+    assert gather_frames(x, whole, 1) is x and whole.mask_frames(x, 1) is x
+    assert cp.frame_mask("cpu").tolist() == [1.0] * 5
+    with pytest.raises(ValueError, match=r"a whole-clip tensor of 5 frames along dim 1 expected .* got shape \[1, 4, 2\]"):
+        cp.shard_frames(torch.randn(1, 4, 2), 1)
+    with pytest.raises(ValueError, match="a one-rank group holds the whole clip, so frames must equal valid; got "
+                                         "frames=6, valid=5"):
+        FrameShard(None, rank=0, size=1, frames=6, valid=5)
+    with pytest.raises(ValueError, match=r"got rank=3, size=3, frames=2, valid=5"):
+        FrameShard(None, rank=3, size=3, frames=2, valid=5)
+    with pytest.raises(ValueError, match=r"got rank=0, size=2, frames=2, valid=5"):
+        FrameShard(None, rank=0, size=2, frames=2, valid=5)

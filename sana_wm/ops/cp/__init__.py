@@ -60,6 +60,17 @@ class FrameShard:
     frames: int
     valid: int
 
+    def __post_init__(self):
+        if not (self.size >= 1 and 0 <= self.rank < self.size and self.frames >= 1
+                and 0 < self.valid <= self.size * self.frames):
+            raise ValueError(f"FrameShard: expected size ≥ 1, 0 ≤ rank < size, frames ≥ 1 and 0 < valid ≤ size·frames; "
+                             f"got rank={self.rank}, size={self.size}, frames={self.frames}, valid={self.valid}")
+        if self.size == 1 and self.frames != self.valid:
+            # A one-rank group holds the whole clip unpadded; the size-1 shortcuts (the plain ops, no slicing, no
+            # gather: `sana_wm.context_parallel`) rely on it.
+            raise ValueError(f"FrameShard: a one-rank group holds the whole clip, so frames must equal valid; got "
+                             f"frames={self.frames}, valid={self.valid}")
+
     @property
     def start(self) -> int:
         return self.rank * self.frames
@@ -215,7 +226,10 @@ def gather_frames(x: torch.Tensor, shard: FrameShard, dim: int) -> torch.Tensor:
 
     Its backward takes this rank's part of the gradient without communicating: it is meant for a value that every
     rank of the group then computes identically (a loss on the full output), whose parameter gradients are then the
-    sum over the group of each rank's (FSDP's reduction over a mesh that includes the CP ranks does that sum)."""
+    sum over the group of each rank's (FSDP's reduction over a mesh that includes the CP ranks does that sum). A
+    one-rank group's slice is the whole clip (`FrameShard` checks it): x itself."""
+    if shard.size == 1:
+        return x
     return _GatherFrames.apply(x, shard, dim % x.dim())
 
 
