@@ -110,10 +110,12 @@ class SanaWMDataModule(L.LightningDataModule):
     def _rank_world(self) -> tuple[int | None, int | None]:
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
-            # A strategy whose ranks share samples (context parallelism) names the data-parallel coordinate.
-            rank_world = getattr(trainer.strategy, "data_rank_world", None)
-            if rank_world is not None:
-                return int(rank_world[0]), int(rank_world[1])
+            # Lightning's sampler split: the global rank and world under DDP / FSDP / DeepSpeed, the data-parallel
+            # coordinate under a model-parallel mesh (context parallelism: the ranks of a CP group share samples);
+            # None on one device.
+            kwargs = trainer.distributed_sampler_kwargs
+            if kwargs is not None:
+                return int(kwargs["rank"]), int(kwargs["num_replicas"])
             return int(trainer.global_rank), int(trainer.world_size)
         return None, None  # ShardDataset falls back to torch.distributed / env
 

@@ -5,8 +5,9 @@ The world is a (dp × cp) `DeviceMesh` with dims ("data_parallel", "context_para
 (a row of the mesh's cp dim) hold slices of the same clip, the dp dim holds different samples. The module's
 `configure_model` calls `sana_wm.parallel.parallelize` with the cp sub-mesh for context parallelism and a flat mesh
 of every rank for FSDP2 (parameters sharded over all dp·cp ranks; the gradient reduction then sums the CP slices'
-shares and averages over dp). The data loader splits shards by the dp coordinate (`distributed_sampler_kwargs`), so
-every rank of a CP group reads the same samples, and the objective's random draws are seeded by it too.
+shares and averages over dp). The data loader splits shards by the dp coordinate (Lightning's
+`distributed_sampler_kwargs` of a mesh named "data_parallel"), so every rank of a CP group reads the same samples,
+and the objective's random draws are seeded by it too.
 
 Before any collective past the rendezvous, every rank gathers a digest of its config; if they differ, every rank
 raises. Then the mesh shape is checked against the world size (same config everywhere, so every rank agrees).
@@ -60,12 +61,6 @@ class FSDP2Strategy(ModelParallelStrategy):
     @property
     def cp_mesh(self):
         return self.device_mesh["context_parallel"]
-
-    @property
-    def data_rank_world(self) -> tuple[int, int]:
-        """(this rank's dp coordinate, dp size): which samples it reads and which random draws it makes."""
-        dp = self.device_mesh["data_parallel"]
-        return dp.get_local_rank(), dp.size()
 
 
 def config_digest(cfg) -> str:

@@ -238,10 +238,8 @@ class SanaWMLitModule(L.LightningModule):
     def _data_rank(self) -> int:
         """The rank that picks this process's samples and random draws: the global rank, or under context
         parallelism the dp coordinate, shared by the ranks that split one clip."""
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        if hasattr(strategy, "data_rank_world"):
-            return strategy.data_rank_world[0]
-        return self.global_rank
+        kwargs = self._trainer.distributed_sampler_kwargs if self._trainer is not None else None
+        return self.global_rank if kwargs is None else int(kwargs["rank"])  # Lightning's split, as the data loader's
 
     def _batch_counter(self) -> int:
         if self._trainer is None:
