@@ -15,13 +15,16 @@ Cases (docs/design/flops.md §6, issue 6):
   composite with --compile: fwd21/fwd121/train21 again with every fused GDN kernel off (what they buy in the whole
            model, same process)
   bwd      with --compile: train21 again with the GDN backward kernels off (float32 PyTorch backward)
-  cp1      the context-parallel code path at cp_size 1 against the plain model, same weights, same process, eager:
-           fwd21 (B=1) and train21 (full checkpointing). `parallelize` installs nothing for a one-rank CP group, so
-           this forces the install (`apply_context_parallel(..., force=True)`) over a one-rank NCCL group: the
-           frame-slicing pre-hook, the block wrappers, the dispatchers, the composite GDN (slice composites and the
-           rerun with boundary frames, in place of the fused GDN kernels) and the one-rank all-gathers all run.
-           Prints the overhead in %. Both copies stay resident, so both rows' peaks include the other's weights;
-           the dispatchers are process-wide, so the plain rows include their check (no CP block active) too.
+  cp1      the context-parallel code path at cp_size 1 against the plain model, same weights, same process: fwd21
+           (B=1, eager) and the train21 step with the headline's settings (with --compile: compiled, checkpointing
+           by the first --ac policy, e.g. `--compile --ac ffn`; without: eager, full checkpointing). `parallelize`
+           installs nothing for a one-rank CP group, so this forces the install (`apply_context_parallel(...,
+           force=True)`) over a one-rank NCCL group: the frame-slicing pre-hook, the block wrappers and the
+           process-wide dispatchers run, and at size 1 the block wrapper runs each block as it is (the plain fused
+           ops, no collective). Compile with checkpointing is allowed here because the group has one rank
+           (`sana_wm.context_parallel.check_compile_checkpointing`). Prints a table of the overhead in %, the
+           outputs' and the gradients' differences; the plain rows also pass through the dispatchers' check (no CP
+           block active). Each row's peak has the other copy's weights and gradients subtracted.
 train21 runs eager with full checkpointing, then (with --compile) compiled with each --ac policy: "full" recomputes
 whole blocks, "selective" keeps GEMM / attention / scan / prologue outputs, "ffn" keeps those and recomputes only the
 FFN's wide middle, leaving the rest to the compiler (sana_wm.parallel); --ac-blocks K
@@ -32,7 +35,7 @@ MFU = model FLOPs (sana_wm.models.flops) / (time × 989.4 TFLOP/s); also reporte
 Prints a table and writes JSON (--out). Never asserts speed.
 
     python bench/dit_step.py --cases fwd21,fwd121,train21,trainmax,profile --out results.json
-    python bench/dit_step.py --cases cp1 --no-port --out cp1.json      # ≈ 2 min on one H100
+    python bench/dit_step.py --cases cp1 --no-port --compile --ac ffn --warmup 1 --reps 3 --out cp1.json
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import platform
 import time
 
 import torch
-from common import cuda_time, idle_gaps
+from common import cuda_time, idle_gaps, markdown_table
 
 from sana_wm import SanaWM
 from sana_wm.camera import action_to_c2w, prepare_camera
@@ -461,16 +464,50 @@ def run_train121(bench: Bench) -> None:
         print(f"train121: fastest policy that fits: {best} ({fits[best]} ms)", flush=True)
 
 
-def run_cp1(bench: Bench) -> None:
-    """cp1: the plain eager model against a copy with the CP path forced at size 1 (see the module docstring), for
-    fwd21 (B=1) and train21 (full checkpointing); the overhead in % and the outputs' difference."""
+def cp1_pair(model, group, policy: str, compiled: bool, ac_blocks: int | None = None):
+    """(plain, cp): `model` (its blocks unwrapped) and a deep copy of it, each given checkpointing `policy` and
+    (`compiled`) torch.compile by `parallelize`, the copy then with the CP path forced over the one-rank `group`.
+    The copy is taken before any wrapper or compiled method exists (a compiled method would still call the
+    original's blocks), and CP is installed before anything runs, so that both models' compiled blocks trace the
+    same (process-wide) dispatchers."""
     import copy
+
+    from sana_wm.context_parallel import apply_context_parallel
+
+    cp = copy.deepcopy(model)
+    for m in (model, cp):
+        parallelize(m, activation_checkpointing=True, ac_policy=policy, ac_blocks=ac_blocks, compile=compiled)
+    apply_context_parallel(cp, group, force=True)
+    return model, cp
+
+
+def max_rel_diff(a: dict, b: dict) -> float:
+    """The largest relative L2 difference between same-named tensors of `a` and `b` (e.g. two models' gradients)."""
+    if a.keys() != b.keys():
+        raise ValueError(f"different tensor names: {sorted(a.keys() ^ b.keys())[:5]}")
+    return max(((b[n].float() - a[n].float()).norm() / a[n].float().norm().clamp_min(1e-30)).item() for n in a)
+
+
+def cp1_table(results: dict) -> str:
+    """The cp1 case's rows as a Markdown table: plain ms, CP-path ms, overhead in %.
+
+    >>> print(cp1_table({"cp1_rows": [{"case": "fwd", "plain_ms": 200.0, "cp_ms": 202.0}]}))
+    | case | plain ms | CP path at cp_size 1, ms | overhead |
+    |---|---|---|---|
+    | fwd | 200.0 | 202.0 | +1.00 % |
+    """
+    rows = [dict(r, overhead=f"{100 * (r['cp_ms'] / r['plain_ms'] - 1):+.2f} %") for r in results["cp1_rows"]]
+    return markdown_table(rows, {"case": "case", "plain_ms": "plain ms", "cp_ms": "CP path at cp_size 1, ms",
+                                 "overhead": "overhead"})
+
+
+def run_cp1(bench: Bench) -> None:
+    """cp1: the plain model against a copy with the CP path forced at size 1 (see the module docstring), same
+    weights, same process: fwd21 (B=1, eager) and the training step of train21 with the headline's checkpointing
+    and compile; the overhead in % and the outputs' and gradients' differences."""
     import socket
 
     import torch.distributed as dist
-
-    from sana_wm.context_parallel import apply_context_parallel
-    from sana_wm.parallel import apply_activation_checkpointing
 
     if not dist.is_initialized():
         with socket.socket() as s:
@@ -478,36 +515,46 @@ def run_cp1(bench: Bench) -> None:
             port = s.getsockname()[1]
         dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
                                 device_id=torch.device("cuda", torch.cuda.current_device()))
-    ours = bench.ours
-    set_compiled(ours, bench.plain_blocks, False)
-    cp = copy.deepcopy(ours)
-    apply_context_parallel(cp, dist.group.WORLD, force=True)
+    args, results = bench.args, bench.results
+    compiled = args.compile
+    policy = args.ac.split(",")[0] if compiled else "full"
+    label = f"{policy} AC" + (", compiled" if compiled else "")
+    if compiled and args.ac_blocks is not None:
+        label += f", first {args.ac_blocks} blocks"
+    set_compiled(bench.ours, bench.plain_blocks, False)
+    ours, cp = cp1_pair(bench.ours, dist.group.WORLD, policy, compiled, args.ac_blocks if compiled else None)
     inp = make_inputs(1, 21)
-    results = bench.results
-    with torch.no_grad():
+    rows = results["cp1_rows"] = []
+    # The forward eagerly, as the earlier cp1 forward rows were measured: compiled methods run as plain Python here
+    # (no forward graphs to compile), and checkpointing does nothing without gradients.
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
         ours.eval(), cp.eval()
         a, b = ours_fn(ours, inp)().float(), ours_fn(cp, inp)().float()
         results["cp1_fwd21_rel_err"] = ((b - a).norm() / a.norm()).item()
+        del a, b
         ms_plain, gib = bench.time(ours_fn(ours, inp))
-        bench.record("cp1 fwd21", "ours", 1, 21, ms_plain, gib, False)
+        bench.record("cp1 fwd21", "ours, eager", 1, 21, ms_plain, gib - resident_gib(cp), False)
         ms_cp, gib = bench.time(ours_fn(cp, inp))
-        bench.record("cp1 fwd21", "ours, CP path at cp_size 1", 1, 21, ms_cp, gib, False)
-    results["cp1_fwd21_overhead_pct"] = 100 * (ms_cp / ms_plain - 1)
-    del a, b
+        bench.record("cp1 fwd21", "ours, eager, CP path at cp_size 1", 1, 21, ms_cp, gib - resident_gib(ours), False)
+    rows.append(dict(case="fwd21 (B=1), eager", plain_ms=round(ms_plain, 1), cp_ms=round(ms_cp, 1)))
     ours.train(), cp.train()
-    bench.set_blocks("full", False)
-    apply_activation_checkpointing(cp, "full")
-    ms_plain, gib = bench.time(train_step(ours, inp, False))
-    ours.zero_grad(set_to_none=True)
-    bench.record("cp1 train21", "ours (full AC)", 1, 21, ms_plain, gib, True)
-    ms_cp, gib = bench.time(train_step(cp, inp, False))
-    cp.zero_grad(set_to_none=True)
-    bench.record("cp1 train21", "ours (full AC), CP path at cp_size 1", 1, 21, ms_cp, gib, True)
-    results["cp1_train21_overhead_pct"] = 100 * (ms_cp / ms_plain - 1)
-    print(f"cp1: CP path at cp_size 1 vs plain: forward {results['cp1_fwd21_overhead_pct']:+.1f}%, training step "
-          f"{results['cp1_train21_overhead_pct']:+.1f}% (fwd21 outputs rel err {results['cp1_fwd21_rel_err']:.1e})",
-          flush=True)
+    warm = 1 if compiled else 0  # the first call compiles
+    ms_plain, gib = bench.time(train_step(ours, inp, False), warm)
+    bench.record("cp1 train21", f"ours ({label})", 1, 21, ms_plain, gib - resident_gib(cp), True)
+    ms_cp, gib = bench.time(train_step(cp, inp, False), warm)
+    bench.record("cp1 train21", f"ours ({label}), CP path at cp_size 1", 1, 21, ms_cp, gib - resident_gib(ours), True)
+    rows.append(dict(case=f"train21 step ({label})", plain_ms=round(ms_plain, 1), cp_ms=round(ms_cp, 1)))
+    # Both models hold the gradients of their last timed step, on the same input.
+    named = lambda m: {n.replace("_checkpoint_wrapped_module.", ""): p.grad  # noqa: E731
+                       for n, p in m.named_parameters() if p.grad is not None}
+    results["cp1_train21_grad_max_rel"] = max_rel_diff(named(ours), named(cp))
+    ours.zero_grad(set_to_none=True), cp.zero_grad(set_to_none=True)
+    print(f"\ncp1: the CP path at cp_size 1 against the plain model (fwd21 outputs rel err "
+          f"{results['cp1_fwd21_rel_err']:.1e}, train21 gradients max rel err "
+          f"{results['cp1_train21_grad_max_rel']:.1e})\n{cp1_table(results)}", flush=True)
+    bench.dump()
     del cp
+    set_compiled(ours, bench.plain_blocks, False)
     torch.cuda.empty_cache()
     dist.destroy_process_group()
 
