@@ -31,8 +31,9 @@ COMMON = ["model=tiny", "trainer=cpu", "data.num_workers=0", "data.pin_memory=fa
 def test_fsdp2_with_cp2_matches_one_process_and_resumes_on_one_rank(tmp_path):
     write_tiny_latent_shards(tmp_path / "shards", num_samples=3, samples_per_shard=3)
     # Float32 maths only: the released bf16 casts of the softmax blocks' q/k/v round values that CP computes a float32
-    # ulp away from one process to another bf16 value (2^-9 relative), which three steps carry to 8e-3 of a camera
-    # bias's move (measured); the casts are elementwise, so CP runs them on the same values as one process does.
+    # ulp away from one process to another bf16 value (2^-9 relative), and each CP rank rounds its share of the K/V
+    # gradient to bf16; three steps carry that to 8e-3 of a camera bias's move (measured). The casts are elementwise:
+    # CP runs them on the same values as one process does.
     base = [*COMMON, f"seed={SEED}", "model.reference_numerics=false"]
     runs = {"single": (1, ["strategy=single"]),
             "fsdp2": (2, ["strategy=fsdp2", "strategy.cp_size=2", "strategy.param_dtype=float32",
