@@ -30,24 +30,43 @@ __all__ = ["phase_shift", "segment_motion", "command_segments", "MotionCheck", "
 MIN_TURN_PX = 1.0
 #: Smallest relative expansion summed over a segment that counts as moving forward / back.
 MIN_EXPANSION = 0.01
+#: Gain of the low-pass of :func:`phase_shift` at the block grid's fundamental frequency (1 / block period).
+BLOCK_LOWPASS_GAIN = 0.01
 
 
 def _gray(frame: np.ndarray) -> np.ndarray:
     return np.asarray(frame, np.float64) @ np.array([0.299, 0.587, 0.114])
 
 
-def phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+def _check_block(block_px: int | None) -> None:
+    if block_px is not None and (isinstance(block_px, bool) or not isinstance(block_px, int) or block_px < 2):
+        raise ValueError(f"block_px must be None or an integer >= 2 (the codec's spatial compression); got {block_px!r}")
+
+
+def phase_shift(a: np.ndarray, b: np.ndarray, block_px: int | None = None) -> tuple[float, float]:
     """(dy, dx) in pixels by which the content of grayscale image ``b`` is displaced relative to ``a``.
 
     Phase correlation with a Hann window and a parabolic sub-pixel peak; shifts beyond half the size wrap.
+
+    ``block_px``: the period of a block grid to ignore (a patch codec's spatial compression). Phase correlation
+    whitens the spectrum, so the many high frequencies of a block grid — edges at the same places in every frame —
+    outvote the scene and the peak lands on a multiple of the period whatever the motion. With ``block_px`` the
+    whitened cross-power is weighted by a Gaussian low-pass whose response at the grid's fundamental frequency
+    1/``block_px`` is :data:`BLOCK_LOWPASS_GAIN`, so only structure coarser than the blocks votes (the peak of a
+    true translation stays where it is; it only widens).
     """
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"phase_shift: need two 2-D images of one shape; got {a.shape} and {b.shape}")
+    _check_block(block_px)
     win = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
     fa = np.fft.fft2((a - a.mean()) * win)
     fb = np.fft.fft2((b - b.mean()) * win)
     cross = fb * np.conj(fa)
-    r = np.fft.ifft2(cross / (np.abs(cross) + 1e-9)).real
+    cross = cross / (np.abs(cross) + 1e-9)
+    if block_px is not None:
+        fy, fx = np.fft.fftfreq(a.shape[0])[:, None], np.fft.fftfreq(a.shape[1])[None, :]
+        cross = cross * BLOCK_LOWPASS_GAIN ** ((fy**2 + fx**2) * block_px**2)
+    r = np.fft.ifft2(cross).real
     iy, ix = np.unravel_index(int(np.argmax(r)), r.shape)
 
     def refine(i: int, n: int, axis_vals) -> float:
@@ -62,8 +81,9 @@ def phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return dy, dx
 
 
-def segment_motion(frames: np.ndarray, start: int, end: int) -> tuple[float, float]:
-    """(horizontal shift in pixels, relative expansion) of ``frames[start..end]``, summed over consecutive pairs."""
+def segment_motion(frames: np.ndarray, start: int, end: int, block_px: int | None = None) -> tuple[float, float]:
+    """(horizontal shift in pixels, relative expansion) of ``frames[start..end]``, summed over consecutive pairs
+    (``block_px``: see :func:`phase_shift`)."""
     if not 0 <= start < end < len(frames):
         raise ValueError(f"segment_motion: need 0 <= start < end < {len(frames)}; got {start}, {end}")
     H, W = frames.shape[1:3]
@@ -71,11 +91,11 @@ def segment_motion(frames: np.ndarray, start: int, end: int) -> tuple[float, flo
     prev = _gray(frames[start])
     for i in range(start + 1, end + 1):
         cur = _gray(frames[i])
-        shift += phase_shift(prev, cur)[1]
-        left = phase_shift(prev[:, : W // 2], cur[:, : W // 2])[1]
-        right = phase_shift(prev[:, W // 2 :], cur[:, W // 2 :])[1]
-        top = phase_shift(prev[: H // 2], cur[: H // 2])[0]
-        bottom = phase_shift(prev[H // 2 :], cur[H // 2 :])[0]
+        shift += phase_shift(prev, cur, block_px)[1]
+        left = phase_shift(prev[:, : W // 2], cur[:, : W // 2], block_px)[1]
+        right = phase_shift(prev[:, W // 2 :], cur[:, W // 2 :], block_px)[1]
+        top = phase_shift(prev[: H // 2], cur[: H // 2], block_px)[0]
+        bottom = phase_shift(prev[H // 2 :], cur[H // 2 :], block_px)[0]
         expansion += (right - left) / (W / 2) + (bottom - top) / (H / 2)
         prev = cur
     return shift, expansion
@@ -120,24 +140,26 @@ class MotionCheck:
 
 
 def camera_following(frames: np.ndarray, action: str, scheme: str = "release",
-                     frame_offset: int = 0) -> list[MotionCheck]:
+                     frame_offset: int = 0, block_px: int | None = None) -> list[MotionCheck]:
     """One :class:`MotionCheck` per turn and per forward/back move commanded by ``action`` (segments that run past
     the video's last frame are cut to it; segments left with no frame pair are skipped).
 
     ``frame_offset``: the command frame that ``frames[0]`` shows (``GenerationResult.frame_offset``: 1 after the
     refiner dropped the sink frame); segments are shifted by it and cut at frame 0.
+    ``block_px``: the decoder's block period to ignore (the codec's spatial compression; see :func:`phase_shift`).
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"camera_following: frames must be (F, H, W, 3); got {frames.shape}")
     if frame_offset < 0:
         raise ValueError(f"camera_following: frame_offset must be >= 0; got {frame_offset}")
+    _check_block(block_px)
     checks = []
     for i, (a, b, yaw, fwd) in enumerate(command_segments(action, scheme)):
         a, b = max(a - frame_offset, 0), min(b - frame_offset, len(frames) - 1)
         if b <= a or (yaw == 0 and fwd == 0):
             continue
-        shift, expansion = segment_motion(frames, a, b)
+        shift, expansion = segment_motion(frames, a, b, block_px)
         if yaw:
             turn = -shift  # the scene slides opposite to the turn
             checks.append(MotionCheck(action, i, "turn", yaw, float(turn), bool(np.sign(turn) == yaw and abs(turn) >= MIN_TURN_PX)))

@@ -34,6 +34,49 @@ def test_phase_shift_rejects_mismatched_images():
         phase_shift(_texture(), _texture()[:, :32])
 
 
+def _panned_with_block_noise(dx: int, noise: float, frames: int = 6, block: int = 8) -> list[np.ndarray]:
+    """Grayscale frames (64, 112) of a smooth random scene panned by ``dx`` px per frame (content moves right), each
+    frame plus fresh ``block`` × ``block`` block noise of std ``noise`` on a fixed grid — a patch codec's artefact
+    (the scene's std is 1)."""
+    rng = np.random.default_rng(0)
+    H, W = 64, 112
+    k = np.exp(-0.5 * (np.arange(-9, 10) / 3.0) ** 2)
+    k /= k.sum()
+    scene = np.kron(rng.random((H // 8 + 2, (W + dx * frames) // 8 + 2)), np.ones((8, 8)))
+    scene = np.apply_along_axis(lambda r: np.convolve(r, k, "same"), 1, scene)
+    scene = np.apply_along_axis(lambda c: np.convolve(c, k, "same"), 0, scene)[:H]
+    scene = (scene - scene.mean()) / scene.std()
+    x0 = dx * frames
+    return [scene[:, x0 - dx * i: x0 - dx * i + W]
+            + noise * np.kron(rng.standard_normal((H // block, W // block)), np.ones((block, block)))
+            for i in range(frames)]
+
+
+def test_block_noise_makes_plain_phase_correlation_alias_and_the_block_low_pass_reads_the_true_pan():
+    """Fresh 8-px block noise on every frame (std half the scene's) over a scene panned 3 px per frame: plain phase
+    correlation locks onto multiples of the block period whatever the motion; with ``block_px=8`` every pair reads
+    the 3-px pan."""
+    fr = _panned_with_block_noise(3, noise=0.5)
+    pairs = list(zip(fr[:-1], fr[1:], strict=True))
+    plain = [phase_shift(a, b)[1] for a, b in pairs]
+    assert [round(v / 8) * 8 for v in plain] == pytest.approx(plain, abs=0.05)  # every pair on the block grid
+    assert plain == pytest.approx([8.0, -8.0, 8.0, 0.0, -16.0], abs=0.01)  # a "turn" of -8 px against the true +15
+    low = [phase_shift(a, b, block_px=8)[1] for a, b in pairs]
+    assert low == pytest.approx([2.428, 3.662, 1.664, 2.778, 3.844], abs=1e-3)
+    assert sum(low) == pytest.approx(15.0, abs=1.0)
+    # A true pan of exactly one block period is still read as such (the widened peak reads it up to 5 % short).
+    clean = _panned_with_block_noise(8, noise=0.0)
+    read = [phase_shift(a, b, block_px=8)[1] for a, b in zip(clean[:-1], clean[1:], strict=True)]
+    assert read == pytest.approx([7.75] * 5, abs=0.15)
+
+
+def test_block_period_must_be_an_integer_of_at_least_two():
+    with pytest.raises(ValueError, match="block_px must be None or an integer >= 2 .*; got 1"):
+        phase_shift(_texture(), _texture(), block_px=1)
+    with pytest.raises(ValueError, match="got 8.0"):
+        camera_following(np.zeros((3, 8, 8, 3), np.uint8), "l-2", block_px=8.0)
+
+
 def test_command_segments_signs_and_frames():
     assert command_segments("w-11,l-21") == [(0, 11, 0, 1), (11, 32, 1, 0)]
     assert command_segments("sj-4,none-2") == [(0, 4, -1, -1), (4, 6, 0, 0)]
