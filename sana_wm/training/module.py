@@ -179,6 +179,16 @@ class SanaWMLitModule(L.LightningModule):
             with torch.no_grad():
                 net.y_embedder.y_embedding.copy_(emb[0].float())
             null_mask = mask[0].bool().cpu()
+        elif objective.caption_dropout > 0 and not model.init_checkpoint:
+            # Generation's unconditional branch is the text encoder's encoding of the negative prompt (""); a table
+            # left at its random start trains the dropped captions on an embedding generation never passes.
+            log.warning(
+                "objective.caption_dropout=%s swaps captions for the DiT's null-caption table, which stays at its random "
+                "start (a buffer): no text encoder is configured (encoders.kind=%s, set_null_embedding=%s). Classifier-free guidance at "
+                "generation then feeds an unconditional embedding never seen in training; set encoders.kind=pretrained "
+                "and encoders.text_encoder to the generation's text encoder", objective.caption_dropout, encoders.kind,
+                encoders.set_null_embedding,
+            )
         # Mask used with the null table for dropped captions (all tokens when the table is not an encoding of "").
         self.register_buffer("null_mask", null_mask)
 

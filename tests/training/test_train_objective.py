@@ -153,6 +153,31 @@ def test_tiny_encoders_set_the_null_caption_and_encode_video_batches():
     assert torch.isfinite(loss)
 
 
+def test_a_text_encoder_alone_sets_the_null_caption_that_generation_passes_as_negative_prompt(tmp_path, caplog):
+    """Training on cached latents with only the generation's text encoder configured (the CPU demo's setting): the
+    null table is its encoding of "", which the pipeline passes as the unconditional branch of CFG. Without any
+    text encoder the table stays random and caption dropout says so."""
+    from sana_wm.encoders.text import GemmaTextEncoder
+    from sana_wm.encoders.tiny import save_tiny_text_encoder
+
+    root = save_tiny_text_encoder(tmp_path / "text_encoder", hidden=32, seed=3)
+    m = SanaWMLitModule(ModelConfig(preset="tiny"), ObjectiveConfig(caption_dropout=0.1),
+                        encoders=EncoderConfig(kind="pretrained", text_encoder=str(root), dtype="float32"))
+    assert m.encoders.vae is None
+    generation = GemmaTextEncoder.from_pretrained(str(root), dtype=torch.float32, max_sequence_length=32)
+    emb, mask = generation.encode([""], use_chi_prompt=False)  # SanaWMPipeline.encode_prompt's negative prompt
+    assert torch.equal(m.model.y_embedder.y_embedding, emb[0])
+    assert torch.equal(m.null_mask, mask[0].bool())
+    with caplog.at_level("WARNING", logger="sana_wm.training.module"):
+        SanaWMLitModule(ModelConfig(preset="tiny"), ObjectiveConfig(caption_dropout=0.1))
+    assert "null-caption table, which stays at its random start" in caplog.text
+    assert "encoders.kind=none" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sana_wm.training.module"):
+        SanaWMLitModule(ModelConfig(preset="tiny"), ObjectiveConfig(caption_dropout=0.0))
+    assert "null-caption" not in caplog.text
+
+
 def test_video_batch_without_encoders_is_a_clear_error():
     from data.schema import Batch
 
