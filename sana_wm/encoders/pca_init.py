@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["patch_ltx2_vae", "pca_init_ltx2_vae"]
+__all__ = ["patch_ltx2_vae", "pca_init_ltx2_vae", "set_latent_statistics"]
 
 # The stacked order of the 8 frames of one latent frame in the temporal stages' channels: channel c * 8 + j holds
 # frame _FRAME_SLOT.index(j) of the group (each of the three stages interleaves its pair innermost).
 _FRAME_SLOT = (0, 4, 2, 6, 1, 5, 3, 7)
+#: Smallest raw channel std, relative to the largest, that :func:`set_latent_statistics` normalises by.
+MIN_RELATIVE_STD = 1e-3
 
 
 def patch_ltx2_vae(latent_channels: int = 32, *, spatial_compression: int = 8, seed: int = 0):
@@ -235,3 +237,31 @@ def pca_init_ltx2_vae(vae, clips: torch.Tensor, *, signal_scale: float = 1e-3, m
     _set_centre_tap(dec.conv_out, W4.T, b4, dec_causal)
 
     return {"patch_variance_kept": _share(sv.S, C - 1), "group_variance_kept": _share(sv2.S, C)}
+
+
+@torch.no_grad()
+def set_latent_statistics(vae, clips: torch.Tensor, whiten: float = 1.0) -> dict:
+    """Set the VAE's ``latents_mean`` / ``latents_std`` (the per-channel normalisation that
+    :class:`~sana_wm.encoders.vae.LatentCodec` applies after encoding and undoes before decoding) from the raw latents
+    of ``clips`` (N, 3, F, H, W) in [-1, 1].
+
+    ``whiten`` = w sets ``latents_std[c] = k · std_c ** w`` with k such that the normalised channels' variances average
+    1: w = 1 gives every channel unit variance; w = 0 one common scale (the principal-component order of the variances
+    kept). Why it matters for a diffusion model on this codec: a channel's normalised error reaches the pixels
+    multiplied by ``latents_std[c]``; with one common scale, the noise a partly trained DiT leaves in the many faint
+    channels decodes at full strength, as blocks of the codec's patch size (docs/demo.md).
+
+    Returns:
+        {"latent_std": the raw channels' standard deviations (list; floored at :data:`MIN_RELATIVE_STD` of the
+        largest), "latent_whiten": w}.
+    """
+    if not 0.0 <= whiten <= 1.0:
+        raise ValueError(f"set_latent_statistics: whiten must be in [0, 1]; got {whiten!r}")
+    z = torch.cat([_rows(vae.encode(clips[i:i + 1]).latent_dist.mode().double()) for i in range(len(clips))])
+    mean, std = z.mean(0), z.std(0)
+    # a channel the clips leave (nearly) empty is not blown up to unit variance: its rounding noise would decode
+    std = std.clamp_min(MIN_RELATIVE_STD * float(std.max()))
+    k = std.pow(2 * (1 - whiten)).mean().sqrt()
+    vae.latents_mean.copy_(mean.to(vae.latents_mean.dtype))
+    vae.latents_std.copy_((k * std.pow(whiten)).to(vae.latents_std.dtype))
+    return {"latent_std": [round(float(s), 6) for s in std], "latent_whiten": float(whiten)}

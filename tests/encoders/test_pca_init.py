@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sana_wm.encoders.pca_init import patch_ltx2_vae, pca_init_ltx2_vae
+from sana_wm.encoders.pca_init import patch_ltx2_vae, pca_init_ltx2_vae, set_latent_statistics
 from sana_wm.encoders.tiny import tiny_ltx2_vae
 from sana_wm.encoders.vae import LatentCodec
 
@@ -57,3 +57,32 @@ def test_pca_start_refuses_other_layouts_and_bad_clips():
         pca_init_ltx2_vae(patch_ltx2_vae(4), _low_rank_clips(frames=17)[:, :, :16])
     with pytest.raises(ValueError, match="patch_size=8"):
         pca_init_ltx2_vae(patch_ltx2_vae(4), _low_rank_clips()[..., :36])
+
+
+@pytest.mark.parametrize("whiten", [1.0, 0.5, 0.0])
+def test_latent_statistics_set_the_codecs_per_channel_normalisation(whiten):
+    """After set_latent_statistics the codec's normalised latents of the fitted clips have mean 0 per channel and
+    std ∝ raw std^(1 − whiten) with mean variance 1; decoding undoes the normalisation, so reconstructions do not
+    change."""
+    clips = _low_rank_clips(n=3)
+    vae = patch_ltx2_vae(4, seed=1)
+    pca_init_ltx2_vae(vae, clips)
+    codec = LatentCodec(vae)
+    with torch.no_grad():
+        before = codec.decode(codec.encode(clips))
+        info = set_latent_statistics(vae, clips, whiten=whiten)
+        z = codec.encode(clips)
+        after = codec.decode(z)
+    raw = torch.tensor(info["latent_std"], dtype=torch.float64)
+    assert info["latent_whiten"] == whiten
+    # the clips span 3 dimensions per group: the 4th channel is empty up to rounding, floored at 1e-3 of the largest
+    assert raw[3] == pytest.approx(1e-3 * float(raw.max()), rel=1e-3)
+    std = z.double().std(dim=(0, 2, 3, 4))
+    expected = raw.pow(1 - whiten) / raw.pow(2 * (1 - whiten)).mean().sqrt()
+    torch.testing.assert_close(std[:3], expected[:3], rtol=1e-3, atol=1e-4)
+    assert std[3] < expected[3]
+    torch.testing.assert_close(z.double().mean(dim=(0, 2, 3, 4))[:3], torch.zeros(3, dtype=torch.float64), rtol=0,
+                               atol=1e-4)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="whiten must be in \\[0, 1\\]; got 1.5"):
+        set_latent_statistics(vae, clips, whiten=1.5)
