@@ -88,23 +88,27 @@ def _reconstruction_psnr(vae, clips: torch.Tensor) -> float:
 
 
 def fit_demo_vae(clips: torch.Tensor, out_dir: str | os.PathLike, held_out: torch.Tensor | None = None,
-                 spatial_compression: int = 8, latent_channels: int = 32, seed: int = 0) -> dict:
+                 spatial_compression: int = 8, latent_channels: int = 32, seed: int = 0,
+                 latent_whiten: float = 0.5) -> dict:
     """The demo's LTX-2 VAE, set to the principal components of `clips` (N, 3, F, H, W) in [-1, 1], saved to
     `out_dir`.
 
     The patch layout (`sana_wm.encoders.pca_init.patch_ltx2_vae`: all spatial compression in the patchifier, three
     temporal stages) initialised by `pca_init_ltx2_vae` — no gradient steps, so it takes seconds and is the same on
-    every machine (docs/demo.md says why this instead of training).
+    every machine (docs/demo.md says why this instead of training). Its per-channel latent normalisation is then set
+    from the same clips (`set_latent_statistics`, `latent_whiten`: 1 = every channel unit variance).
 
     Returns:
         {"path", "init", "spatial_compression", "latent_channels", "patch_variance_kept", "group_variance_kept",
-        "psnr_train", "psnr_heldout", "heldout_clips"} — the variance shares of `pca_init_ltx2_vae`; PSNRs (dB) of
-        whole-clip reconstructions (training: the first 4 clips); psnr_heldout is None without `held_out`.
+        "latent_std", "latent_whiten", "psnr_train", "psnr_heldout", "heldout_clips"} — the variance shares of
+        `pca_init_ltx2_vae`; the raw channels' stds; PSNRs (dB) of whole-clip reconstructions (training: the first 4
+        clips); psnr_heldout is None without `held_out`.
     """
-    from sana_wm.encoders.pca_init import patch_ltx2_vae, pca_init_ltx2_vae
+    from sana_wm.encoders.pca_init import patch_ltx2_vae, pca_init_ltx2_vae, set_latent_statistics
 
     vae = patch_ltx2_vae(latent_channels, spatial_compression=spatial_compression, seed=seed)
     init = pca_init_ltx2_vae(vae, clips)
+    init.update(set_latent_statistics(vae, clips, whiten=latent_whiten))
     path = Path(out_dir)
     vae.save_pretrained(path)
     return {
@@ -178,14 +182,17 @@ def evaluate_camera_following(model_root: Path, checkpoint: Path, starts: list, 
                             seed=seed, refine=False, progress=False)
         return res.video
 
-    out: dict = {"actions": list(actions), "sampling_steps": num_steps, "cfg_scale": cfg_scale}
+    # The codec decodes each latent cell to its own block: the motion estimate ignores structure finer than a block.
+    block = pipe.codec.spatial_compression
+    out: dict = {"actions": list(actions), "sampling_steps": num_steps, "cfg_scale": cfg_scale,
+                 "motion_block_px": block}
     shown = {}
     for label in ("with_camera", "camera_branch_zeroed"):
         if label == "camera_branch_zeroed":
             out["zeroed_tensors"] = pipe.dit.zero_camera_branch()
         checks = []
         for i, action in enumerate(actions):
-            checks += camera_following(run(action, starts[i % len(starts)]), action)
+            checks += camera_following(run(action, starts[i % len(starts)]), action, block_px=block)
         out[label] = following_rate(checks)
         shown[label] = run(show_action, starts[0])
         print(f"camera following ({label.replace('_', ' ')}): {out[label]['passed']}/{out[label]['checks']} "
@@ -269,11 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pattern-scale", type=float, default=3.0, help="coarseness of the rooms' patterns (docs/demo.md)")
     p.add_argument("--vae-stride", type=int, default=8, choices=(8, 16, 32), help="the codec's spatial compression")
     p.add_argument("--latent-channels", type=int, default=32, help="the codec's latent channels (= the DiT's in/out)")
+    p.add_argument("--latent-whiten", type=float, default=0.5,
+                   help="per-channel latent normalisation: 1 = unit variance per channel, 0 = one common scale")
     p.add_argument("--dit-steps", type=int, default=300, help="DiT training steps")
     p.add_argument("--action", default="w-12,l-20", help="camera action for the generated video (action DSL)")
     p.add_argument("--num-frames", type=int, default=33, help="frames to generate (8k+1)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps")
-    p.add_argument("--cfg-scale", type=float, default=2.0)
+    p.add_argument("--cfg-scale", type=float, default=1.0,
+                   help="classifier-free guidance (1 = none: the demo's random text encoder gives captions no meaning)")
     p.add_argument("--eval-actions", type=int, default=len(EVAL_ACTIONS),
                    help=f"held-out action strings scored for camera following (at most {len(EVAL_ACTIONS)}; 0 skips)")
     p.add_argument("--eval-steps", type=int, default=10, help="sampling steps of the camera-following videos")
@@ -308,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = _load_clips(shards, F, H, W, S)
     held = (torch.from_numpy(np.stack(heldout)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1) if heldout else None
     vae_info = fit_demo_vae(clips, model_root / "vae", held_out=held, spatial_compression=S, latent_channels=C,
-                            seed=a.seed)
+                            seed=a.seed, latent_whiten=a.latent_whiten)
     write_model_root(model_root, H, W, S, C, seed=a.seed)
     times["codec"] = time.perf_counter() - t
     held_txt = f", held-out rooms {vae_info['psnr_heldout']:.1f} dB" if vae_info["psnr_heldout"] is not None else ""
@@ -333,7 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     train_dir = out / "train"
     _run([sys.executable, "train.py", "experiment=demo_cpu", f"paths.data_root={out / 'data'}",
           f"output_dir={train_dir}", f"trainer.max_steps={a.dit_steps}", f"seed={a.seed}",
-          f"model.in_channels={C}", f"model.out_channels={C}"], "training")
+          f"model.in_channels={C}", f"model.out_channels={C}",
+          # the text encoder generation uses, so that dropped captions train on its encoding of "" (the negative
+          # prompt of classifier-free guidance), not on a random table
+          "encoders.kind=pretrained", f"encoders.text_encoder={model_root / 'text_encoder'}", "encoders.dtype=float32"],
+         "training")
     times["train"] = time.perf_counter() - t
     checkpoint = train_dir / "export" / "dit.safetensors"
     curve = _loss_curve(train_dir)

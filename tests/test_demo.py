@@ -48,6 +48,7 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
     assert [s for s, _ in summary["dit_loss_curve"]] and all(np.isfinite(v) for _, v in summary["dit_loss_curve"])
     cf = summary["camera_following"]
     assert cf["actions"] == list(EVAL_ACTIONS[:8])
+    assert cf["motion_block_px"] == 8  # the motion estimate ignores the codec's 8-px block grid
     for label in ("with_camera", "camera_branch_zeroed"):
         assert cf[label]["checks"] == 16 and 0.0 <= cf[label]["rate"] <= 1.0
         assert len(cf[label]["details"]) == 16
