@@ -8,18 +8,20 @@ Steps (every artefact lands under ``--out``, default ``demo_out/``):
 2. **Codec** — no pretrained LTX-2 VAE is available offline, and one trained from random weights on a CPU stays a
    grey field for many minutes, so the demo *computes* one: a diffusers ``AutoencoderKLLTX2Video`` in the patch
    layout (8× spatial compression in the patchifier, three temporal stages: 8× temporal; 32 latent channels) whose
-   weights are set to the principal components of the training clips (`sana_wm.encoders.pca_init`). Its PSNR on the
-   held-out rooms goes into the summary. The text encoder is a *tiny random* Gemma-2 with an in-process tokenizer:
+   weights are set to the principal components of the training clips (`sana_wm.encoders.pca_init`), with its latent
+   channels half-whitened (``--latent-whiten``). Its PSNR on the held-out rooms goes into the summary. The text encoder is a *tiny random* Gemma-2 with an in-process tokenizer:
    captions carry (almost) no meaning. Both are saved in the release layout (``model/vae``, ``model/text_encoder``,
    ``model/config.yaml`` with ``vae.vae_stride``).
 3. **Cache** — `python -m sana_wm.training.cache` logic: clips → latent shards (latents 32 × 5 × 8 × 14).
 4. **Train** — ``python train.py experiment=demo_cpu`` (Hydra + Lightning, progress bar) trains the tiny DiT
-   (5.8 M parameters) from scratch for ``--dit-steps`` steps; the trained weights are exported in the official layout.
+   (5.8 M parameters) from scratch for ``--dit-steps`` steps, with the generation's text encoder configured so that
+   caption dropout trains on its encoding of "" (the unconditional caption of guidance); the trained weights are
+   exported in the official layout.
 5. **Generate** — ``python infer.py`` from that checkpoint with an action string: an mp4 with the WASD / joystick
    overlay, plus the poses.
 6. **Evaluate** — camera following: the same checkpoint generates one video per held-out action string (never a
-   training trajectory) and `sana_wm.inference.motion` re-estimates from the pixels whether each commanded turn and
-   forward/back move happened; the same is repeated with the camera branch's output projections zeroed. A contact
+   training trajectory) and `sana_wm.inference.motion` re-estimates from the pixels (ignoring structure finer than
+   the codec's 8-px blocks) whether each commanded turn and forward/back move happened; the same is repeated with the camera branch's output projections zeroed. A contact
    sheet (input, frames with and without the camera branch, the commanded path seen from above) is written as PNG.
 
 Why this codec, 8× spatial compression and coarse patterns, and what they cost: docs/demo.md.
