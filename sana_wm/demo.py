@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latent-channels", type=int, default=32, help="the codec's latent channels (= the DiT's in/out)")
     p.add_argument("--latent-whiten", type=float, default=0.5,
                    help="per-channel latent normalisation: 1 = unit variance per channel, 0 = one common scale")
-    p.add_argument("--dit-steps", type=int, default=300, help="DiT training steps")
+    p.add_argument("--dit-steps", type=int, default=500, help="DiT training steps")
     p.add_argument("--action", default="w-12,l-20", help="camera action for the generated video (action DSL)")
     p.add_argument("--num-frames", type=int, default=33, help="frames to generate (8k+1)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps")
