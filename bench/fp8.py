@@ -20,7 +20,9 @@ channel. Writes <out>_loss.json (per-step losses of all three runs and the summa
 curves overlaid), and prints the final difference.
 
     python bench/fp8.py --out fp8.json                          # speed: fwd + train (≈ 5–6 min on one H100)
-    python bench/fp8.py --loss-curve 300 --preset mid --out fp8.json     # ≈ 1–2 min
+    python bench/fp8.py --loss-curve 300 --preset mid --out fp8.json     # ≈ 5 min on one H100 (three runs)
+    python bench/fp8.py --loss-curve 200 --preset tiny --emulate --clips 16 --out fp8.json   # CPU, no GPU: float32
+        # against torchao's float8 emulation (the same float8 roundings, float32 accumulation); ≈ 20 min on 2 cores
 
 Prints tables and writes JSON (--out). Never asserts speed.
 """
@@ -66,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=8, help="batch size of --loss-curve")
     ap.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate of --loss-curve")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--emulate", action="store_true",
+                    help="--loss-curve on the CPU: float32 against torchao's float8 emulation (no GPU needed)")
     ap.add_argument("--out", default=None, help="JSON path; --loss-curve writes <stem>_loss.json / _loss.png")
     args = ap.parse_args(argv)
     for recipe in (*args.fwd_recipes.split(","), *args.train_recipes.split(",")):
@@ -239,26 +243,28 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def curve_summary(curves: dict[str, list[float]], tail: int) -> dict[str, float]:
-    """Mean loss of each run over its last `tail` steps, and the fp8 and other-seed differences from bf16 there
-    (relative), plus the mean absolute relative gap between the smoothed curves over the whole run."""
+def curve_summary(curves: dict[str, list[float]], tail: int, base: str = "bf16") -> dict[str, float]:
+    """Mean loss of each run over its last `tail` steps, and the fp8 and other-seed differences from the `base`
+    precision's run there (relative), plus the mean absolute relative gap between the smoothed curves over the run."""
     mean = lambda xs: sum(xs) / len(xs)
     final = {k: mean(v[-tail:]) for k, v in curves.items()}
     w = max(1, tail // 2)
     s = {k: smooth(v, w) for k, v in curves.items()}
-    gap = lambda k: mean([abs(a - b) / b for a, b in zip(s[k], s["bf16"], strict=True)][w:])
+    gap = lambda k: mean([abs(a - b) / b for a, b in zip(s[k], s[base], strict=True)][w:])
+    other = f"{base}_other_seed"
     return {"tail_steps": tail, **{f"final_{k}": v for k, v in final.items()},
-            "final_rel_diff_fp8": (final["fp8"] - final["bf16"]) / final["bf16"],
-            "final_rel_diff_other_seed": (final["bf16_other_seed"] - final["bf16"]) / final["bf16"],
-            "mean_abs_rel_gap_fp8": gap("fp8"), "mean_abs_rel_gap_other_seed": gap("bf16_other_seed")}
+            "final_rel_diff_fp8": (final["fp8"] - final[base]) / final[base],
+            "final_rel_diff_other_seed": (final[other] - final[base]) / final[base],
+            "mean_abs_rel_gap_fp8": gap("fp8"), "mean_abs_rel_gap_other_seed": gap(other)}
 
 
-def plot_curves(path: str, curves: dict[str, list[float]], window: int, title: str) -> None:
+def plot_curves(path: str, curves: dict[str, list[float]], window: int, title: str, base: str = "bf16") -> None:
     """Smoothed loss curves overlaid, as a PNG drawn with Pillow (the GPU machine has no matplotlib)."""
     from PIL import Image, ImageDraw
 
     size, margin = (900, 540), (70, 40, 20, 50)  # left, top, right, bottom
-    colors = {"bf16": (31, 119, 180), "fp8": (214, 39, 40), "bf16_other_seed": (150, 150, 150)}
+    order = (base, "fp8", f"{base}_other_seed")
+    colors = dict(zip(order, ((31, 119, 180), (214, 39, 40), (150, 150, 150)), strict=True))
     s = {k: smooth(v, window) for k, v in curves.items()}
     lo = min(min(v[window:] or v) for v in s.values())
     hi = max(max(v[window:] or v) for v in s.values())
@@ -276,9 +282,9 @@ def plot_curves(path: str, curves: dict[str, list[float]], window: int, title: s
     for k in range(5):  # x ticks
         i = round((steps - 1) * k / 4)
         d.text((px(i) - 10, y1 + 8), str(i + 1), fill="black")
-    for name in ("bf16_other_seed", "bf16", "fp8"):
+    for name in (order[2], order[0], order[1]):
         d.line([(px(i), py(v)) for i, v in enumerate(s[name]) if i >= window // 2], fill=colors[name], width=2)
-    for j, name in enumerate(("bf16", "fp8", "bf16_other_seed")):
+    for j, name in enumerate(order):
         d.line([x1 - 200, y0 + 15 + 18 * j, x1 - 170, y0 + 15 + 18 * j], fill=colors[name], width=3)
         d.text((x1 - 165, y0 + 9 + 18 * j), name.replace("_", " "), fill="black")
     d.text((x0, 12), f"{title} (moving average over {window} steps)", fill="black")
@@ -288,29 +294,36 @@ def plot_curves(path: str, curves: dict[str, list[float]], window: int, title: s
 
 def run_loss_curves(args, info: dict) -> int:
     recipe = args.train_recipes.split(",")[0]
+    # --emulate: on the CPU, float32 against torchao's float8 emulation (the same float8 roundings of both operands,
+    # the products accumulated in float32 instead of the tensor cores' fast accumulation).
+    device, base = ("cpu", "fp32") if args.emulate else ("cuda", "bf16")
     t0 = time.perf_counter()
-    data = synthetic_world(args.clips, "cuda", args.seed)
+    data = synthetic_world(args.clips, device, args.seed)
     print(f"synthetic world: {args.clips} clips -> latents {list(data['latent'].shape)} "
           f"({time.perf_counter() - t0:.1f} s)", flush=True)
     curves, seconds = {}, {}
-    for name, seed, fp8 in (("bf16", args.seed, None), ("fp8", args.seed, recipe),
-                            ("bf16_other_seed", args.seed + 1000, None)):
+    for name, seed, fp8 in ((base, args.seed, None), ("fp8", args.seed, recipe),
+                            (f"{base}_other_seed", args.seed + 1000, None)):
         t0 = time.perf_counter()
-        curves[name] = train_curve(data, args.preset, args.loss_curve, args.batch, args.lr, seed, fp8)
+        curves[name] = train_curve(data, args.preset, args.loss_curve, args.batch, args.lr, seed, fp8,
+                                   emulate=args.emulate)
         seconds[name] = round(time.perf_counter() - t0, 1)
         print(f"{name}: {args.loss_curve} steps in {seconds[name]} s, last loss {curves[name][-1]:.4f}", flush=True)
     tail = max(10, args.loss_curve // 10)
-    summary = curve_summary(curves, tail)
+    summary = curve_summary(curves, tail, base)
     print(json.dumps(summary, indent=1))
-    print(f"final loss (mean of the last {tail} steps): bf16 {summary['final_bf16']:.4f}, fp8 {recipe} "
-          f"{summary['final_fp8']:.4f} ({100 * summary['final_rel_diff_fp8']:+.2f} %), bf16 with another seed "
-          f"{summary['final_bf16_other_seed']:.4f} ({100 * summary['final_rel_diff_other_seed']:+.2f} %)")
+    print(f"final loss (mean of the last {tail} steps): {base} {summary[f'final_{base}']:.4f}, fp8 {recipe}"
+          f"{' (emulated)' if args.emulate else ''} {summary['final_fp8']:.4f} "
+          f"({100 * summary['final_rel_diff_fp8']:+.2f} %), {base} with another seed "
+          f"{summary[f'final_{base}_other_seed']:.4f} ({100 * summary['final_rel_diff_other_seed']:+.2f} %)")
     stem = (args.out or "fp8.json").removesuffix(".json")
-    write_json(f"{stem}_loss.json", {"info": info, "preset": args.preset, "recipe": recipe, "steps": args.loss_curve,
+    write_json(f"{stem}_loss.json", {"info": info, "preset": args.preset, "recipe": recipe, "emulated": args.emulate,
+                                      "base": base, "steps": args.loss_curve,
                                       "batch": args.batch, "lr": args.lr, "seconds": seconds, "summary": summary,
                                       "curves": curves})
     plot_curves(f"{stem}_loss.png", curves, max(5, tail // 2),
-                f"{args.preset} DiT, synthetic world: bf16 vs fp8 {recipe}, {args.loss_curve} steps")
+                f"{args.preset} DiT, synthetic world: {base} vs fp8 {recipe}{' (emulated, CPU)' if args.emulate else ''}"
+                f", {args.loss_curve} steps", base)
     print(f"wrote {stem}_loss.json and {stem}_loss.png")
     return 0
 
@@ -325,6 +338,19 @@ def attempt(runs: Runs, case: str, fn, *args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.emulate:
+        if not args.loss_curve:
+            print("bench/fp8.py: --emulate is for --loss-curve (emulated float8 has no speed to measure)")
+            return 2
+        import platform
+
+        import torchao
+
+        info = dict(date=time.strftime("%Y-%m-%d"), device="cpu", cpu=platform.processor() or platform.machine(),
+                    torch=torch.__version__, torchao=torchao.__version__, python=platform.python_version(),
+                    threads=torch.get_num_threads())
+        print(json.dumps(info))
+        return run_loss_curves(args, info)
     try:
         check_fp8_device()
     except Fp8Unavailable as err:

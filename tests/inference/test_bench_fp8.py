@@ -34,6 +34,10 @@ def test_loss_curve_pieces_run_and_the_summary_compares_like_with_like(bench_mod
     assert mod.smooth([1.0, 3.0, 5.0], 2) == [1.0, 2.0, 4.0]
     mod.plot_curves(str(tmp_path / "c.png"), curves, 5, "test")
     assert Image.open(tmp_path / "c.png").size == (900, 540)
+    # --emulate's runs are named after float32, the CPU's base precision.
+    cpu = {k.replace("bf16", "fp32"): v for k, v in curves.items()}
+    assert mod.curve_summary(cpu, tail=10, base="fp32") == {k.replace("bf16", "fp32"): v for k, v in summary.items()}
+    mod.plot_curves(str(tmp_path / "d.png"), cpu, 5, "test", base="fp32")
 
 
 def test_bad_recipe_and_a_missing_gpu_are_refused(bench_module, capsys):
@@ -43,3 +47,5 @@ def test_bad_recipe_and_a_missing_gpu_are_refused(bench_module, capsys):
     if not torch.cuda.is_available():
         assert mod.main(["--loss-curve", "3"]) == 2
         assert "compute capability 8.9 or newer" in capsys.readouterr().out
+    assert mod.main(["--emulate"]) == 2  # emulation has no speed to measure
+    assert "--emulate is for --loss-curve" in capsys.readouterr().out
