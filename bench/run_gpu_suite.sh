@@ -1,5 +1,5 @@
 #!/bin/bash
-# GPU sweep in four parts, each fitting one 10-minute device call on one H100/H200:
+# GPU sweep in seven parts, each fitting one 10-minute device call on one H100/H200:
 #   OUT=/some/dir bash bench/run_gpu_suite.sh tests     # every GPU op test (GDN, short conv, prologues, camera), -x;
 #                                                       # writes $OUT/kernel_tests.status for `kernels` and `train`
 #   OUT=/some/dir bash bench/run_gpu_suite.sh kernels   # bench/dit_step.py forward cases (+ port);
@@ -7,6 +7,9 @@
 #   OUT=/some/dir bash bench/run_gpu_suite.sh train     # bench/dit_step.py training step (+ port, A/B of the GDN
 #                                                       # backward kernels against the float32 PyTorch backward)
 #   OUT=/some/dir bash bench/run_gpu_suite.sh e2e       # train.py strategy + offload GPU tests, generate.py pipeline
+#   OUT=/some/dir bash bench/run_gpu_suite.sh fp8       # bench/fp8.py speed (fwd + train), then its loss curves
+#   OUT=/some/dir bash bench/run_gpu_suite.sh long      # dit_step cp1 (CP path at cp_size 1) and train121 (961 f)
+#   NVIDIA_SRC=dir OUT=/some/dir bash bench/run_gpu_suite.sh nvidia   # bench/nvidia_native.py, all three cases
 # Every log / JSON lands under $OUT; the tables are printed. Timed jobs never overlap one another; in `e2e` the
 # correctness-only tests overlap the pipeline benchmark (whose numbers are peak memory and seconds of whole stages).
 set -u
@@ -56,7 +59,26 @@ e2e)
   grep '^pipe:' "$OUT/pipeline.log"
   wait $BG; grep -E "PASSED|FAILED|passed|failed" "$OUT/gpu_e2e_tests.log" | tail -8
   ;;
+fp8)
+  (cd bench && timeout 330 python3 fp8.py --cap-gib 79 --out "$OUT/fp8.json" > "$OUT/fp8.log" 2>&1)
+  grep -E '^\{"case' "$OUT/fp8.log"
+  (cd bench && timeout 240 python3 fp8.py --loss-curve 200 --preset mid --out "$OUT/fp8.json" > "$OUT/fp8_loss.log" 2>&1)
+  tail -2 "$OUT/fp8_loss.log"
+  ;;
+long)
+  (cd bench && timeout 240 python3 dit_step.py --cases cp1 --no-port --compile --ac ffn --warmup 1 --reps 3 \
+     --cap-gib 79 --out "$OUT/cp1.json" > "$OUT/cp1.log" 2>&1)
+  grep -E '^\||overhead' "$OUT/cp1.log" | tail -8
+  (cd bench && timeout 320 python3 dit_step.py --cases train121 --no-port --no-eager --compile --ac ffn,full \
+     --reps 2 --cap-gib 79 --out "$OUT/train121.json" > "$OUT/train121.log" 2>&1)
+  grep -E '^\||train121' "$OUT/train121.log" | tail -8
+  ;;
+nvidia)
+  (cd bench && timeout 560 python3 nvidia_native.py --nvidia-src "$(realpath "${NVIDIA_SRC:?set NVIDIA_SRC}")" --compile \
+     --no-eager --ac ffn,full --warmup 1 --reps 3 --out "$OUT/nv.json" > "$OUT/nv.log" 2>&1)
+  grep -E '^\||speed' "$OUT/nv.log" | tail -14
+  ;;
 *)
-  echo "usage: OUT=dir bash bench/run_gpu_suite.sh tests|kernels|train|e2e" >&2; exit 2
+  echo "usage: OUT=dir bash bench/run_gpu_suite.sh tests|kernels|train|e2e|fp8|long|nvidia" >&2; exit 2
   ;;
 esac
