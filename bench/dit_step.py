@@ -420,44 +420,43 @@ def run_train21(bench: Bench) -> None:
     ours.zero_grad(set_to_none=True)
 
 
+def time_train_step_if_it_fits(ours, T: int, reps: int, what: str) -> tuple[float, float] | None:
+    """(ms, peak GiB) of our training step on T latent frames (B = 1, one warm-up), or None when it runs out of
+    memory (said on stdout as "`what` does not fit"); the gradients and the allocator's cache are freed either way."""
+    try:
+        return cuda_time(train_step(ours, make_inputs(1, T), False), 1, reps)
+    except torch.OutOfMemoryError:
+        print(f"{what} does not fit", flush=True)
+        return None
+    finally:
+        ours.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+
+
 def run_trainmax(bench: Bench) -> None:
     """trainmax: the longest clip whose training step fits (ours only, full checkpointing)."""
-    ours = bench.ours
     bench.set_blocks("full", bench.args.compile)
     for T in (41, 61, 81, 121):
-        try:
-            inp = make_inputs(1, T)
-            ms, gib = cuda_time(train_step(ours, inp, False), 1, 2)
-            bench.record("trainmax", "ours" + ("+compile" if bench.args.compile else ""), 1, T, ms, gib, True)
-            bench.results["train_longest_T"] = T
-        except torch.OutOfMemoryError:
-            print(f"trainmax: T={T} does not fit", flush=True)
+        timed = time_train_step_if_it_fits(bench.ours, T, 2, f"trainmax: T={T}")
+        if timed is None:
             break
-        finally:
-            ours.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
+        bench.record("trainmax", "ours" + ("+compile" if bench.args.compile else ""), 1, T, *timed, True)
+        bench.results["train_longest_T"] = T
 
 
 def run_train121(bench: Bench) -> None:
     """train121: the 961-frame training step with every --ac policy that fits (see the module docstring)."""
-    ours, args = bench.ours, bench.args
-    inp = make_inputs(1, 121)
+    args = bench.args
     fits = {}
     for policy in args.ac.split(","):
         bench.set_blocks(policy, args.compile)
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        try:
-            ms, gib = cuda_time(train_step(ours, inp, False), 1, max(2, min(args.reps, 3)))
-        except torch.OutOfMemoryError:
-            print(f"train121: {policy} AC does not fit", flush=True)
+        timed = time_train_step_if_it_fits(bench.ours, 121, max(2, min(args.reps, 3)), f"train121: {policy} AC")
+        if timed is None:
             continue
-        finally:
-            ours.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
         label = policy if args.ac_blocks is None or not args.compile else f"{policy}, first {args.ac_blocks} blocks"
         fits[label] = bench.record("train121", f"ours{'+compile' if args.compile else ''} ({label} AC)", 1, 121,
-                                   ms, gib, True)["ms"]
+                                   *timed, True)["ms"]
     if fits:
         best = min(fits, key=fits.get)
         bench.results["train121_fastest"] = dict(policy=best, ms=fits[best])

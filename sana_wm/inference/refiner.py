@@ -44,7 +44,7 @@ import logging
 import torch
 from torch import nn
 
-from sana_wm.inference.placement import ModulePlacement, move_module
+from sana_wm.inference.placement import ModulePlacement
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ __all__ = [
     "LTX2Refiner",
     "plan_blocks",
     "is_audio_only",
-    "move_module",
 ]
 
 #: The 3-step distilled σ schedule of the released refiner (ends with the terminal 0).

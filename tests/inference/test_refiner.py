@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sana_wm.inference.refiner import LTX2Refiner, is_audio_only, move_module, plan_blocks
+from sana_wm.inference.placement import move_module
+from sana_wm.inference.refiner import LTX2Refiner, is_audio_only, plan_blocks
 from sana_wm.testing.refiner import tiny_refiner_components
 
 pytestmark = pytest.mark.filterwarnings("ignore")
