@@ -144,13 +144,19 @@ def build_dit(sizes: Sizes, device, dtype):
         dit = SanaWM.from_preset(sizes.dit_preset, **sizes.dit_overrides)
     with torch.no_grad():  # NVIDIA's init zeroes the camera outputs; compute is the same, values less degenerate
         for name, p in dit.named_parameters():
-            if "out_proj_cam" in name or "plucker_proj" in name:
+            # output gates too: a trained checkpoint's are not zero, and --fp8 keeps all-zero-row layers in bf16
+            if "out_proj_cam" in name or "plucker_proj" in name or name.endswith("attn.output_gate.weight"):
                 p.normal_(0.0, 0.02)
     return dit.eval().requires_grad_(False)
 
 
-def bench_stage1(sizes, codec, frames, steps, timed, cfg, fps, device, dtype, warmup, compile=False) -> list[Row]:
+def bench_stage1(sizes, codec, frames, steps, timed, cfg, fps, device, dtype, warmup, compile=False,
+                 fp8: str | None = None) -> list[Row]:
     dit = build_dit(sizes, device, dtype)
+    if fp8 is not None:  # as `infer.py --fp8`: weights quantized once, before compile
+        from sana_wm.fp8 import quantize_for_inference
+
+        quantize_for_inference(dit, fp8, device=device)
     if compile:  # as `infer.py --compile`: per-block torch.compile; the warm-up step of each clip length compiles
         from sana_wm.parallel import apply_compile
 
@@ -180,7 +186,8 @@ def bench_stage1(sizes, codec, frames, steps, timed, cfg, fps, device, dtype, wa
         sec = res.timings["stage1"]
         projected = sec * steps / n_run
         peak = res.peak_memory.get("stage1")
-        note = ("cfg batch 2" if cfg != 1 else "no cfg") + (", compiled" if compile else "")
+        note = ("cfg batch 2" if cfg != 1 else "no cfg") + (", compiled" if compile else "") + (
+            f", fp8 {fp8}" if fp8 else "")
         label = f"{n_run}/{steps}" if n_run < steps else str(steps)
         if n_run < steps:
             note += f"; {sec:.1f} s measured for {n_run} steps, projected to {steps}"
@@ -393,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no_warmup", action="store_true")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the DiT's blocks for stage 1, as `infer.py --compile` (needs the warm-up)")
+    p.add_argument("--fp8", nargs="?", const="rowwise", choices=["rowwise", "tensorwise"], default=None,
+                   help="stage 1 also with the DiT's GEMMs in float8 (as `infer.py --fp8`), after the bf16 rows")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
 
@@ -413,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     if "stage1" in args.stages:
         rows += bench_stage1(sizes, codec, frames, steps, args.timed_steps, args.cfg_scale, args.fps, device, dtype,
                              not args.no_warmup, compile=args.compile)
+        if args.fp8:
+            rows += bench_stage1(sizes, codec, frames, steps, args.timed_steps, args.cfg_scale, args.fps, device,
+                                 dtype, not args.no_warmup, compile=args.compile, fp8=args.fp8)
     if "vae_decode" in args.stages:
         rows.append(bench_vae(sizes, codec, other, args.fps, device))
     del codec
