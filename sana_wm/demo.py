@@ -61,12 +61,18 @@ def _load_clips(shards: list[str], num_frames: int, height: int, width: int, spa
     return collate(list(ds)).video
 
 
-# Held-out action strings of the camera-following score: 32 steps each (33 frames), balanced between left and right
-# turns and forward and backward moves. The demo checks that none is the action string of a training clip.
+# The demo world's paths draw their segments from the motions the camera-following score checks (forward, back,
+# yaw left/right, alone and combined, and pauses), and its captions describe the room only: the camera is the one
+# source of the motion (docs/demo.md).
+DEMO_SEGMENTS = ("w", "s", "l", "j", "wl", "wj", "none")
+
+# Held-out action strings of the camera-following score: 32 steps each (33 frames), balanced: 10 turn checks (5 right
+# "l", 5 left "j") and 10 move checks (5 forward "w", 5 back "s"), so a video that drifts one way scores 50 % on
+# each kind. The demo checks that none is the action string of a training clip.
 EVAL_ACTIONS = (
     "w-11,l-21",
-    "w-11,j-21",
-    "l-19,w-13",
+    "s-11,j-21",
+    "l-19,s-13",
     "j-19,w-13",
     "s-12,l-20",
     "s-12,j-20",
@@ -271,7 +277,9 @@ def contact_sheet(path: Path, image: np.ndarray, action: str, rows: dict[str, np
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sana_wm.demo", description="SANA-WM end to end on CPU (make demo).")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out/)")
-    p.add_argument("--num-clips", type=int, default=32, help="training clips of the synthetic world")
+    p.add_argument("--num-clips", type=int, default=64, help="training clips of the synthetic world")
+    p.add_argument("--clips-per-room", type=int, default=4,
+                   help="training clips sharing a room and its start frame, told apart by the camera alone")
     p.add_argument("--heldout-clips", type=int, default=4, help="rooms never trained on, for the codec's PSNR")
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--width", type=int, default=112)
@@ -306,9 +314,15 @@ def main(argv: list[str] | None = None) -> int:
     H, W, F, S, C = a.height, a.width, DEFAULT_CONFIG["num_frames"], a.vae_stride, a.latent_channels
     world = {"num_frames": F, "height": H, "width": W, "pattern_scale": a.pattern_scale}
     heldout_seed = DEFAULT_CONFIG["seed"] + 1000  # other rooms than any training clip's
-    _say(f"1/6 synthetic world: {a.num_clips} clips x {F} frames at {H}x{W} (+ {a.heldout_clips} held-out rooms)")
+    if a.num_clips < 1 or a.clips_per_room < 1:
+        print(f"error: --num-clips and --clips-per-room must be >= 1; got {a.num_clips}, {a.clips_per_room}",
+              file=sys.stderr)
+        return 2
+    _say(f"1/6 synthetic world: {a.num_clips} clips x {F} frames at {H}x{W}, {a.clips_per_room} camera paths per room "
+         f"(+ {a.heldout_clips} held-out rooms)")
     t = time.perf_counter()
-    shards = build_default_dataset(out / "data" / "videos", num_clips=a.num_clips, **world)
+    paths = dict(trajectory="dsl", clips_per_room=a.clips_per_room, dsl_segments=DEMO_SEGMENTS, caption_motion=False)
+    shards = build_default_dataset(out / "data" / "videos", num_clips=a.num_clips, **paths, **world)
     heldout = [make_clip(i, seed=heldout_seed, **world).frames for i in range(a.heldout_clips)]
     times["world"] = time.perf_counter() - t
     print(f"{len(shards)} video shards in {out / 'data' / 'videos'} ({times['world']:.0f} s)")
@@ -359,8 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     starts = []
-    for i in range(max(1, min(a.num_clips, a.eval_actions))):  # first frames of training rooms
-        clip = make_clip(i, seed=DEFAULT_CONFIG["seed"], **world)
+    rooms = -(-a.num_clips // a.clips_per_room)
+    for r in range(max(1, min(rooms, a.eval_actions))):  # the start frames of training rooms
+        clip = make_clip(r * a.clips_per_room, seed=DEFAULT_CONFIG["seed"], **paths, **world)
         starts.append((clip.frames[0], np.asarray(clip.K, np.float64), clip.caption))
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
@@ -392,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {
         "wall_seconds": {k: round(v, 1) for k, v in times.items()},
-        "world": {**world, "num_clips": a.num_clips, "heldout_clips": a.heldout_clips, "heldout_seed": heldout_seed},
+        "world": {**world, "num_clips": a.num_clips, "clips_per_room": a.clips_per_room, "heldout_clips": a.heldout_clips, "heldout_seed": heldout_seed},
         "vae": vae_info,
         "dit_loss_curve": curve,
         "camera_following": following,

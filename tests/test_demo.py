@@ -18,7 +18,7 @@ def test_eval_actions_are_balanced_33_frame_commands():
     yaws = [s[2] for s in segs if s[2]]
     moves = [s[3] for s in segs if s[3]]
     assert (yaws.count(1), yaws.count(-1)) == (5, 5)
-    assert (moves.count(1), moves.count(-1)) == (7, 3)
+    assert (moves.count(1), moves.count(-1)) == (5, 5)
 
 
 def test_contact_sheet_layout(tmp_path):

@@ -32,6 +32,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "trajectory": "mixed",
     "supersample": 2,
     "pattern_scale": 1.0,
+    "clips_per_room": 1,
+    "dsl_segments": None,
+    "caption_motion": True,
 }
 _PARAMS_FILE = "synthetic.json"
 
@@ -62,6 +65,9 @@ def build_default_dataset(
     workers: int | None = None,
     overwrite: bool = False,
     pattern_scale: float = DEFAULT_CONFIG["pattern_scale"],
+    clips_per_room: int = DEFAULT_CONFIG["clips_per_room"],
+    dsl_segments: tuple[str, ...] | None = DEFAULT_CONFIG["dsl_segments"],
+    caption_motion: bool = DEFAULT_CONFIG["caption_motion"],
 ) -> list[str]:
     """Render ``num_clips`` clips into video shards under ``out_dir`` (+ ``manifest.json``).
 
@@ -70,7 +76,8 @@ def build_default_dataset(
 
     Args:
         out_dir: output folder.
-        num_clips … supersample, pattern_scale: dataset parameters (see :func:`make_clip`).
+        num_clips … supersample, pattern_scale, clips_per_room, dsl_segments, caption_motion: dataset parameters
+            (see :func:`make_clip`).
         workers: render processes (default: min(2, CPUs)); 1 renders in this process.
         overwrite: rebuild even if an identical dataset exists.
 
@@ -91,6 +98,9 @@ def build_default_dataset(
         "trajectory": trajectory,
         "supersample": int(supersample),
         "pattern_scale": float(pattern_scale),
+        "clips_per_room": int(clips_per_room),
+        "dsl_segments": None if dsl_segments is None else list(dsl_segments),
+        "caption_motion": bool(caption_motion),
     }
     out_dir = str(out_dir)
     params_path = os.path.join(out_dir, _PARAMS_FILE)
@@ -104,7 +114,8 @@ def build_default_dataset(
             return shards
     if num_clips < 1:
         raise ValueError(f"`num_clips` must be >= 1; got {num_clips}.")
-    jobs = [(plan_clip(i, seed, num_frames, height, width, fps, trajectory, pattern_scale), supersample) for i in range(num_clips)]
+    jobs = [(plan_clip(i, seed, num_frames, height, width, fps, trajectory, pattern_scale, clips_per_room,
+                       dsl_segments, caption_motion), supersample) for i in range(num_clips)]
     workers = min(2, os.cpu_count() or 1, num_clips) if workers is None else int(workers)
     with ShardSink(out_dir, prefix="synthetic", max_count=clips_per_shard) as sink:
         if workers <= 1:
@@ -156,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--supersample", type=int, default=DEFAULT_CONFIG["supersample"], help="anti-aliasing rays per pixel side")
     p.add_argument("--pattern-scale", type=float, default=DEFAULT_CONFIG["pattern_scale"],
                    help="multiplies the materials' pattern periods (> 1: coarser patterns)")
+    p.add_argument("--clips-per-room", type=int, default=DEFAULT_CONFIG["clips_per_room"],
+                   help="clips sharing one room and start pose, told apart by their camera paths only")
+    p.add_argument("--dsl-segments", default=None,
+                   help="comma-separated key groups of the DSL paths, e.g. w,s,l,j,wl,wj,none (default: all)")
+    p.add_argument("--no-caption-motion", action="store_true", help="captions describe the room only")
     p.add_argument("--workers", type=int, default=None, help="render processes (default min(2, CPUs))")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
@@ -163,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shards = build_default_dataset(
             a.out, a.num_clips, a.num_frames, a.height, a.width, a.fps, a.seed, a.clips_per_shard,
-            a.trajectory, a.supersample, a.workers, a.overwrite, a.pattern_scale,
+            a.trajectory, a.supersample, a.workers, a.overwrite, a.pattern_scale, a.clips_per_room,
+            None if a.dsl_segments is None else tuple(a.dsl_segments.split(",")), not a.no_caption_motion,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

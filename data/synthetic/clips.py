@@ -55,10 +55,13 @@ def plan_clip(
     fps: float = 16.0,
     trajectory: str = "mixed",
     pattern_scale: float = 1.0,
+    clips_per_room: int = 1,
+    dsl_segments: tuple[str, ...] | None = None,
+    caption_motion: bool = True,
 ) -> SyntheticClip:
     """Everything about clip ``index`` except its pixels (``frames`` is None): scene, poses, K, caption.
 
-    Deterministic in (``seed``, ``index``). See :func:`make_clip` for the arguments.
+    Deterministic in its arguments. See :func:`make_clip` for the arguments.
 
     Args:
         index: clip number; with ``trajectory='mixed'`` even clips follow DSL paths, odd ones smooth paths.
@@ -68,6 +71,13 @@ def plan_clip(
         fps: frame rate of the clip.
         trajectory: 'mixed', 'dsl' or 'smooth'.
         pattern_scale: multiplies the materials' pattern periods (see :func:`random_scene`).
+        clips_per_room: 1: every clip its own room, start pose and path. k > 1: clips ``r*k … r*k+k-1`` share room
+            ``r``, its intrinsics and one start pose (:func:`room_start`), hence their first frame, and differ only
+            in their DSL paths (``trajectory`` must be 'dsl' or 'mixed', which then means 'dsl'), so a model can
+            tell them apart by the camera alone.
+        dsl_segments: key groups the DSL paths' segments draw from (default: all; see ``random_action``).
+        caption_motion: end the caption with the camera motion ("The camera moves forward, …"); False: the room
+            only, so that a model trained on the clips can learn the motion from the camera alone.
     """
     if (num_frames - 1) % 8 or num_frames < 1:
         raise ValueError(f"`num_frames` must be of the form 8k+1; got {num_frames}.")
@@ -75,20 +85,36 @@ def plan_clip(
         raise ValueError(f"`height`, `width` must be even (H.264 yuv420p); got {height}x{width}.")
     if trajectory not in ("mixed", "dsl", "smooth"):
         raise ValueError(f"`trajectory` must be 'mixed', 'dsl' or 'smooth'; got {trajectory!r}.")
+    if clips_per_room < 1:
+        raise ValueError(f"`clips_per_room` must be >= 1; got {clips_per_room}.")
+    if dsl_segments is not None:
+        from .trajectories import check_segments
+
+        dsl_segments = check_segments(dsl_segments)
+    if clips_per_room > 1 and trajectory == "smooth":
+        raise ValueError("`clips_per_room` > 1 shares a start pose between DSL paths; trajectory='smooth' has none "
+                         "(use 'dsl' or 'mixed')")
     # Imported here: render workers unpickle SyntheticClip from this module and must not pull in torch.
     from sana_wm.camera import pinhole_intrinsics
 
-    from .trajectories import dsl_trajectory, smooth_trajectory
+    from .trajectories import dsl_trajectory, room_start, smooth_trajectory
 
     rng = np.random.default_rng(seed_for(seed, index))
-    scene = random_scene(rng, pattern_scale)
-    K = pinhole_intrinsics(height, width, float(rng.uniform(65.0, 85.0)))
-    kind = trajectory if trajectory != "mixed" else ("dsl" if index % 2 == 0 else "smooth")
+    start = None
+    if clips_per_room == 1:
+        scene = random_scene(rng, pattern_scale)
+        K = pinhole_intrinsics(height, width, float(rng.uniform(65.0, 85.0)))
+        kind = trajectory if trajectory != "mixed" else ("dsl" if index % 2 == 0 else "smooth")
+    else:  # the room's own stream (an extra seed part keeps it apart from the clips' streams)
+        room_rng = np.random.default_rng(seed_for(seed, index // clips_per_room, clips_per_room))
+        scene = random_scene(room_rng, pattern_scale)
+        K = pinhole_intrinsics(height, width, float(room_rng.uniform(65.0, 85.0)))
+        start, kind = room_start(room_rng, scene), "dsl"
     if kind == "dsl":
-        c2w, traj = dsl_trajectory(rng, scene, num_frames)
+        c2w, traj = dsl_trajectory(rng, scene, num_frames, start=start, segments=dsl_segments)
     else:
         c2w, traj = smooth_trajectory(rng, scene, num_frames, fps)
-    caption = f"{scene.describe()} The camera {traj['description']}."
+    caption = f"{scene.describe()} The camera {traj['description']}." if caption_motion else scene.describe()
     meta = {
         "fps": float(fps),
         "metric_scale": 1.0,
@@ -99,6 +125,7 @@ def plan_clip(
         "caption_source": "synthetic-template",
         "seed": int(seed),
         "index": int(index),
+        "room": int(index // clips_per_room),
         "scene": asdict(scene),
         "trajectory": traj,
     }
@@ -121,6 +148,9 @@ def make_clip(
     trajectory: str = "mixed",
     supersample: int = 2,
     pattern_scale: float = 1.0,
+    clips_per_room: int = 1,
+    dsl_segments: tuple[str, ...] | None = None,
+    caption_motion: bool = True,
 ) -> SyntheticClip:
     """Plan and render clip ``index`` of the dataset with base ``seed`` (deterministic in both).
 
@@ -133,5 +163,7 @@ def make_clip(
         trajectory: 'mixed', 'dsl' or 'smooth'.
         supersample: anti-aliasing factor of :func:`render`.
         pattern_scale: multiplies the materials' pattern periods (see :func:`random_scene`).
+        clips_per_room, dsl_segments, caption_motion: see :func:`plan_clip`.
     """
-    return render_clip(plan_clip(index, seed, num_frames, height, width, fps, trajectory, pattern_scale), supersample)
+    return render_clip(plan_clip(index, seed, num_frames, height, width, fps, trajectory, pattern_scale,
+                                 clips_per_room, dsl_segments, caption_motion), supersample)

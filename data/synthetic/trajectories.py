@@ -17,7 +17,7 @@ from sana_wm.camera import ACTION_KEYMAPS, action_to_c2w, pitch_matrix, roll_mat
 
 from .scene import Scene
 
-__all__ = ["random_action", "describe_action", "dsl_trajectory", "smooth_trajectory"]
+__all__ = ["random_action", "check_segments", "describe_action", "room_start", "dsl_trajectory", "smooth_trajectory"]
 
 # Segment vocabulary of the random DSL strings (keys of the release scheme, docs/design/camera.md §8).
 _DSL_SEGMENTS = ("w", "w", "wl", "wj", "l", "j", "a", "d", "s", "wa", "wd", "i", "k", "none", "dl", "aj")
@@ -27,18 +27,31 @@ _ROT_PHRASES = {_KEYS.yaw_left: "turning left", _KEYS.yaw_right: "turning right"
                 _KEYS.pitch_down: "tilting down"}
 
 
-def random_action(rng: np.random.Generator, num_steps: int) -> str:
-    """A random DSL string of 1–4 segments whose lengths sum to ``num_steps`` (= num_frames − 1)."""
+def random_action(rng: np.random.Generator, num_steps: int, segments: tuple[str, ...] | None = None) -> str:
+    """A random DSL string of 1–4 segments whose lengths sum to ``num_steps`` (= num_frames − 1), each segment's
+    keys drawn from ``segments`` (default: every key group of the release scheme, forward twice as often)."""
     if num_steps < 1:
         raise ValueError(f"`num_steps` must be >= 1; got {num_steps}.")
+    segments = _DSL_SEGMENTS if segments is None else check_segments(segments)
     n_seg = int(rng.integers(1, min(4, max(1, num_steps // 4)) + 1))
     cuts = np.sort(rng.choice(np.arange(1, num_steps), size=n_seg - 1, replace=False)) if n_seg > 1 else np.array([], int)
     lengths = np.diff(np.concatenate([[0], cuts, [num_steps]])).astype(int)
     segs = []
     for n in lengths:
-        keys = str(rng.choice(_DSL_SEGMENTS))
+        keys = str(rng.choice(segments))
         segs.append(f"{keys}-{n}")
     return ",".join(segs)
+
+
+def check_segments(segments) -> tuple[str, ...]:
+    """``segments`` (key groups such as ``("w", "wl", "none")``) as a tuple, or ValueError naming a group that is not
+    made of the release scheme's keys."""
+    segments = tuple(segments)
+    keys = set("".join(_DSL_SEGMENTS)) - set("none")
+    bad = [g for g in segments if g != "none" and (not g or not set(g) <= keys)]
+    if not segments or bad:
+        raise ValueError(f"DSL segments must be key groups of {''.join(sorted(keys))} or 'none'; got {list(segments)}")
+    return segments
 
 
 def describe_action(action: str) -> str:
@@ -78,15 +91,35 @@ def _clearance_at(scene: Scene, pos: np.ndarray, yaw: float) -> float:
     return float(scene.view_clearance(T[None])[0])
 
 
+def room_start(rng: np.random.Generator, scene: Scene, tries: int = 200) -> np.ndarray:
+    """A ``(4, 4)`` start pose that several DSL paths can share: a level camera as far from walls and objects as a
+    few random draws find (margins 2 → 0.5 m, relaxed stepwise), looking at ≥ 3 m of room.
+
+    Clips that share a room and this pose share their first frame, so only the camera path tells them apart.
+    """
+    lo, hi = np.asarray(scene.room_lo), np.asarray(scene.room_hi)
+    for margin in (2.0, 1.5, 1.0, 0.5):
+        for _ in range(tries // 4):
+            T = np.eye(4)
+            T[:3, :3] = yaw_matrix(rng.uniform(-np.pi, np.pi))
+            T[:3, 3] = (rng.uniform(lo[0], hi[0]), rng.uniform(-0.15, 0.15), rng.uniform(lo[2], hi[2]))
+            if scene.is_free(T[None, :3, 3], wall_margin=margin, object_margin=margin)[0] \
+                    and scene.view_clearance(T[None])[0] >= 3.0:
+                return T
+    raise RuntimeError(f"no free start pose with 3 m of room ahead in a room of {lo}..{hi} after {tries} draws")
+
+
 def dsl_trajectory(
-    rng: np.random.Generator, scene: Scene, num_frames: int, max_tries: int = 40
+    rng: np.random.Generator, scene: Scene, num_frames: int, max_tries: int = 40, start: np.ndarray | None = None,
+    segments: tuple[str, ...] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """A random action-DSL trajectory placed inside the free space of ``scene``.
 
     The DSL rollout (identity start, ``sana_wm.camera.action_to_c2w``) is moved to a random start
-    position and heading; if no placement keeps every camera centre free, the translation speed is
-    halved (long clips) and, failing that, a new action string is drawn. Every camera must also have
-    ≥ 3 m of room ahead (no wall filling the view); clips that cannot meet that relax it stepwise.
+    position and heading (or to ``start``, a ``(4, 4)`` pose, when given); if no placement keeps every camera
+    centre free, the translation speed is halved (long clips) and, failing that, a new action string is drawn.
+    Every camera must also have ≥ 3 m of room ahead (no wall filling the view); clips that cannot meet that relax
+    it stepwise. ``segments``: the key groups of the random actions (see :func:`random_action`).
 
     Returns:
         ``(num_frames, 4, 4)`` float64 world c2w, and a dict {kind, action, translation_speed,
@@ -94,29 +127,42 @@ def dsl_trajectory(
     """
     lo, hi = np.asarray(scene.room_lo), np.asarray(scene.room_hi)
     per_level = max(1, max_tries // len(_CLEARANCE_LEVELS))
-    for min_clearance in _CLEARANCE_LEVELS:  # relax "look into the room" for long, hard-to-fit clips
+
+    def fits(world: np.ndarray, min_clearance: float) -> bool:
+        # keep clear of walls and objects, and look into the room rather than at a nearby wall
+        return bool(scene.is_free(world[:, :3, 3]).all() and scene.view_clearance(world).min() >= min_clearance)
+
+    def found(world, action, speed, min_clearance):
+        return world, {"kind": "dsl", "action": action, "translation_speed": speed, "rotation_speed_deg": 1.2,
+                       "min_view_clearance": min_clearance, "description": describe_action(action)}
+
+    if start is not None:
+        # One start for several clips: every speed-halving comes after all actions at the faster speed, so the
+        # clips of a room move alike and differ in their actions.
+        T0 = np.asarray(start, dtype=np.float64)
+        for halving in range(5):
+            speed = 0.05 / 2**halving
+            for min_clearance in _CLEARANCE_LEVELS:
+                for _ in range(per_level):
+                    action = random_action(rng, num_frames - 1, segments)
+                    world = T0[None] @ action_to_c2w(action, translation_speed=speed,
+                                                     rotation_speed_deg=1.2).astype(np.float64)
+                    if fits(world, min_clearance):
+                        return found(world, action, speed, min_clearance)
+    for min_clearance in _CLEARANCE_LEVELS * (start is None):  # relax "look into the room" for long, hard clips
         for _ in range(per_level):
-            action = random_action(rng, num_frames - 1)
+            action = random_action(rng, num_frames - 1, segments)
             speed = 0.05
             for _halving in range(5):
                 rel = action_to_c2w(action, translation_speed=speed, rotation_speed_deg=1.2).astype(np.float64)
                 for _place in range(25):
-                    start = np.array([rng.uniform(lo[0], hi[0]), rng.uniform(-0.15, 0.15), rng.uniform(lo[2], hi[2])])
+                    position = (rng.uniform(lo[0], hi[0]), rng.uniform(-0.15, 0.15), rng.uniform(lo[2], hi[2]))
                     T0 = np.eye(4)
                     T0[:3, :3] = yaw_matrix(rng.uniform(-np.pi, np.pi))
-                    T0[:3, 3] = start
+                    T0[:3, 3] = position
                     world = T0[None] @ rel
-                    # keep clear of walls and objects, and look into the room rather than at a nearby wall
-                    if scene.is_free(world[:, :3, 3]).all() and scene.view_clearance(world).min() >= min_clearance:
-                        info = {
-                            "kind": "dsl",
-                            "action": action,
-                            "translation_speed": speed,
-                            "rotation_speed_deg": 1.2,
-                            "min_view_clearance": min_clearance,
-                            "description": describe_action(action),
-                        }
-                        return world, info
+                    if fits(world, min_clearance):
+                        return found(world, action, speed, min_clearance)
                 speed /= 2
     raise RuntimeError(f"could not fit a {num_frames}-frame DSL trajectory into the room after {max_tries} actions.")
 

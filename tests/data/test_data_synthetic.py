@@ -182,3 +182,38 @@ def test_cli_with_render_processes(tmp_path, capsys):
     assert "2 clips" in capsys.readouterr().out
     assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["num_samples"] == 2
     assert syn.main(["--out", str(tmp_path / "bad"), "--num-frames", "10"]) == 2
+
+
+def test_clips_per_room_share_room_and_first_frame_and_differ_in_path():
+    """clips_per_room=3: clips 0-2 share room, K and start pose (so their first frames are equal, pixel for pixel)
+    and differ in their DSL paths at full speed; clip 3 starts the next room."""
+    kw = dict(seed=0, num_frames=17, height=32, width=56, pattern_scale=3.0)
+    clips = [make_clip(i, clips_per_room=3, supersample=1, **kw) for i in range(4)]
+    assert [c.meta["room"] for c in clips] == [0, 0, 0, 1]
+    for c in clips[1:3]:
+        np.testing.assert_array_equal(c.frames[0], clips[0].frames[0])
+        np.testing.assert_array_equal(c.c2w[0], clips[0].c2w[0])
+        np.testing.assert_array_equal(c.K, clips[0].K)
+        assert c.scene == clips[0].scene
+    assert len({c.meta["trajectory"]["action"] for c in clips[:3]}) == 3
+    assert {c.meta["trajectory"]["translation_speed"] for c in clips} == {0.05}
+    assert clips[3].scene != clips[0].scene and not np.array_equal(clips[3].c2w[0], clips[0].c2w[0])
+    assert all(c.meta["trajectory"]["kind"] == "dsl" for c in clips)
+    assert plan_clip(1, **kw).meta["room"] == 1  # one room per clip (the default)
+    with pytest.raises(ValueError, match="clips_per_room"):
+        plan_clip(0, clips_per_room=2, trajectory="smooth", **kw)
+    with pytest.raises(ValueError, match="`clips_per_room` must be >= 1; got 0"):
+        plan_clip(0, clips_per_room=0, **kw)
+
+
+def test_dsl_segments_and_room_only_captions():
+    """dsl_segments restricts every segment's keys (here over 40 actions); caption_motion=False leaves the motion
+    out of the caption; a key group outside the release scheme is refused by name."""
+    rng = np.random.default_rng(0)
+    groups = {seg.rsplit("-", 1)[0] for _ in range(40) for seg in syn.random_action(rng, 32, ("w", "jl")).split(",")}
+    assert groups == {"w", "jl"}
+    clip = plan_clip(2, seed=0, num_frames=17, trajectory="dsl", dsl_segments=("s",), caption_motion=False)
+    assert {seg.rsplit("-", 1)[0] for seg in clip.meta["trajectory"]["action"].split(",")} == {"s"}
+    assert clip.caption == clip.scene.describe() and "The camera" not in clip.caption
+    with pytest.raises(ValueError, match=r"got \['w', 'wx'\]"):
+        plan_clip(0, seed=0, num_frames=17, dsl_segments=("w", "wx"))
