@@ -2,17 +2,19 @@
 
 Steps (every artefact lands under ``--out``, default ``demo_out/``):
 
-1. **World** — render the bundled synthetic 3-D world (`data.synthetic.build_default_dataset`: 32 clips × 33 frames
-   at 64 × 112 with coarse patterns, exact camera poses) into video shards, plus 4 held-out rooms for the codec's
-   PSNR.
+1. **World** — render the bundled synthetic 3-D world (`data.synthetic.build_default_dataset`: 64 clips × 33 frames
+   at 64 × 112 with coarse patterns and exact camera poses; 16 rooms with 4 camera paths each from one shared start
+   frame, paths made of the scored motions, captions that describe the room only) into video shards, plus 4 held-out
+   rooms for the codec's PSNR.
 2. **Codec** — no pretrained LTX-2 VAE is available offline, and one trained from random weights on a CPU stays a
    grey field for many minutes, so the demo *computes* one: a diffusers ``AutoencoderKLLTX2Video`` in the patch
-   layout (8× spatial compression in the patchifier, three temporal stages: 8× temporal; 32 latent channels) whose
+   layout (16× spatial compression in the patchifier, three temporal stages: 8× temporal; 64 latent channels) whose
    weights are set to the principal components of the training clips (`sana_wm.encoders.pca_init`), with its latent
-   channels half-whitened (``--latent-whiten``). Its PSNR on the held-out rooms goes into the summary. The text encoder is a *tiny random* Gemma-2 with an in-process tokenizer:
-   captions carry (almost) no meaning. Both are saved in the release layout (``model/vae``, ``model/text_encoder``,
-   ``model/config.yaml`` with ``vae.vae_stride``).
-3. **Cache** — `python -m sana_wm.training.cache` logic: clips → latent shards (latents 32 × 5 × 8 × 14).
+   channels half-whitened (``--latent-whiten``). Its PSNR on the held-out rooms goes into the summary. The text
+   encoder is a *tiny random* Gemma-2 with an in-process tokenizer: captions carry (almost) no meaning. Both are
+   saved in the release layout (``model/vae``, ``model/text_encoder``, ``model/config.yaml`` with
+   ``vae.vae_stride``).
+3. **Cache** — `python -m sana_wm.training.cache` logic: clips → latent shards (latents 64 × 5 × 4 × 7).
 4. **Train** — ``python train.py experiment=demo_cpu`` (Hydra + Lightning, progress bar) trains the tiny DiT
    (5.8 M parameters) from scratch for ``--dit-steps`` steps, with the generation's text encoder configured so that
    caption dropout trains on its encoding of "" (the unconditional caption of guidance); the trained weights are
@@ -21,10 +23,10 @@ Steps (every artefact lands under ``--out``, default ``demo_out/``):
    overlay, plus the poses.
 6. **Evaluate** — camera following: the same checkpoint generates one video per held-out action string (never a
    training trajectory) and `sana_wm.inference.motion` re-estimates from the pixels (ignoring structure finer than
-   the codec's 8-px blocks) whether each commanded turn and forward/back move happened; the same is repeated with the camera branch's output projections zeroed. A contact
-   sheet (input, frames with and without the camera branch, the commanded path seen from above) is written as PNG.
+   the codec's blocks) whether each commanded turn and forward/back move happened; the same is repeated with the
+   camera branch's output projections zeroed. A contact sheet (input, frames with and without the camera branch, the commanded path seen from above) is written as PNG.
 
-Why this codec, 8× spatial compression and coarse patterns, and what they cost: docs/demo.md.
+Why this world, this codec, 16× spatial compression and coarse patterns, and what they cost: docs/demo.md.
 """
 
 from __future__ import annotations
@@ -66,9 +68,10 @@ def _load_clips(shards: list[str], num_frames: int, height: int, width: int, spa
 # source of the motion (docs/demo.md).
 DEMO_SEGMENTS = ("w", "s", "l", "j", "wl", "wj", "none")
 
-# Held-out action strings of the camera-following score: 32 steps each (33 frames), balanced: 10 turn checks (5 right
-# "l", 5 left "j") and 10 move checks (5 forward "w", 5 back "s"), so a video that drifts one way scores 50 % on
-# each kind. The demo checks that none is the action string of a training clip.
+# Held-out action strings of the camera-following score: 32 steps each (33 frames), balanced: 20 turn checks (10 right
+# "l", 10 left "j") and 20 move checks (10 forward "w", 10 back "s"), so a video that drifts one way scores 50 % on
+# each kind, and 40 checks put a chance score within ±16 points of 50 % (2 s.d.). The demo checks that none is the
+# action string of a training clip.
 EVAL_ACTIONS = (
     "w-11,l-21",
     "s-11,j-21",
@@ -80,6 +83,16 @@ EVAL_ACTIONS = (
     "wj-27,none-5",
     "w-25,s-7",
     "j-9,l-23",
+    "l-16,w-16",
+    "j-16,s-16",
+    "w-8,j-24",
+    "s-8,l-24",
+    "wj-20,none-12",
+    "wl-21,none-11",
+    "s-20,l-12",
+    "j-12,w-20",
+    "l-10,s-22",
+    "s-16,j-16",
 )
 
 
@@ -284,11 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--width", type=int, default=112)
     p.add_argument("--pattern-scale", type=float, default=3.0, help="coarseness of the rooms' patterns (docs/demo.md)")
-    p.add_argument("--vae-stride", type=int, default=8, choices=(8, 16, 32), help="the codec's spatial compression")
-    p.add_argument("--latent-channels", type=int, default=32, help="the codec's latent channels (= the DiT's in/out)")
+    p.add_argument("--vae-stride", type=int, default=16, choices=(8, 16, 32), help="the codec's spatial compression")
+    p.add_argument("--latent-channels", type=int, default=64, help="the codec's latent channels (= the DiT's in/out)")
     p.add_argument("--latent-whiten", type=float, default=0.5,
                    help="per-channel latent normalisation: 1 = unit variance per channel, 0 = one common scale")
-    p.add_argument("--dit-steps", type=int, default=500, help="DiT training steps")
+    p.add_argument("--dit-steps", type=int, default=1500, help="DiT training steps")
     p.add_argument("--action", default="w-12,l-20", help="camera action for the generated video (action DSL)")
     p.add_argument("--num-frames", type=int, default=33, help="frames to generate (8k+1)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps")

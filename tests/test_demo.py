@@ -17,8 +17,8 @@ def test_eval_actions_are_balanced_33_frame_commands():
     assert all(command_segments(a)[-1][1] == 32 for a in EVAL_ACTIONS)
     yaws = [s[2] for s in segs if s[2]]
     moves = [s[3] for s in segs if s[3]]
-    assert (yaws.count(1), yaws.count(-1)) == (5, 5)
-    assert (moves.count(1), moves.count(-1)) == (5, 5)
+    assert (yaws.count(1), yaws.count(-1)) == (10, 10)
+    assert (moves.count(1), moves.count(-1)) == (10, 10)
 
 
 def test_contact_sheet_layout(tmp_path):
@@ -35,20 +35,21 @@ def test_contact_sheet_layout(tmp_path):
 @pytest.mark.slow
 def test_demo_end_to_end_at_reduced_size(tmp_path):
     """The whole demo with a handful of steps everywhere: every stage runs and the summary has its fields."""
-    rc = main(["--out", str(tmp_path / "demo"), "--num-clips", "2", "--heldout-clips", "1",
+    rc = main(["--out", str(tmp_path / "demo"), "--num-clips", "4", "--clips-per-room", "2", "--heldout-clips", "1",
                "--dit-steps", "10", "--steps", "2", "--eval-actions", "8", "--eval-steps", "1"])
     assert rc == 0
     out = tmp_path / "demo"
     summary = json.loads((out / "demo_summary.json").read_text())
     assert set(summary["wall_seconds"]) == {"world", "codec", "cache", "train", "generate", "evaluate", "total"}
+    assert (summary["world"]["num_clips"], summary["world"]["clips_per_room"]) == (4, 2)
     vae = summary["vae"]
-    assert (vae["init"], vae["spatial_compression"], vae["latent_channels"], vae["heldout_clips"]) == ("pca", 8, 32, 1)
+    assert (vae["init"], vae["spatial_compression"], vae["latent_channels"], vae["heldout_clips"]) == ("pca", 16, 64, 1)
     assert np.isfinite(vae["psnr_heldout"]) and np.isfinite(vae["psnr_train"])
     assert 0 < vae["patch_variance_kept"] <= 1 and 0 < vae["group_variance_kept"] <= 1
     assert [s for s, _ in summary["dit_loss_curve"]] and all(np.isfinite(v) for _, v in summary["dit_loss_curve"])
     cf = summary["camera_following"]
     assert cf["actions"] == list(EVAL_ACTIONS[:8])
-    assert cf["motion_block_px"] == 8  # the motion estimate ignores the codec's 8-px block grid
+    assert cf["motion_block_px"] == 16  # the motion estimate ignores the codec's 16-px block grid
     for label in ("with_camera", "camera_branch_zeroed"):
         assert cf[label]["checks"] == 16 and 0.0 <= cf[label]["rate"] <= 1.0
         assert len(cf[label]["details"]) == 16
