@@ -182,9 +182,11 @@ def _loss_curve(train_dir: Path) -> list[tuple[int, float]]:
 
 
 def evaluate_camera_following(model_root: Path, checkpoint: Path, starts: list, actions: tuple[str, ...],
-                              num_steps: int, cfg_scale: float, seed: int, show_action: str) -> dict:
-    """Generate one video per held-out action (start frame i cycles through `starts`) with the trained DiT, then again
-    with its camera branch zeroed, and score each with :func:`sana_wm.inference.motion.camera_following`.
+                              num_steps: int, cfg_scale: float, seed: int, show_action: str,
+                              translation_speed: float | None = None) -> dict:
+    """Generate one video per held-out action (start frame i cycles through `starts`; paths at `translation_speed`
+    metres per frame, default the DSL's) with the trained DiT, then again with its camera branch zeroed, and score each
+    with :func:`sana_wm.inference.motion.camera_following`.
 
     `starts`: [(image uint8 (H, W, 3), intrinsics (4,), prompt)]. Also returns the frames generated for
     `show_action` from starts[0] (both models) for the contact sheet.
@@ -198,7 +200,7 @@ def evaluate_camera_following(model_root: Path, checkpoint: Path, starts: list, 
 
     def run(action: str, start) -> np.ndarray:
         image, K, prompt = start
-        c2w = action_to_c2w(action)
+        c2w = action_to_c2w(action, translation_speed)
         res = pipe.generate(image, prompt, c2w, K, num_frames=len(c2w), num_steps=num_steps, cfg_scale=cfg_scale,
                             seed=seed, refine=False, progress=False)
         return res.video
@@ -303,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="per-channel latent normalisation: 1 = unit variance per channel, 0 = one common scale")
     p.add_argument("--dit-steps", type=int, default=1500, help="DiT training steps")
     p.add_argument("--action", default="w-12,l-20", help="camera action for the generated video (action DSL)")
+    p.add_argument("--translation-speed", type=float, default=0.05,
+                   help="metres per frame of the world's paths and of every generated path (the DSL's default)")
     p.add_argument("--num-frames", type=int, default=33, help="frames to generate (8k+1)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps")
     p.add_argument("--cfg-scale", type=float, default=1.0,
@@ -334,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"1/6 synthetic world: {a.num_clips} clips x {F} frames at {H}x{W}, {a.clips_per_room} camera paths per room "
          f"(+ {a.heldout_clips} held-out rooms)")
     t = time.perf_counter()
-    paths = dict(trajectory="dsl", clips_per_room=a.clips_per_room, dsl_segments=DEMO_SEGMENTS, caption_motion=False)
+    paths = dict(trajectory="dsl", clips_per_room=a.clips_per_room, dsl_segments=DEMO_SEGMENTS, caption_motion=False,
+                 translation_speed=a.translation_speed)
     shards = build_default_dataset(out / "data" / "videos", num_clips=a.num_clips, **paths, **world)
     heldout = [make_clip(i, seed=heldout_seed, **world).frames for i in range(a.heldout_clips)]
     times["world"] = time.perf_counter() - t
@@ -397,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     (inputs / "prompt.txt").write_text(starts[0][2] + "\n", encoding="utf-8")
     _run([sys.executable, "infer.py", "--model_root", str(model_root), "--checkpoint", str(checkpoint),
           "--no_refiner", "--image", str(inputs / "first_frame.png"), "--prompt", str(inputs / "prompt.txt"),
-          "--intrinsics", str(inputs / "intrinsics.npy"), "--action", a.action, "--num_frames", str(a.num_frames),
+          "--intrinsics", str(inputs / "intrinsics.npy"), "--action", a.action, "--translation_speed", str(a.translation_speed), "--num_frames", str(a.num_frames),
           "--step", str(a.steps), "--cfg_scale", str(a.cfg_scale), "--device", "cpu", "--dtype", "fp32",
           "--output_dir", str(out / "videos"), "--output_name", "demo"], "inference")
     times["generate"] = time.perf_counter() - t
@@ -410,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if seen:
         raise RuntimeError(f"held-out action strings {seen} are training trajectories of this world; pick others")
     evaluation = evaluate_camera_following(model_root, checkpoint, starts, actions, a.eval_steps,
-                                           a.cfg_scale, a.seed, a.action)
+                                           a.cfg_scale, a.seed, a.action, a.translation_speed)
     following = evaluation["summary"] if actions else None
     sheet = contact_sheet(out / "contact_sheet.png", starts[0][0], a.action,
                           {"generated": evaluation["frames"]["with_camera"],
@@ -420,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {
         "wall_seconds": {k: round(v, 1) for k, v in times.items()},
-        "world": {**world, "num_clips": a.num_clips, "clips_per_room": a.clips_per_room, "heldout_clips": a.heldout_clips, "heldout_seed": heldout_seed},
+        "world": {**world, "num_clips": a.num_clips, "clips_per_room": a.clips_per_room,
+                  "translation_speed": a.translation_speed, "heldout_clips": a.heldout_clips,
+                  "heldout_seed": heldout_seed},
         "vae": vae_info,
         "dit_loss_curve": curve,
         "camera_following": following,

@@ -35,6 +35,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "clips_per_room": 1,
     "dsl_segments": None,
     "caption_motion": True,
+    "translation_speed": 0.05,
 }
 _PARAMS_FILE = "synthetic.json"
 
@@ -68,6 +69,7 @@ def build_default_dataset(
     clips_per_room: int = DEFAULT_CONFIG["clips_per_room"],
     dsl_segments: tuple[str, ...] | None = DEFAULT_CONFIG["dsl_segments"],
     caption_motion: bool = DEFAULT_CONFIG["caption_motion"],
+    translation_speed: float = DEFAULT_CONFIG["translation_speed"],
 ) -> list[str]:
     """Render ``num_clips`` clips into video shards under ``out_dir`` (+ ``manifest.json``).
 
@@ -76,7 +78,8 @@ def build_default_dataset(
 
     Args:
         out_dir: output folder.
-        num_clips … supersample, pattern_scale, clips_per_room, dsl_segments, caption_motion: dataset parameters
+        num_clips … supersample, pattern_scale, clips_per_room, dsl_segments, caption_motion, translation_speed:
+            dataset parameters
             (see :func:`make_clip`).
         workers: render processes (default: min(2, CPUs)); 1 renders in this process.
         overwrite: rebuild even if an identical dataset exists.
@@ -101,6 +104,7 @@ def build_default_dataset(
         "clips_per_room": int(clips_per_room),
         "dsl_segments": None if dsl_segments is None else list(dsl_segments),
         "caption_motion": bool(caption_motion),
+        "translation_speed": float(translation_speed),
     }
     out_dir = str(out_dir)
     params_path = os.path.join(out_dir, _PARAMS_FILE)
@@ -115,7 +119,7 @@ def build_default_dataset(
     if num_clips < 1:
         raise ValueError(f"`num_clips` must be >= 1; got {num_clips}.")
     jobs = [(plan_clip(i, seed, num_frames, height, width, fps, trajectory, pattern_scale, clips_per_room,
-                       dsl_segments, caption_motion), supersample) for i in range(num_clips)]
+                       dsl_segments, caption_motion, translation_speed), supersample) for i in range(num_clips)]
     workers = min(2, os.cpu_count() or 1, num_clips) if workers is None else int(workers)
     with ShardSink(out_dir, prefix="synthetic", max_count=clips_per_shard) as sink:
         if workers <= 1:
@@ -172,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dsl-segments", default=None,
                    help="comma-separated key groups of the DSL paths, e.g. w,s,l,j,wl,wj,none (default: all)")
     p.add_argument("--no-caption-motion", action="store_true", help="captions describe the room only")
+    p.add_argument("--translation-speed", type=float, default=DEFAULT_CONFIG["translation_speed"],
+                   help="metres per frame of the DSL paths")
     p.add_argument("--workers", type=int, default=None, help="render processes (default min(2, CPUs))")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
@@ -181,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             a.out, a.num_clips, a.num_frames, a.height, a.width, a.fps, a.seed, a.clips_per_shard,
             a.trajectory, a.supersample, a.workers, a.overwrite, a.pattern_scale, a.clips_per_room,
             None if a.dsl_segments is None else tuple(a.dsl_segments.split(",")), not a.no_caption_motion,
+            a.translation_speed,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

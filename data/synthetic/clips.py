@@ -58,6 +58,7 @@ def plan_clip(
     clips_per_room: int = 1,
     dsl_segments: tuple[str, ...] | None = None,
     caption_motion: bool = True,
+    translation_speed: float = 0.05,
 ) -> SyntheticClip:
     """Everything about clip ``index`` except its pixels (``frames`` is None): scene, poses, K, caption.
 
@@ -78,6 +79,7 @@ def plan_clip(
         dsl_segments: key groups the DSL paths' segments draw from (default: all; see ``random_action``).
         caption_motion: end the caption with the camera motion ("The camera moves forward, …"); False: the room
             only, so that a model trained on the clips can learn the motion from the camera alone.
+        translation_speed: metres per frame of the DSL paths (halved only where no path fits the room).
     """
     if (num_frames - 1) % 8 or num_frames < 1:
         raise ValueError(f"`num_frames` must be of the form 8k+1; got {num_frames}.")
@@ -85,6 +87,8 @@ def plan_clip(
         raise ValueError(f"`height`, `width` must be even (H.264 yuv420p); got {height}x{width}.")
     if trajectory not in ("mixed", "dsl", "smooth"):
         raise ValueError(f"`trajectory` must be 'mixed', 'dsl' or 'smooth'; got {trajectory!r}.")
+    if not translation_speed > 0:
+        raise ValueError(f"`translation_speed` must be > 0 (metres per frame); got {translation_speed}.")
     if clips_per_room < 1:
         raise ValueError(f"`clips_per_room` must be >= 1; got {clips_per_room}.")
     if dsl_segments is not None:
@@ -111,7 +115,8 @@ def plan_clip(
         K = pinhole_intrinsics(height, width, float(room_rng.uniform(65.0, 85.0)))
         start, kind = room_start(room_rng, scene), "dsl"
     if kind == "dsl":
-        c2w, traj = dsl_trajectory(rng, scene, num_frames, start=start, segments=dsl_segments)
+        c2w, traj = dsl_trajectory(rng, scene, num_frames, start=start, segments=dsl_segments,
+                                   translation_speed=translation_speed)
     else:
         c2w, traj = smooth_trajectory(rng, scene, num_frames, fps)
     caption = f"{scene.describe()} The camera {traj['description']}." if caption_motion else scene.describe()
@@ -151,6 +156,7 @@ def make_clip(
     clips_per_room: int = 1,
     dsl_segments: tuple[str, ...] | None = None,
     caption_motion: bool = True,
+    translation_speed: float = 0.05,
 ) -> SyntheticClip:
     """Plan and render clip ``index`` of the dataset with base ``seed`` (deterministic in both).
 
@@ -163,7 +169,7 @@ def make_clip(
         trajectory: 'mixed', 'dsl' or 'smooth'.
         supersample: anti-aliasing factor of :func:`render`.
         pattern_scale: multiplies the materials' pattern periods (see :func:`random_scene`).
-        clips_per_room, dsl_segments, caption_motion: see :func:`plan_clip`.
+        clips_per_room, dsl_segments, caption_motion, translation_speed: see :func:`plan_clip`.
     """
     return render_clip(plan_clip(index, seed, num_frames, height, width, fps, trajectory, pattern_scale,
-                                 clips_per_room, dsl_segments, caption_motion), supersample)
+                                 clips_per_room, dsl_segments, caption_motion, translation_speed), supersample)

@@ -111,7 +111,7 @@ def room_start(rng: np.random.Generator, scene: Scene, tries: int = 200) -> np.n
 
 def dsl_trajectory(
     rng: np.random.Generator, scene: Scene, num_frames: int, max_tries: int = 40, start: np.ndarray | None = None,
-    segments: tuple[str, ...] | None = None,
+    segments: tuple[str, ...] | None = None, translation_speed: float = 0.05,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """A random action-DSL trajectory placed inside the free space of ``scene``.
 
@@ -120,6 +120,7 @@ def dsl_trajectory(
     centre free, the translation speed is halved (long clips) and, failing that, a new action string is drawn.
     Every camera must also have ≥ 3 m of room ahead (no wall filling the view); clips that cannot meet that relax
     it stepwise. ``segments``: the key groups of the random actions (see :func:`random_action`).
+    ``translation_speed``: metres per frame before any halving (rotation: 1.2° per frame).
 
     Returns:
         ``(num_frames, 4, 4)`` float64 world c2w, and a dict {kind, action, translation_speed,
@@ -141,7 +142,7 @@ def dsl_trajectory(
         # clips of a room move alike and differ in their actions.
         T0 = np.asarray(start, dtype=np.float64)
         for halving in range(5):
-            speed = 0.05 / 2**halving
+            speed = translation_speed / 2**halving
             for min_clearance in _CLEARANCE_LEVELS:
                 for _ in range(per_level):
                     action = random_action(rng, num_frames - 1, segments)
@@ -152,7 +153,7 @@ def dsl_trajectory(
     for min_clearance in _CLEARANCE_LEVELS * (start is None):  # relax "look into the room" for long, hard clips
         for _ in range(per_level):
             action = random_action(rng, num_frames - 1, segments)
-            speed = 0.05
+            speed = translation_speed
             for _halving in range(5):
                 rel = action_to_c2w(action, translation_speed=speed, rotation_speed_deg=1.2).astype(np.float64)
                 for _place in range(25):

@@ -200,6 +200,11 @@ def test_clips_per_room_share_room_and_first_frame_and_differ_in_path():
     assert clips[3].scene != clips[0].scene and not np.array_equal(clips[3].c2w[0], clips[0].c2w[0])
     assert all(c.meta["trajectory"]["kind"] == "dsl" for c in clips)
     assert plan_clip(1, **kw).meta["room"] == 1  # one room per clip (the default)
+    fast = plan_clip(0, clips_per_room=3, translation_speed=0.1, **kw)
+    np.testing.assert_array_equal(fast.c2w[0], clips[0].c2w[0])  # same room start, paths twice as fast
+    assert fast.meta["trajectory"]["translation_speed"] == 0.1
+    with pytest.raises(ValueError, match="`translation_speed` must be > 0 .metres per frame.; got 0.0"):
+        plan_clip(0, translation_speed=0.0, **kw)
     with pytest.raises(ValueError, match="clips_per_room"):
         plan_clip(0, clips_per_room=2, trajectory="smooth", **kw)
     with pytest.raises(ValueError, match="`clips_per_room` must be >= 1; got 0"):
