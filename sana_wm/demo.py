@@ -24,7 +24,8 @@ Steps (every artefact lands under ``--out``, default ``demo_out/``):
 6. **Evaluate** — camera following: the same checkpoint generates one video per held-out action string (never a
    training trajectory) and `sana_wm.inference.motion` re-estimates from the pixels (ignoring structure finer than
    the codec's blocks) whether each commanded turn and forward/back move happened; the same is repeated with the
-   camera branch's output projections zeroed. A contact sheet (input, frames with and without the camera branch, the commanded path seen from above) is written as PNG.
+   camera branch's output projections zeroed. A contact sheet (input, frames with and without the camera branch, the
+   commanded path seen from above) is written as PNG.
 
 Why this world, this codec, 16× spatial compression and coarse patterns, and what they cost: docs/demo.md.
 """
@@ -326,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    from data.synthetic import DEFAULT_CONFIG, build_default_dataset, dataset_actions, make_clip
+    from data.synthetic import DEFAULT_CONFIG, build_default_dataset, dataset_actions, make_clip, plan_clip
+    from data.synthetic.raycast import render
 
     H, W, F, S, C = a.height, a.width, DEFAULT_CONFIG["num_frames"], a.vae_stride, a.latent_channels
     world = {"num_frames": F, "height": H, "width": W, "pattern_scale": a.pattern_scale}
@@ -392,9 +394,10 @@ def main(argv: list[str] | None = None) -> int:
 
     starts = []
     rooms = -(-a.num_clips // a.clips_per_room)
-    for r in range(max(1, min(rooms, a.eval_actions))):  # the start frames of training rooms
-        clip = make_clip(r * a.clips_per_room, seed=DEFAULT_CONFIG["seed"], **paths, **world)
-        starts.append((clip.frames[0], np.asarray(clip.K, np.float64), clip.caption))
+    for r in range(max(1, min(rooms, a.eval_actions))):  # the start frames of training rooms (frame 0 only)
+        clip = plan_clip(r * a.clips_per_room, seed=DEFAULT_CONFIG["seed"], **paths, **world)
+        image = render(clip.scene, clip.c2w[0], clip.K, clip.height, clip.width, DEFAULT_CONFIG["supersample"])
+        starts.append((image, np.asarray(clip.K, np.float64), clip.caption))
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
     Image.fromarray(starts[0][0]).save(inputs / "first_frame.png")
@@ -402,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     (inputs / "prompt.txt").write_text(starts[0][2] + "\n", encoding="utf-8")
     _run([sys.executable, "infer.py", "--model_root", str(model_root), "--checkpoint", str(checkpoint),
           "--no_refiner", "--image", str(inputs / "first_frame.png"), "--prompt", str(inputs / "prompt.txt"),
-          "--intrinsics", str(inputs / "intrinsics.npy"), "--action", a.action, "--translation_speed", str(a.translation_speed), "--num_frames", str(a.num_frames),
+          "--intrinsics", str(inputs / "intrinsics.npy"), "--action", a.action,
+          "--translation_speed", str(a.translation_speed), "--num_frames", str(a.num_frames),
           "--step", str(a.steps), "--cfg_scale", str(a.cfg_scale), "--device", "cpu", "--dtype", "fp32",
           "--output_dir", str(out / "videos"), "--output_name", "demo"], "inference")
     times["generate"] = time.perf_counter() - t

@@ -79,8 +79,7 @@ def build_default_dataset(
     Args:
         out_dir: output folder.
         num_clips … supersample, pattern_scale, clips_per_room, dsl_segments, caption_motion, translation_speed:
-            dataset parameters
-            (see :func:`make_clip`).
+            dataset parameters (see :func:`make_clip`).
         workers: render processes (default: min(2, CPUs)); 1 renders in this process.
         overwrite: rebuild even if an identical dataset exists.
 

@@ -129,6 +129,9 @@ def dsl_trajectory(
     lo, hi = np.asarray(scene.room_lo), np.asarray(scene.room_hi)
     per_level = max(1, max_tries // len(_CLEARANCE_LEVELS))
 
+    def rollout(action: str, speed: float) -> np.ndarray:
+        return action_to_c2w(action, translation_speed=speed, rotation_speed_deg=1.2).astype(np.float64)
+
     def fits(world: np.ndarray, min_clearance: float) -> bool:
         # keep clear of walls and objects, and look into the room rather than at a nearby wall
         return bool(scene.is_free(world[:, :3, 3]).all() and scene.view_clearance(world).min() >= min_clearance)
@@ -146,25 +149,25 @@ def dsl_trajectory(
             for min_clearance in _CLEARANCE_LEVELS:
                 for _ in range(per_level):
                     action = random_action(rng, num_frames - 1, segments)
-                    world = T0[None] @ action_to_c2w(action, translation_speed=speed,
-                                                     rotation_speed_deg=1.2).astype(np.float64)
+                    world = T0[None] @ rollout(action, speed)
                     if fits(world, min_clearance):
                         return found(world, action, speed, min_clearance)
-    for min_clearance in _CLEARANCE_LEVELS * (start is None):  # relax "look into the room" for long, hard clips
-        for _ in range(per_level):
-            action = random_action(rng, num_frames - 1, segments)
-            speed = translation_speed
-            for _halving in range(5):
-                rel = action_to_c2w(action, translation_speed=speed, rotation_speed_deg=1.2).astype(np.float64)
-                for _place in range(25):
-                    position = (rng.uniform(lo[0], hi[0]), rng.uniform(-0.15, 0.15), rng.uniform(lo[2], hi[2]))
-                    T0 = np.eye(4)
-                    T0[:3, :3] = yaw_matrix(rng.uniform(-np.pi, np.pi))
-                    T0[:3, 3] = position
-                    world = T0[None] @ rel
-                    if fits(world, min_clearance):
-                        return found(world, action, speed, min_clearance)
-                speed /= 2
+    else:
+        for min_clearance in _CLEARANCE_LEVELS:  # relax "look into the room" for long, hard-to-fit clips
+            for _ in range(per_level):
+                action = random_action(rng, num_frames - 1, segments)
+                speed = translation_speed
+                for _halving in range(5):
+                    rel = rollout(action, speed)
+                    for _place in range(25):
+                        position = (rng.uniform(lo[0], hi[0]), rng.uniform(-0.15, 0.15), rng.uniform(lo[2], hi[2]))
+                        T0 = np.eye(4)
+                        T0[:3, :3] = yaw_matrix(rng.uniform(-np.pi, np.pi))
+                        T0[:3, 3] = position
+                        world = T0[None] @ rel
+                        if fits(world, min_clearance):
+                            return found(world, action, speed, min_clearance)
+                    speed /= 2
     raise RuntimeError(f"could not fit a {num_frames}-frame DSL trajectory into the room after {max_tries} actions.")
 
 
