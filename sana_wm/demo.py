@@ -97,6 +97,11 @@ EVAL_ACTIONS = (
 )
 
 
+#: Rooms between the start frames that one held-out string gets under consecutive seeds (coprime with the demo's 16
+#: rooms: up to 16 seeds give every string a different room each).
+START_STEP = 7
+
+
 def _psnr(mse: float) -> float:
     return float(10 * np.log10(4.0 / mse))  # peak-to-peak 2 in [-1, 1]
 
@@ -184,10 +189,13 @@ def _loss_curve(train_dir: Path) -> list[tuple[int, float]]:
 
 def evaluate_camera_following(model_root: Path, checkpoint: Path, starts: list, actions: tuple[str, ...],
                               num_steps: int, cfg_scale: float, seed: int, show_action: str,
-                              translation_speed: float | None = None) -> dict:
-    """Generate one video per held-out action (start frame i cycles through `starts`; paths at `translation_speed`
-    metres per frame, default the DSL's) with the trained DiT, then again with its camera branch zeroed, and score each
-    with :func:`sana_wm.inference.motion.camera_following`.
+                              translation_speed: float | None = None, num_seeds: int = 1) -> dict:
+    """Generate one video per held-out action and sampling seed with the trained DiT, then again with its camera
+    branch zeroed, and score each with :func:`sana_wm.inference.motion.camera_following`.
+
+    Paths run at `translation_speed` metres per frame (default the DSL's). Seeds are `seed` … `seed + num_seeds − 1`;
+    under seed `seed + r`, string i starts from `starts[(i + START_STEP·r) mod len(starts)]`. One draw of 40 checks
+    scatters by about ±8 points; the seeds average that out, and each seed's rate is kept so the spread can be seen.
 
     `starts`: [(image uint8 (H, W, 3), intrinsics (4,), prompt)]. Also returns the frames generated for
     `show_action` from starts[0] (both models) for the contact sheet.
@@ -199,29 +207,38 @@ def evaluate_camera_following(model_root: Path, checkpoint: Path, starts: list, 
     pipe = SanaWMPipeline.from_model_root(model_root, checkpoint=checkpoint, use_refiner=False, device="cpu",
                                           dtype=torch.float32)
 
-    def run(action: str, start) -> np.ndarray:
+    def run(action: str, start, sample_seed: int) -> np.ndarray:
         image, K, prompt = start
         c2w = action_to_c2w(action, translation_speed)
         res = pipe.generate(image, prompt, c2w, K, num_frames=len(c2w), num_steps=num_steps, cfg_scale=cfg_scale,
-                            seed=seed, refine=False, progress=False)
+                            seed=sample_seed, refine=False, progress=False)
         return res.video
 
     # The codec decodes each latent cell to its own block: the motion estimate ignores structure finer than a block.
     block = pipe.codec.spatial_compression
-    out: dict = {"actions": list(actions), "sampling_steps": num_steps, "cfg_scale": cfg_scale,
+    seeds = [seed + r for r in range(num_seeds)]
+    out: dict = {"actions": list(actions), "seeds": seeds, "sampling_steps": num_steps, "cfg_scale": cfg_scale,
                  "motion_block_px": block}
     shown = {}
     for label in ("with_camera", "camera_branch_zeroed"):
         if label == "camera_branch_zeroed":
             out["zeroed_tensors"] = pipe.dit.zero_camera_branch()
-        checks = []
-        for i, action in enumerate(actions):
-            checks += camera_following(run(action, starts[i % len(starts)]), action, block_px=block)
-        out[label] = following_rate(checks)
-        shown[label] = run(show_action, starts[0])
+        checks, per_seed = [], []
+        for s in seeds:
+            drawn = []
+            for i, action in enumerate(actions):
+                # each further seed also moves every string to another room, so that a room's own drift (what the
+                # model does there without a camera) is not paired with one command only
+                start = starts[(i + START_STEP * (s - seed)) % len(starts)]
+                drawn += camera_following(run(action, start, s), action, block_px=block)
+            per_seed.append(following_rate(drawn)["rate"])
+            checks += drawn
+        out[label] = {**following_rate(checks), "rate_per_seed": per_seed}
+        shown[label] = run(show_action, starts[0], seed)
+        kinds = ", ".join(f"{k} {100 * v:.0f} %" for k, v in out[label]["by_kind"].items())
+        spread = "/".join(f"{100 * r:.0f}" for r in per_seed)
         print(f"camera following ({label.replace('_', ' ')}): {out[label]['passed']}/{out[label]['checks']} "
-              f"checks = {100 * out[label]['rate']:.0f} % ({', '.join(f'{k} {100 * v:.0f} %' for k, v in out[label]['by_kind'].items())})",
-              flush=True)
+              f"checks = {100 * out[label]['rate']:.0f} % ({kinds}; per seed {spread} %)", flush=True)
     return {"summary": out, "frames": shown}
 
 
@@ -315,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-actions", type=int, default=len(EVAL_ACTIONS),
                    help=f"held-out action strings scored for camera following (at most {len(EVAL_ACTIONS)}; 0 skips)")
     p.add_argument("--eval-steps", type=int, default=10, help="sampling steps of the camera-following videos")
+    p.add_argument("--eval-seeds", type=int, default=3,
+                   help="sampling seeds per held-out action string (each adds one video per string and model)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if not (REPO / "train.py").is_file() or not (REPO / "infer.py").is_file():
@@ -322,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 0 <= a.eval_actions <= len(EVAL_ACTIONS):
         print(f"error: --eval-actions must be in 0..{len(EVAL_ACTIONS)}; got {a.eval_actions}", file=sys.stderr)
+        return 2
+    if a.eval_seeds < 1:
+        print(f"error: --eval-seeds must be >= 1; got {a.eval_seeds}", file=sys.stderr)
         return 2
     out = Path(a.out).resolve()
     times: dict[str, float] = {}
@@ -411,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
           "--output_dir", str(out / "videos"), "--output_name", "demo"], "inference")
     times["generate"] = time.perf_counter() - t
 
-    _say(f"6/6 camera following on {a.eval_actions} held-out action strings, with and without the camera branch")
+    _say(f"6/6 camera following on {a.eval_actions} held-out action strings x {a.eval_seeds} seeds, with and without "
+         "the camera branch")
     t = time.perf_counter()
     actions = EVAL_ACTIONS[: a.eval_actions]
     trained = dataset_actions(out / "data" / "videos")
@@ -419,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     if seen:
         raise RuntimeError(f"held-out action strings {seen} are training trajectories of this world; pick others")
     evaluation = evaluate_camera_following(model_root, checkpoint, starts, actions, a.eval_steps,
-                                           a.cfg_scale, a.seed, a.action, a.translation_speed)
+                                           a.cfg_scale, a.seed, a.action, a.translation_speed, a.eval_seeds)
     following = evaluation["summary"] if actions else None
     sheet = contact_sheet(out / "contact_sheet.png", starts[0][0], a.action,
                           {"generated": evaluation["frames"]["with_camera"],

@@ -36,7 +36,7 @@ def test_contact_sheet_layout(tmp_path):
 def test_demo_end_to_end_at_reduced_size(tmp_path):
     """The whole demo with a handful of steps everywhere: every stage runs and the summary has its fields."""
     rc = main(["--out", str(tmp_path / "demo"), "--num-clips", "4", "--clips-per-room", "2", "--heldout-clips", "1",
-               "--dit-steps", "10", "--steps", "2", "--eval-actions", "8", "--eval-steps", "1"])
+               "--dit-steps", "10", "--steps", "2", "--eval-actions", "8", "--eval-steps", "1", "--eval-seeds", "2"])
     assert rc == 0
     out = tmp_path / "demo"
     summary = json.loads((out / "demo_summary.json").read_text())
@@ -50,8 +50,10 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
     cf = summary["camera_following"]
     assert cf["actions"] == list(EVAL_ACTIONS[:8])
     assert cf["motion_block_px"] == 16  # the motion estimate ignores the codec's 16-px block grid
-    for label in ("with_camera", "camera_branch_zeroed"):
-        assert cf[label]["checks"] == 16 and 0.0 <= cf[label]["rate"] <= 1.0
-        assert len(cf[label]["details"]) == 16
+    assert cf["seeds"] == [0, 1]
+    for label in ("with_camera", "camera_branch_zeroed"):  # 8 strings x 2 checks each x 2 seeds
+        assert cf[label]["checks"] == 32 and 0.0 <= cf[label]["rate"] <= 1.0
+        assert len(cf[label]["details"]) == 32 and len(cf[label]["rate_per_seed"]) == 2
+        assert np.isclose(np.mean(cf[label]["rate_per_seed"]), cf[label]["rate"])
     for key in ("video", "contact_sheet", "dit_checkpoint"):
         assert (out / summary["outputs"][key]).is_file(), key
