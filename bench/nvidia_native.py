@@ -395,19 +395,32 @@ def host_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.to("cpu") for n, p in model.named_parameters() if p.grad is not None}
 
 
-def grad_difference(ours: torch.nn.Module, ref: dict[str, torch.Tensor]) -> dict[str, float]:
+def grad_difference(ours: torch.nn.Module, ref: dict[str, torch.Tensor], top: int = 8) -> dict:
     """`difference` of `ours`'s parameter gradients against `ref` (by name; `host_grads` of NVIDIA's), all
-    parameters as one vector: names with no gradient on either side (ours' frozen, unused ones) are left out."""
+    parameters as one vector: names with no gradient on either side (ours' frozen, unused ones) are left out.
+
+    Also: `worst`, the `top` parameters with the largest share of the squared difference, each with its own relative
+    L2 and both gradient norms; `only_ours` / `only_nvidia`, the names with a gradient on one side only."""
     sq_diff = sq_ref = max_abs = 0.0
+    per_name = []
+    names = set()
     for name, p in ours.named_parameters():
-        if p.grad is None or name not in ref:
+        if p.grad is None:
+            continue
+        names.add(name)
+        if name not in ref:
             continue
         g = ref[name].to(p.grad.device).float()
         d = p.grad.float() - g
-        sq_diff += d.square().sum().item()
-        sq_ref += g.square().sum().item()
+        dd, gg = d.square().sum().item(), g.square().sum().item()
+        sq_diff += dd
+        sq_ref += gg
         max_abs = max(max_abs, d.abs().max().item())
-    return {"rel_l2": (sq_diff / sq_ref) ** 0.5 if sq_ref else float("nan"), "max_abs": max_abs}
+        per_name.append((dd, name, gg, p.grad.float().square().sum().item()))
+    worst = [{"name": n, "share": dd / sq_diff if sq_diff else 0.0, "rel_l2": (dd / gg) ** 0.5 if gg else float("inf"),
+              "norm_ours": go ** 0.5, "norm_nvidia": gg ** 0.5} for dd, n, gg, go in sorted(per_name, reverse=True)[:top]]
+    return {"rel_l2": (sq_diff / sq_ref) ** 0.5 if sq_ref else float("nan"), "max_abs": max_abs, "worst": worst,
+            "only_ours": sorted(names - set(ref)), "only_nvidia": sorted(set(ref) - names)}
 
 
 def train_step(fn, model):
@@ -524,6 +537,14 @@ def run_train(run: Run) -> None:
         grads = grad_difference(run.ours, ref_grads)
         run.record("train21", label, B, T, ms, gib, **difference(out, ref), grad_rel_l2=grads["rel_l2"],
                    grad_max_abs=grads["max_abs"])
+        detail = {k: grads[k] for k in ("worst", "only_ours", "only_nvidia")}
+        run.results.setdefault("train21_grad_detail", {})[label] = detail
+        run.dump()
+        print(f"train21 {label}: gradients on one side only: ours {len(detail['only_ours'])} "
+              f"{detail['only_ours'][:6]}, NVIDIA {len(detail['only_nvidia'])} {detail['only_nvidia'][:6]}", flush=True)
+        for w in detail["worst"]:
+            print(f"  {w['name']}: {100 * w['share']:.1f} % of the difference, rel L2 {w['rel_l2']:.3g}, "
+                  f"|g| ours {w['norm_ours']:.3g} vs NVIDIA {w['norm_nvidia']:.3g}", flush=True)
         run.ours.zero_grad(set_to_none=True)
     set_compiled(run.ours, run.plain_blocks, False)
     run.ours.eval()

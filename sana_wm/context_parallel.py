@@ -298,7 +298,9 @@ def apply_context_parallel(model: nn.Module, group, force: bool = False) -> nn.M
         # The halo exchanges are point-to-point sends and receives, which Dynamo traces only when told to (torch
         # 2.13; without it: a graph break at each exchange, and fullgraph=True fails). The all-gathers trace as they
         # are. The CP block wrapper stays outside the compiled forward (compile comes first, see `parallelize`).
-        torch._dynamo.config.enable_p2p_compilation = True
+        # Older torch (2.11) has no such switch and graph-breaks at the exchanges instead.
+        if hasattr(torch._dynamo.config, "enable_p2p_compilation"):
+            torch._dynamo.config.enable_p2p_compilation = True
     cp = ContextParallel(model, group)
     _install_dispatchers()
     for block in _inner_blocks(model):

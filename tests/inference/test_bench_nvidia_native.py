@@ -247,7 +247,15 @@ def test_differences_and_training_flags(nvb):
     a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
     for m, g in ((a, 1.0), (b, 3.0)):
         m.weight.grad, m.bias.grad = torch.full((1, 2), g), torch.full((1,), g)
-    assert nvb.grad_difference(a, nvb.host_grads(b)) == {"rel_l2": pytest.approx(2 / 3), "max_abs": 2.0}
+    g = nvb.grad_difference(a, nvb.host_grads(b))
+    assert (g["rel_l2"], g["max_abs"], g["only_ours"], g["only_nvidia"]) == (pytest.approx(2 / 3), 2.0, [], [])
+    # weight: |d|² = 8 of 12 in all, |g_ref| = √18, |g_ours| = √2; bias: 4 of 12
+    assert [(w["name"], w["share"], w["rel_l2"], w["norm_ours"], w["norm_nvidia"]) for w in g["worst"]] == [
+        ("weight", pytest.approx(2 / 3), pytest.approx(2 / 3), pytest.approx(2**0.5), pytest.approx(18**0.5)),
+        ("bias", pytest.approx(1 / 3), pytest.approx(2 / 3), pytest.approx(1.0), pytest.approx(3.0))]
+    b.bias.grad = None  # a gradient on our side only: named, and left out of the difference
+    g = nvb.grad_difference(a, nvb.host_grads(b))
+    assert (g["rel_l2"], g["only_ours"], g["only_nvidia"], len(g["worst"])) == (pytest.approx(2 / 3), ["bias"], [], 1)
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     net[0].use_autograd_kernel = False
     nvb.set_nvidia_training(net, True)
