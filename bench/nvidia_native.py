@@ -368,10 +368,20 @@ def load_into_nvidia(ours: torch.nn.Module, nvidia: torch.nn.Module) -> None:
 
 def set_nvidia_training(model: torch.nn.Module, on: bool) -> None:
     """NVIDIA's stage-1 training flags on `model` (`use_autograd_kernel`: their Triton kernels with a backward;
-    per-block checkpointing, as their `set_grad_checkpoint`), or their inference flags back."""
+    per-block checkpointing, as their `set_grad_checkpoint`), or their inference flags back.
+
+    In training mode NVIDIA's caption embedder replaces a sample's caption by its null embedding with probability
+    `uncond_prob` (0.1) inside the network; ours leaves caption dropout to the training objective. The bench compares
+    one step on the same inputs, so that in-network dropout is held at 0 while the flags are on (and restored)."""
     for m in model.modules():
         if hasattr(m, "use_autograd_kernel"):
             m.use_autograd_kernel = on
+        if hasattr(m, "uncond_prob"):
+            if on:
+                m._bench_uncond_prob, m.uncond_prob = m.uncond_prob, 0.0
+            elif hasattr(m, "_bench_uncond_prob"):
+                m.uncond_prob = m._bench_uncond_prob
+                del m._bench_uncond_prob
         m.grad_checkpointing = on
         m.grad_checkpointing_step = 1
     model.train(on)

@@ -258,10 +258,13 @@ def test_differences_and_training_flags(nvb):
     assert (g["rel_l2"], g["only_ours"], g["only_nvidia"], len(g["worst"])) == (pytest.approx(2 / 3), ["bias"], [], 1)
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     net[0].use_autograd_kernel = False
+    net[1].uncond_prob = 0.1  # NVIDIA's caption embedder drops captions in training mode: held at 0, then restored
     nvb.set_nvidia_training(net, True)
     assert net.training and net[0].use_autograd_kernel and all(m.grad_checkpointing for m in net.modules())
+    assert net[1].uncond_prob == 0.0
     nvb.set_nvidia_training(net, False)
     assert not net.training and not net[0].use_autograd_kernel and not net[1].grad_checkpointing
+    assert net[1].uncond_prob == 0.1 and not hasattr(net[1], "_bench_uncond_prob")
 
 
 def test_file_list_has_the_entry_files_and_marks_the_commit_specific_ones(nvb):
