@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latent-channels", type=int, default=64, help="the codec's latent channels (= the DiT's in/out)")
     p.add_argument("--latent-whiten", type=float, default=0.5,
                    help="per-channel latent normalisation: 1 = unit variance per channel, 0 = one common scale")
-    p.add_argument("--dit-steps", type=int, default=1500, help="DiT training steps")
+    p.add_argument("--dit-steps", type=int, default=750, help="DiT training steps (batches of 8 clips)")
     p.add_argument("--action", default="w-12,l-20", help="camera action for the generated video (action DSL)")
     p.add_argument("--translation-speed", type=float, default=0.05,
                    help="metres per frame of the world's paths and of every generated path (the DSL's default)")
