@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from sana_wm.models.sana_wm import PointwiseConv, TemporalConv, temporal_taps
+from sana_wm.parallel import plain_name
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,6 @@ _TARGET = re.compile(
     r"blocks\.\d+\.(attn\.(qkv|proj|output_gate|q_proj_cam|k_proj_cam|v_proj_cam|out_proj_cam)|plucker_proj"
     r"|cross_attn\.(q_linear|proj)|mlp\.(inverted_conv\.conv|point_conv\.conv|t_conv))"
 )
-_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
 
 
 class Fp8Unavailable(RuntimeError):
@@ -112,17 +112,11 @@ def check_fp8_device(device: torch.device | str | None = None) -> torch.device:
     return device
 
 
-def _plain_name(name: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
-
-
 def fp8_targets(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """(name, module) of every GEMM that FP8 converts (module docstring): per-token layers of the blocks whose
     in and out features are multiples of 16. Names are `model.named_modules()`'s."""
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, PointwiseConv, TemporalConv)) or not _TARGET.fullmatch(_plain_name(name)):
+        if not isinstance(module, (nn.Linear, PointwiseConv, TemporalConv)) or not _TARGET.fullmatch(plain_name(name)):
             continue
         out_features, in_features = module.weight.shape[:2]
         if out_features % 16 == 0 and in_features % 16 == 0:

@@ -25,6 +25,18 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 
 log = logging.getLogger(__name__)
 
+#: Tokens that the wrappers `parallelize` and the trainers apply (activation checkpointing, torch.compile of a module,
+#: FSDP1) insert into parameter and state-dict names.
+WRAPPER_TOKENS = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+def plain_name(name: str) -> str:
+    """A parameter or state-dict name as the unwrapped model has it (every `WRAPPER_TOKENS` entry removed), so that
+    keys, comparisons and selections do not depend on how the model happens to be wrapped."""
+    for token in WRAPPER_TOKENS:
+        name = name.replace(token, "")
+    return name
+
 
 def _blocks(model: nn.Module) -> nn.ModuleList:
     blocks = getattr(model, "blocks", None)

@@ -23,6 +23,7 @@ import lightning as L
 import torch
 
 from sana_wm.models.flops import model_flops
+from sana_wm.parallel import plain_name
 
 __all__ = ["ThroughputMonitor", "AdapterCheckpoint", "ExportOnTrainEnd", "RankAgreement", "ValidationVideos",
            "parameter_checksum"]
@@ -188,8 +189,9 @@ class ExportOnTrainEnd(L.Callback):
                 state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         if not trainer.is_global_zero:
             return
-        # "model." is the module attribute; "_orig_mod." would come from a torch.compile wrapper (ours compile in place).
-        state = {k[len("model."):].replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith("model.")}
+        # "model." is the module attribute; wrapper tokens (a torch.compile wrapper's "_orig_mod."; ours compile in
+        # place) are removed as everywhere else.
+        state = {plain_name(k[len("model."):]): v for k, v in state.items() if k.startswith("model.")}
         ema = pl_module.ema
         if ema is not None and ema.shadow and pl_module.ema_cfg.use_for_export:
             shadow = ema.state_dict()["shadow"]

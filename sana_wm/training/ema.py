@@ -19,15 +19,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from sana_wm.parallel import plain_name
+
 __all__ = ["EMA"]
-
-
-def _clean(name: str) -> str:
-    # Wrappers (activation checkpointing, torch.compile, FSDP) insert these into parameter names; EMA keys must not
-    # depend on how the model happens to be wrapped.
-    for token in ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module."):
-        name = name.replace(token, "")
-    return name
 
 
 class EMA:
@@ -48,7 +42,7 @@ class EMA:
     def _params(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         for name, p in model.named_parameters():
             if p.requires_grad:
-                yield _clean(name), p
+                yield plain_name(name), p  # EMA keys must not depend on wrapping
 
     @torch.no_grad()
     def reset(self, model: nn.Module) -> None:

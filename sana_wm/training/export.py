@@ -33,6 +33,7 @@ import torch
 
 from sana_wm.checkpoint import CheckpointError, save_checkpoint
 from sana_wm.models import PRESETS, SanaWM, SanaWMConfig
+from sana_wm.parallel import plain_name
 
 from .lora import LoraError, add_lora, checkpoint_digest, load_lora, merge_lora, read_lora, same_base
 
@@ -168,7 +169,7 @@ def export_training_checkpoint(
         raise CheckpointError(f"{path} is not a SanaWMLitModule checkpoint (no hyper_parameters['model'] / state_dict)")
     mcfg = ModelConfig(**{k: v for k, v in hp["model"].items() if k in ModelConfig.__dataclass_fields__})
     meta = ckpt.get("sana_wm", {})
-    state = {k[len("model."):].replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", ""): v
+    state = {plain_name(k[len("model."):]): v
              for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     lora = bool(hp.get("lora", {}).get("enabled", False))
     if lora:

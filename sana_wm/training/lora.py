@@ -36,6 +36,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from sana_wm.parallel import plain_name
+
 __all__ = [
     "LoraError",
     "LoraSpec",
@@ -312,9 +314,7 @@ def add_lora(
 def _file_key(name: str) -> str:
     # 'blocks.0.attn.qkv.lora_A.default.weight' → 'blocks.0.attn.qkv.lora_A.weight'; wrapper tokens removed so the
     # keys do not depend on activation checkpointing / compile / DDP wrapping.
-    for token in ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.", "module."):
-        name = name.replace(token, "")
-    return name.replace(f".{_ADAPTER}.", ".")
+    return plain_name(name).replace("module.", "").replace(f".{_ADAPTER}.", ".")
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
