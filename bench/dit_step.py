@@ -53,7 +53,7 @@ from sana_wm.camera import action_to_c2w, prepare_camera
 from sana_wm.checkpoint import to_diffusers_layout
 from sana_wm.models.flops import H100_BF16_PEAK, model_flops
 from sana_wm.ops import switch
-from sana_wm.parallel import apply_compile, parallelize
+from sana_wm.parallel import apply_compile, parallelize, plain_name
 
 H, W, TEXT = 22, 40, 300
 
@@ -480,6 +480,12 @@ def cp1_pair(model, group, policy: str, compiled: bool, ac_blocks: int | None = 
     return model, cp
 
 
+def host_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`model`'s parameter gradients copied to the host (so that the device holds one model's at a time), by their
+    unwrapped names (`sana_wm.parallel.plain_name`: a checkpointed block's parameters keep the plain model's names)."""
+    return {plain_name(n): p.grad.to("cpu") for n, p in model.named_parameters() if p.grad is not None}
+
+
 def max_rel_diff(a: dict, b: dict) -> float:
     """The largest relative L2 difference between same-named tensors of `a` and `b` (e.g. two models' gradients)."""
     if a.keys() != b.keys():
@@ -540,8 +546,6 @@ def run_cp1(bench: Bench) -> None:
     warm = 1 if compiled else 0  # the first call compiles
     # The gradients of each model's last timed step (same input) go to the host before the other model's step: the
     # `ffn` step takes ≈ 67 GiB, and the other model's weights plus these gradients would not fit beside it.
-    host_grads = lambda m: {n.replace("_checkpoint_wrapped_module.", ""): p.grad.to("cpu")  # noqa: E731
-                            for n, p in m.named_parameters() if p.grad is not None}
     ms_plain, gib = bench.time(train_step(ours, inp, False), warm)
     bench.record("cp1 train21", f"ours ({label})", 1, 21, ms_plain, gib - resident_gib(cp), True)
     plain_grads = host_grads(ours)

@@ -73,12 +73,22 @@ from pathlib import Path
 
 import torch
 from common import cuda_time, markdown_table, write_json
-from dit_step import TEXT, H, W, make_inputs, resident_gib, run_info, set_compiled, wake_zero_init_paths
+from dit_step import (
+    TEXT,
+    H,
+    W,
+    host_grads,
+    make_inputs,
+    resident_gib,
+    run_info,
+    set_compiled,
+    wake_zero_init_paths,
+)
 
 from sana_wm import SanaWM, SanaWMConfig
 from sana_wm.models.flops import H100_BF16_PEAK, model_flops
 from sana_wm.models.sana_wm import CAMERA_RMS_DOWNSCALE_MODES, PRESETS
-from sana_wm.parallel import parallelize
+from sana_wm.parallel import parallelize, plain_name
 
 # The files whose presence makes a folder a checkout of NVIDIA's SANA-WM code.
 CONFIG = "configs/sana_wm/sana_wm_1600m_720p.yaml"
@@ -400,14 +410,10 @@ def difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     return {"rel_l2": ((a - b).norm() / b.norm()).item(), "max_abs": (a - b).abs().max().item()}
 
 
-def host_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """`model`'s parameter gradients by name, copied to the host (so that the device holds one model's at a time)."""
-    return {n: p.grad.to("cpu") for n, p in model.named_parameters() if p.grad is not None}
-
-
 def grad_difference(ours: torch.nn.Module, ref: dict[str, torch.Tensor], top: int = 8) -> dict:
-    """`difference` of `ours`'s parameter gradients against `ref` (by name; `host_grads` of NVIDIA's), all
-    parameters as one vector: names with no gradient on either side (ours' frozen, unused ones) are left out.
+    """`difference` of `ours`'s parameter gradients against `ref` (`host_grads` of NVIDIA's), all parameters as one
+    vector, matched by unwrapped name (`plain_name`: our checkpointed blocks' parameters carry the wrapper's token);
+    names with no gradient on either side (ours' frozen, unused ones) are left out.
 
     Also: `worst`, the `top` parameters with the largest share of the squared difference, each with its own relative
     L2 and both gradient norms; `only_ours` / `only_nvidia`, the names with a gradient on one side only."""
@@ -417,6 +423,7 @@ def grad_difference(ours: torch.nn.Module, ref: dict[str, torch.Tensor], top: in
     for name, p in ours.named_parameters():
         if p.grad is None:
             continue
+        name = plain_name(name)
         names.add(name)
         if name not in ref:
             continue

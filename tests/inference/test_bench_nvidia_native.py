@@ -253,6 +253,15 @@ def test_differences_and_training_flags(nvb):
     assert [(w["name"], w["share"], w["rel_l2"], w["norm_ours"], w["norm_nvidia"]) for w in g["worst"]] == [
         ("weight", pytest.approx(2 / 3), pytest.approx(2 / 3), pytest.approx(2**0.5), pytest.approx(18**0.5)),
         ("bias", pytest.approx(1 / 3), pytest.approx(2 / 3), pytest.approx(1.0), pytest.approx(3.0))]
+    # our blocks run checkpoint-wrapped: their parameters carry the wrapper's token and still match NVIDIA's names
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    ours, theirs = torch.nn.Sequential(checkpoint_wrapper(a)), torch.nn.Sequential(b)
+    assert [n for n, _ in ours.named_parameters()] == ["0._checkpoint_wrapped_module.weight",
+                                                      "0._checkpoint_wrapped_module.bias"]
+    gw = nvb.grad_difference(ours, nvb.host_grads(theirs))
+    assert (gw["rel_l2"], gw["only_ours"], [w["name"] for w in gw["worst"]]) == (
+        pytest.approx(2 / 3), [], ["0.weight", "0.bias"])
     b.bias.grad = None  # a gradient on our side only: named, and left out of the difference
     g = nvb.grad_difference(a, nvb.host_grads(b))
     assert (g["rel_l2"], g["only_ours"], g["only_nvidia"], len(g["worst"])) == (pytest.approx(2 / 3), ["bias"], [], 1)
