@@ -22,9 +22,10 @@ Steps (every artefact lands under ``--out``, default ``demo_out/``):
 5. **Generate** — ``python infer.py`` from that checkpoint with an action string: an mp4 with the WASD / joystick
    overlay, plus the poses.
 6. **Evaluate** — camera following: the same checkpoint generates one video per held-out action string (never a
-   training trajectory) and sampling seed (``--eval-seeds``, each seed from other rooms) and `sana_wm.inference.motion` re-estimates from the pixels (ignoring structure finer than
-   the codec's blocks) whether each commanded turn and forward/back move happened; the same is repeated with the
-   camera branch's output projections zeroed. A contact sheet (input, frames with and without the camera branch, the
+   training trajectory) and sampling seed (``--eval-seeds``; each seed starts the strings in other rooms), and
+   `sana_wm.inference.motion` re-estimates from the pixels (ignoring structure finer than the codec's blocks)
+   whether each commanded turn and forward/back move happened; the same is repeated with the camera branch's output
+   projections zeroed. A contact sheet (input, frames with and without the camera branch, the
    commanded path seen from above) is written as PNG.
 
 Why this world, this codec, 16× spatial compression and coarse patterns, and what they cost: docs/demo.md.
