@@ -30,7 +30,12 @@ Cases:
   fwd121   forward, 121 latent frames (961 f), B = 1
   train21  forward + backward of mean(v²), 21 latent frames, B = 1: NVIDIA's as above; ours once per --ac policy
            ("full" recomputes whole blocks: our training config's default, about NVIDIA's memory; "selective",
-           "ffn" (compiled only) and "none" keep more)
+           "ffn" (compiled only) and "none" keep more). NVIDIA's step must be a training step: at 40151c8 (the
+           release) its Triton GDN kernels write their outputs outside autograd, so the parameters before every GDN
+           scan (q/k/v projections, short convs, norms, gates; main and camera branch) get no gradient and its step
+           skips the scans' backward. The bench counts the parameters that get a gradient in ours and none in
+           NVIDIA's (column "params without grad in NVIDIA's step") and then computes no speed-up. The fork's 5b5cc40 has the kernels with a backward that `use_autograd_kernel`
+           selects: run train21 with a subset made at 5b5cc40.
 Columns: ms (CUDA events, median of --reps after --warmup), peak GiB (allocator peak less the other model's
 parameters, buffers and gradients), MFU (sana_wm.models.flops over 989.4 TFLOP/s), speed-up = NVIDIA ms / ours ms,
 and ours against NVIDIA: relative L2 ‖a − b‖ / ‖b‖ and max |a − b| of the output (train21: also of all parameter
@@ -61,6 +66,7 @@ PyTorch GDN forward).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -454,7 +460,7 @@ def train_step(fn, model):
 
 COLUMNS = {"case": "case", "impl": "impl", "frames": "frames", "ms": "ms", "peak_gib": "peak GiB", "mfu": "MFU",
            "speedup": "speed-up vs NVIDIA", "rel_l2": "rel L2 vs NVIDIA", "max_abs": "max abs vs NVIDIA",
-           "grad_rel_l2": "grad rel L2"}
+           "grad_rel_l2": "grad rel L2", "nvidia_no_grad": "params without grad in NVIDIA's step"}
 
 
 class Run:
@@ -466,16 +472,25 @@ class Run:
         self.rows, self.results = [], dict(info=info)
         self.refs = {}  # NVIDIA's forward output per case, on the host
 
+    def inputs(self, B: int, T: int) -> dict:
+        cfg = self.ours.config
+        return make_inputs(B, T, text=min(TEXT, cfg.caption_length), in_channels=cfg.in_channels,
+                           caption_channels=cfg.caption_channels)
+
     def time(self, fn, extra_warmup: int = 0):
         return cuda_time(fn, self.args.warmup + extra_warmup, self.args.reps)
 
     def record(self, case, impl, B, T, ms, gib, **extra) -> dict:
         gib -= resident_gib(self.nvidia if impl.startswith("ours") else self.ours)
-        flops = model_flops(self.ours.config, (T, H, W), TEXT, batch=B, training=case.startswith("train")).total
+        cfg = self.ours.config
+        flops = model_flops(cfg, (T, H, W), min(TEXT, cfg.caption_length), batch=B,
+                            training=case.startswith("train")).total
         row = dict(case=case, impl=impl, B=B, T=T, frames=8 * (T - 1) + 1, ms=round(ms, 1), peak_gib=round(gib, 2),
                    mfu=f"{100 * flops / (ms * 1e-3) / H100_BF16_PEAK:.1f}%")
         nv = next((r["ms"] for r in self.rows if r["case"] == case and r["impl"] == "nvidia"), None)
-        if impl != "nvidia" and nv is not None:
+        # nvidia_no_grad: parameters that get a gradient in our step and none in NVIDIA's (`grad_difference`'s
+        # `only_ours`; its kernels without a backward, e.g. the Triton GDN at 40151c8): unequal work, no speed-up.
+        if impl != "nvidia" and nv is not None and not extra.get("nvidia_no_grad"):
             row["speedup"] = round(nv / ms, 3)
         row.update({k: float(f"{v:.4g}") for k, v in extra.items()})
         self.rows.append(row)
@@ -497,7 +512,7 @@ def run_forward(run: Run, compiled: bool) -> None:
     for case, B, T in FORWARD_CASES:
         if case not in run.args.cases:
             continue
-        inp = make_inputs(B, T)
+        inp = run.inputs(B, T)
         with torch.no_grad():
             if case not in run.refs:
                 ms, gib = run.time(forward_fn(run.nvidia, inp))
@@ -515,7 +530,7 @@ def run_forward(run: Run, compiled: bool) -> None:
 def no_camera_difference(run: Run) -> dict[str, float]:
     """Ours (eager) against NVIDIA's forward at 161 frames, B = 2, without camera inputs: the part of the difference
     that is not the camera branch's."""
-    inp = {**make_inputs(2, 21), "cc": None, "pl": None}
+    inp = {**run.inputs(2, 21), "cc": None, "pl": None}
     with torch.no_grad():
         out = difference(forward_fn(run.ours, inp)(), forward_fn(run.nvidia, inp)())
     run.results["fwd21_no_camera"] = out
@@ -527,7 +542,7 @@ def run_train(run: Run) -> None:
     """train21: NVIDIA's step with its training flags, then ours per --ac policy, each with the output and gradient
     difference against NVIDIA's."""
     B, T = 1, 21
-    inp = make_inputs(B, T)
+    inp = run.inputs(B, T)
     set_nvidia_training(run.nvidia, True)
     run.ours.train()
     nv_step = train_step(forward_fn(run.nvidia, inp), run.nvidia)
@@ -552,8 +567,12 @@ def run_train(run: Run) -> None:
             continue
         out = step()
         grads = grad_difference(run.ours, ref_grads)
+        if grads["only_ours"]:
+            print(f"train21: NVIDIA's step leaves {len(grads['only_ours'])} parameters without a gradient that ours "
+                  f"computes (e.g. {grads['only_ours'][:4]}): at this checkout some of its kernels have no backward, "
+                  f"so its step is not a training step and no speed-up is computed against it", flush=True)
         run.record("train21", label, B, T, ms, gib, **difference(out, ref), grad_rel_l2=grads["rel_l2"],
-                   grad_max_abs=grads["max_abs"])
+                   grad_max_abs=grads["max_abs"], nvidia_no_grad=len(grads["only_ours"]))
         detail = {k: grads[k] for k in ("worst", "only_ours", "only_nvidia")}
         run.results.setdefault("train21_grad_detail", {})[label] = detail
         run.dump()
@@ -565,6 +584,61 @@ def run_train(run: Run) -> None:
         run.ours.zero_grad(set_to_none=True)
     set_compiled(run.ours, run.plain_blocks, False)
     run.ours.eval()
+
+
+@contextlib.contextmanager
+def torch_short_conv():
+    """fla's `ShortConvolution.forward` replaced, for the block, by the same depthwise causal convolution in PyTorch:
+    fla runs it as a Triton kernel only, which needs a GPU. Supports what NVIDIA's blocks pass (no cache, mask,
+    residual or packed sequences); optional SiLU as fla's."""
+    from fla.modules import ShortConvolution
+
+    def forward(self, x, residual=None, mask=None, cache=None, output_final_state=False, cu_seqlens=None, **kw):
+        if residual is not None or mask is not None or cache is not None or cu_seqlens is not None:
+            raise NotImplementedError("torch_short_conv: only plain [B, T, D] inputs (what NVIDIA's blocks pass)")
+        K = self.weight.shape[-1]
+        y = torch.nn.functional.conv1d(torch.nn.functional.pad(x.transpose(1, 2), (K - 1, 0)), self.weight,
+                                       self.bias, groups=x.shape[-1]).transpose(1, 2)
+        return (torch.nn.functional.silu(y) if self.activation else y), None
+
+    saved = ShortConvolution.forward
+    ShortConvolution.forward = forward
+    try:
+        yield
+    finally:
+        ShortConvolution.forward = saved
+
+
+def reference_gradients(root: str | Path, preset: str = "tiny", T: int = 3, hw: tuple[int, int] = (4, 6)) -> dict:
+    """Ours against NVIDIA's PyTorch GDN classes (`build_nvidia(pytorch_gdn=True)`, their 40151c8), float64 on the
+    CPU, same weights and inputs: one training-mode forward and backward of mean(v²) each (NVIDIA's training flags,
+    caption dropout held at 0). Returns the output and gradient differences (`difference`, `grad_difference`) and the
+    parameters NVIDIA's backward left without a gradient. The check of our backward that the GPU bench cannot make
+    where NVIDIA's Triton kernels have no backward."""
+    cfg = PRESETS[preset]
+    nvidia = build_nvidia(root, cfg, "cpu", pytorch_gdn=True)
+    mode = nvidia_downscale_mode(nvidia, cfg)
+    torch.manual_seed(0)
+    ours = SanaWM(replace_mode(cfg, mode))
+    wake_zero_init_paths(ours)
+    load_into_nvidia(ours, nvidia)
+    ours, nvidia = ours.double(), nvidia.double()
+    inp = make_inputs(1, T, dtype=torch.float64, hw=hw, text=min(8, cfg.caption_length), in_channels=cfg.in_channels,
+                      caption_channels=cfg.caption_channels, device="cpu")
+    set_nvidia_training(nvidia, True)
+    ours.train()
+    outs = []
+    with torch_short_conv():
+        for model in (ours, nvidia):
+            model.zero_grad(set_to_none=True)
+            out = forward_fn(model, inp)()
+            out.square().mean().backward()
+            outs.append(out.detach())
+    set_nvidia_training(nvidia, False)
+    grads = grad_difference(ours, host_grads(nvidia), top=4)
+    return {"preset": preset, "camera_rms_downscale": mode, "output": difference(*outs), "grad_rel_l2": grads["rel_l2"],
+            "grad_max_abs": grads["max_abs"], "worst": grads["worst"], "only_ours": grads["only_ours"],
+            "only_nvidia": grads["only_nvidia"]}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -581,6 +655,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "default full,ffn with --compile, else full,selective")
     ap.add_argument("--camera-rms-downscale", choices=CAMERA_RMS_DOWNSCALE_MODES, default=None,
                     help="our mode (default: the one NVIDIA's checkout computes)")
+    ap.add_argument("--preset", default=PRESET, choices=sorted(PRESETS),
+                    help="model size of both networks (default the released 2.66 B; `tiny` for a quick check)")
+    ap.add_argument("--reference-grads", action="store_true",
+                    help="instead of the GPU cases: ours against NVIDIA's PyTorch GDN classes in float64 on the CPU, "
+                         "outputs and gradients (`reference_gradients`; needs their 40151c8)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     unknown = sorted(set(args.cases.split(",")) - {"fwd21", "fwd121", "train21"})
@@ -605,10 +684,16 @@ def main(argv=None) -> int:
     except NvidiaSourceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.reference_grads:
+        result = {"nvidia_src": str(root), "nvidia_files_sha256": files_digest(root),
+                  **reference_gradients(root, args.preset if args.preset != PRESET else "tiny")}
+        print(json.dumps(result, indent=1))
+        write_json(args.out, result)
+        return 0
     info = run_info(args)
     info.update(nvidia_src=str(root), nvidia_files_sha256=files_digest(root))
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    cfg = PRESETS[PRESET]
+    cfg = PRESETS[args.preset]
     nvidia = build_nvidia(root, cfg, DEVICE)
     found = nvidia_downscale_mode(nvidia, cfg)
     mode = args.camera_rms_downscale or found

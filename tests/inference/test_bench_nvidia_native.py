@@ -276,6 +276,35 @@ def test_differences_and_training_flags(nvb):
     assert net[1].uncond_prob == 0.1 and not hasattr(net[1], "_bench_uncond_prob")
 
 
+def test_a_step_without_some_gradients_is_named_and_gets_no_speed_up(nvb, tmp_path):
+    """NVIDIA's Triton GDN at 40151c8 writes its output outside autograd: the parameters before it get no gradient.
+    `grad_difference` names them (gradient in ours only) and the bench computes no speed-up against such a step."""
+
+    class NoBackward(torch.nn.Module):  # a kernel launch into a fresh tensor: no graph through it
+        def __init__(self, detach: bool):
+            super().__init__()
+            self.qkv, self.proj, self.detach = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), detach
+
+        def forward(self, x):
+            h = self.qkv(x)
+            return self.proj(h.detach() if self.detach else h)
+
+    ours, theirs = NoBackward(False), NoBackward(True)
+    theirs.load_state_dict(ours.state_dict())
+    for m in (ours, theirs):
+        m(torch.ones(1, 2)).sum().backward()
+    g = nvb.grad_difference(ours, nvb.host_grads(theirs))
+    assert (g["only_ours"], g["only_nvidia"], g["rel_l2"]) == (["qkv.bias", "qkv.weight"], [], 0.0)
+
+    model = torch.nn.Module()
+    model.config, model.blocks = PRESETS["tiny"], torch.nn.ModuleList()
+    run = nvb.Run(nvb.parse_args(["--out", str(tmp_path / "nv.json")]), model, torch.nn.Linear(1, 1), {})
+    run.record("train21", "nvidia", 1, 21, 100.0, 0.0)
+    assert run.record("train21", "ours (full AC)", 1, 21, 50.0, 0.0, nvidia_no_grad=0)["speedup"] == 2.0
+    row = run.record("train21", "ours (ffn AC)", 1, 21, 50.0, 0.0, nvidia_no_grad=2)
+    assert "speedup" not in row and row["nvidia_no_grad"] == 2
+
+
 def test_file_list_has_the_entry_files_and_marks_the_commit_specific_ones(nvb):
     files = nvb.nvidia_files()
     assert len(files) == 47 and set(nvb.ENTRY_FILES) <= {f for f, everywhere in files.items() if everywhere}
