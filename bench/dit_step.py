@@ -27,7 +27,8 @@ Cases (docs/design/flops.md §6, issue 6):
            block active). Each row's peak has the other copy's weights and gradients subtracted.
 train21 runs eager with full checkpointing, then (with --compile) compiled with each --ac policy: "full" recomputes
 whole blocks, "selective" keeps GEMM / attention / scan / prologue outputs, "ffn" keeps those and recomputes only the
-FFN's wide middle, leaving the rest to the compiler (sana_wm.parallel); --ac-blocks K
+FFN's wide middle, leaving the rest to the compiler, "attn" recomputes all but the self-attention outputs
+(sana_wm.parallel); --ac-blocks K
 checkpoints only the first K blocks of the compiled model (the others keep every activation).
 Timing: CUDA events, median of --reps after --warmup runs; peak memory = torch.cuda.max_memory_allocated less the
 other model's parameters, buffers and gradients (both models live in this process; `resident_gib`).

@@ -94,7 +94,7 @@ from dit_step import (
 from sana_wm import SanaWM, SanaWMConfig
 from sana_wm.models.flops import H100_BF16_PEAK, model_flops
 from sana_wm.models.sana_wm import CAMERA_RMS_DOWNSCALE_MODES, PRESETS
-from sana_wm.parallel import parallelize, plain_name
+from sana_wm.parallel import AC_POLICIES, parallelize, plain_name
 
 # The files whose presence makes a folder a checkout of NVIDIA's SANA-WM code.
 CONFIG = "configs/sana_wm/sana_wm_1600m_720p.yaml"
@@ -651,7 +651,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--compile", action="store_true", help="also time ours with per-block torch.compile")
     ap.add_argument("--no-eager", action="store_true", help="with --compile: skip our eager forward timings")
     ap.add_argument("--ac", default=None,
-                    help="our checkpointing policies for train21 (full, selective, ffn (compiled only), none); "
+                    help="our checkpointing policies for train21 (full, selective, ffn (compiled only), attn, none); "
                          "default full,ffn with --compile, else full,selective")
     ap.add_argument("--camera-rms-downscale", choices=CAMERA_RMS_DOWNSCALE_MODES, default=None,
                     help="our mode (default: the one NVIDIA's checkout computes)")
@@ -665,9 +665,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = sorted(set(args.cases.split(",")) - {"fwd21", "fwd121", "train21"})
     if unknown:
         ap.error(f"--cases {args.cases}: unknown {unknown}; expected a comma list of fwd21, fwd121, train21")
-    bad = sorted(set(args.ac.split(",")) - {"full", "selective", "ffn", "none"}) if args.ac else []
+    bad = sorted(set(args.ac.split(",")) - {*AC_POLICIES, "none"}) if args.ac else []
     if bad:
-        ap.error(f"--ac {args.ac}: unknown {bad}; expected a comma list of full, selective, ffn, none")
+        ap.error(f"--ac {args.ac}: unknown {bad}; expected a comma list of {', '.join(AC_POLICIES)}, none")
     args.cap_gib = None  # dit_step.run_info's memory cap: not used here
     if args.ac is None:
         args.ac = "full,ffn" if args.compile else "full,selective"

@@ -4,7 +4,7 @@
 before anything wraps or compiles them, as torchao requires), per-block activation checkpointing (non-reentrant; "full" recomputes
 the whole block, "selective" keeps the outputs of the GEMMs, attention kernels and GDN scans and recomputes only the
 cheap element-wise work, "ffn" keeps those too but recomputes only the FFN's wide middle and lets torch.compile's
-partitioner decide the rest), per-block `torch.compile` (plus the model's prologue and final layer), and FSDP2
+partitioner decide the rest, "attn" recomputes everything but the self-attention outputs), per-block `torch.compile` (plus the model's prologue and final layer), and FSDP2
 context parallelism over latent frames (`sana_wm.context_parallel`, over a CP mesh), and FSDP2 sharding
 (`fully_shard` per block, then the root) over a device mesh. The trainer (`train.py`) calls it from
 `LightningModule.configure_model` for checkpointing and compile only: its strategies (DDP, Lightning's FSDP, DeepSpeed)
@@ -45,7 +45,7 @@ def _blocks(model: nn.Module) -> nn.ModuleList:
     return blocks
 
 
-AC_POLICIES = ("full", "selective", "ffn")
+AC_POLICIES = ("full", "selective", "ffn", "attn")
 
 
 def _saved_ops() -> set:
@@ -70,11 +70,43 @@ def _saved_ops() -> set:
     # selective checkpointing exists to avoid).
     if hasattr(aten, "_scaled_mm"):
         ops.add(aten._scaled_mm.default)
-    for name in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
-                 "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu"):
-        if hasattr(aten, name):
-            ops.add(getattr(aten, name).default)
-    return ops
+    return ops | _attention_ops()
+
+
+def _attention_ops() -> set:
+    """The fused scaled-dot-product attention kernels PyTorch may dispatch to (those this torch has)."""
+    aten = torch.ops.aten
+    names = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu")
+    return {getattr(aten, n).default for n in names if hasattr(aten, n)}
+
+
+def _is_self_attention(args) -> bool:
+    """Whether a fused attention call attends over its own tokens: as many keys as queries ([..., L, D] each).
+    Cross-attention to the caption has its few hundred keys."""
+    q, k = args[0], args[1]
+    return q.shape[-2] == k.shape[-2]
+
+
+def _attention_context():
+    """"attn": recompute everything except the self-attention kernels' outputs.
+
+    Full checkpointing runs each block's forward twice; in the softmax blocks that second forward includes the
+    attention over all tokens (main and camera branch), the costliest op per byte it writes: at 161 frames its output
+    is [tokens, hidden] in bf16, 83 MB per call, against ≈ 30 TFLOP for the model's attention forwards. Keeping those
+    outputs spares that second attention forward for well under 1 GiB, so the step stays at about full
+    checkpointing's memory (measured in bench/RESULTS.md). The cross-attention, with few FLOPs and a call in every
+    block, is recomputed like everything else."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    attention = _attention_ops()
+
+    def policy(ctx, op, *args, **kwargs):
+        if op in attention and _is_self_attention(args):
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
 
 
 def _is_wide(op, args, width: int) -> bool:
@@ -140,7 +172,9 @@ def apply_activation_checkpointing(model: nn.Module, policy: str = "full", num_b
                                    compiled: bool = False) -> nn.Module:
     """Recompute blocks in the backward pass (non-reentrant). State-dict keys are unchanged.
 
-    policy: "full" (keep only the block inputs) or "selective" (also keep GEMM / attention / scan / prologue outputs).
+    policy: "full" (keep only the block inputs), "selective" (also keep GEMM / attention / scan / prologue outputs),
+    "ffn" (see `_selective_context`) or "attn" (keep only the block inputs and the self-attention outputs:
+    `_attention_context`).
     num_blocks: checkpoint only the first `num_blocks` blocks (None: all). The others keep every activation: the
     speed-for-memory knob of a card with room to spare (Megatron's "recompute_num_layers"; measured trade-off in
     bench/RESULTS.md). Which blocks does not matter for time or peak memory, which all saved activations reach.
@@ -157,6 +191,8 @@ def apply_activation_checkpointing(model: nn.Module, policy: str = "full", num_b
         kwargs["context_fn"] = _recompute_all_context
     elif policy == "selective":
         kwargs["context_fn"] = _selective_context
+    elif policy == "attn":
+        kwargs["context_fn"] = _attention_context
     elif policy == "ffn":
         width = getattr(getattr(model, "config", None), "hidden_size", None)
         if width is None:

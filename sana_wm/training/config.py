@@ -63,8 +63,9 @@ class ModelConfig:
     init_checkpoint: official/diffusers-layout safetensors (or a `.pt`) loaded strictly before training; null =
     NVIDIA's training initialisation. activation_checkpointing: recompute each block in backward (non-reentrant).
     ac_policy: "full" (recompute whole blocks), "selective" (keep GEMM/attention/scan outputs, recompute the
-    element-wise work: less recompute, more memory) or "ffn" (keep those, recompute only the FFN's wide middle and let
-    the compiler's partitioner choose for the rest; needs compile=true). ac_blocks: checkpoint only the first K blocks,
+    element-wise work: less recompute, more memory), "ffn" (keep those, recompute only the FFN's wide middle and let
+    the compiler's partitioner choose for the rest; needs compile=true) or "attn" (as "full", but keep the
+    self-attention outputs: the softmax blocks' attention runs once, for < 1 GiB at 161 frames). ac_blocks: checkpoint only the first K blocks,
     the others keep all activations (faster, more memory; null = every block). compile: `torch.compile` each block,
     the prologue (`SanaWM.embed`) and the final layer. fp8: train the per-token GEMMs of the blocks in float8
     (torchao, `sana_wm.fp8`: the `fp8` extra and a GPU of compute capability 8.9+; pair it with compile=true, and not

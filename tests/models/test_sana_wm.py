@@ -175,7 +175,7 @@ def test_bad_inputs_raise_named_errors(kwargs, message):
         model(**args)
 
 
-@pytest.mark.parametrize("policy, num_blocks", [("full", None), ("selective", None), ("selective", 2)])
+@pytest.mark.parametrize("policy, num_blocks", [("full", None), ("selective", None), ("selective", 2), ("attn", None)])
 def test_gradients_match_with_activation_checkpointing(policy, num_blocks):
     from sana_wm.parallel import BlockCheckpointWrapper
 
@@ -268,7 +268,7 @@ def test_bf16_autocast_runs_scans_in_fp32_and_stays_close():
     assert ((low - ref).norm() / ref.norm()).item() < 5e-2
 
 
-@pytest.mark.parametrize("policy", [None, "full", "selective", "ffn"])
+@pytest.mark.parametrize("policy", [None, "full", "selective", "ffn", "attn"])
 def test_blocks_compile_as_whole_graphs_forward_and_backward(policy):
     """Per-block torch.compile with fullgraph=True: a graph break anywhere in a block (a host sync such as .item(),
     an untraceable op, a custom op without a fake or autograd rule) raises. GDN and softmax blocks, camera branch on,
@@ -355,6 +355,39 @@ def test_compiled_full_checkpointing_keeps_no_more_than_eager(device):
             apply_compile(model, backend="aot_eager_decomp_partition", fullgraph=True)
         saved[compiled] = _saved_by_forward(model, device)
     assert saved[True] < saved[False] + 1.0, saved
+
+
+def test_attn_policy_recomputes_everything_but_the_self_attention():
+    """"attn" checkpointing keeps the self-attention kernels' outputs (main and camera branch of the softmax block):
+    over a forward and backward those kernels run once, where "full" runs them again in the recompute; the
+    cross-attention is recomputed under both. Counted at the dispatcher: a kept output is served from the checkpoint's
+    cache without reaching the kernel."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from sana_wm.parallel import _attention_ops, _is_self_attention, apply_activation_checkpointing
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = {"self": 0, "cross": 0}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in _attention_ops():
+                self.calls["self" if _is_self_attention(args) else "cross"] += 1
+            return func(*args, **(kwargs or {}))
+
+    calls = {}
+    for policy in (None, "full", "attn"):
+        torch.manual_seed(0)
+        model = SanaWM.from_preset("tiny").train()
+        if policy is not None:
+            apply_activation_checkpointing(model, policy)
+        x, t, y = _inputs()
+        with Calls() as seen:
+            model(x, t, y, camera_conditions=_cam(2, 3), chunk_plucker=torch.randn(2, 48, 3, 4, 6)).sum().backward()
+        calls[policy] = seen.calls
+    # one softmax block (main + camera branch), cross-attention in all 4 blocks
+    assert calls == {None: {"self": 2, "cross": 4}, "full": {"self": 4, "cross": 8}, "attn": {"self": 2, "cross": 8}}
 
 
 def test_compiled_blocks_still_run_the_wrappers_a_strategy_adds_by_block_class():
