@@ -433,9 +433,11 @@ def run(args, inputs: Inputs) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit status (0 ok, 2 bad input, 1 failure while generating)."""
+    from sana_wm.console import quiet_third_party
     from sana_wm.inference.model_root import ModelRootError, resolve_model_paths
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party()
     try:
         args = build_parser().parse_args(argv)
         inputs = check_inputs(args)

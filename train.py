@@ -24,8 +24,13 @@ register_configs()  # the schema must be in the ConfigStore before Hydra compose
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    import lightning  # noqa: F401  (before quiet_third_party, which removes the console handler it adds)
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    from sana_wm.console import quiet_third_party
+
+    quiet_third_party()  # before the imports below pull in transformers, diffusers and DeepSpeed
 
     from sana_wm.checkpoint import CheckpointError
     from sana_wm.training.data import DataConfigError

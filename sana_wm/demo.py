@@ -337,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="sampling seeds per held-out action string (each adds one video per string and model)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    from sana_wm.console import quiet_third_party
+
+    quiet_third_party()
     if not (REPO / "train.py").is_file() or not (REPO / "infer.py").is_file():
         print(f"error: the demo runs train.py and infer.py from a source checkout; not found under {REPO}", file=sys.stderr)
         return 2
