@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float, default=16.0)
     s.add_argument("--step", type=int, default=60, help="stage-1 sampling steps")
     s.add_argument("--cfg_scale", type=float, default=5.0)
+    s.add_argument("--camera_cfg_scale", type=float, default=1.0,
+                   help="camera guidance: 1 = off (as released); s > 1 also predicts a still camera each step and "
+                        "moves away from it by s (one more DiT batch per step; docs/inference.md)")
     s.add_argument("--flow_shift", type=float, default=None, help="σ-grid shift (default from config.yaml, 9.8)")
     s.add_argument("--sampling_algo", choices=["flow_euler_ltx", "flow_dpm-solver"], default="flow_euler_ltx")
     s.add_argument("--seed", type=int, default=42, help="stage-1 noise seed")
@@ -285,6 +288,8 @@ def check_inputs(args) -> Inputs:
         ("--fps", args.fps, args.fps > 0, "> 0"),
         ("--step", args.step, args.step >= 1, ">= 1"),
         ("--cfg_scale", args.cfg_scale, args.cfg_scale >= 0, ">= 0"),
+        ("--camera_cfg_scale", args.camera_cfg_scale, 0 <= args.camera_cfg_scale < float("inf"),
+         "a finite number >= 0 (1 = off)"),
         ("--refiner_block_size", args.refiner_block_size, args.refiner_block_size >= 0, ">= 0 (0 = single shot)"),
         ("--refiner_kv_max_frames", args.refiner_kv_max_frames, args.refiner_kv_max_frames >= 2, ">= 2"),
     ):
@@ -378,7 +383,7 @@ def run(args, inputs: Inputs) -> dict:
         num_steps=args.step, cfg_scale=args.cfg_scale, flow_shift=args.flow_shift, sampler=args.sampling_algo,
         seed=args.seed, negative_prompt=args.negative_prompt, refine=not args.no_refiner,
         refiner_block_size=args.refiner_block_size or None, refiner_kv_max_frames=args.refiner_kv_max_frames,
-        refiner_seed=args.refiner_seed, decode_stage1=args.save_stage1,
+        refiner_seed=args.refiner_seed, decode_stage1=args.save_stage1, camera_guidance=args.camera_cfg_scale,
     )
     for note in result.notices:
         print(f"note: {note}", file=sys.stderr)

@@ -23,6 +23,7 @@ is float64). Pass float32 noise for a float32 state.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -239,19 +240,28 @@ def guidance_combine(v_uncond: torch.Tensor, v_cond: torch.Tensor, scale: float)
 class CFGDenoiser:
     """Classifier-free guidance wrapper that turns a batched model call into a ``denoise(x, t)``.
 
-    Calls ``model_fn(x, timestep, **kwargs)`` once per step with the batch doubled as
-    [uncond, cond] (the released order), then returns v_u + s·(v_c − v_u).
-    With ``scale == 1`` it makes a single conditional call on the undoubled batch.
+    Text guidance calls ``model_fn(x, timestep, **kwargs)`` once per step with the batch doubled as [uncond, cond]
+    (the released order) and returns v_u + s·(v_c − v_u); with ``scale == 1`` it makes a single conditional call on
+    the undoubled batch.
+
+    Camera guidance (``camera_scale`` ≠ 1, off in the release) adds a branch in which the keys of ``camera_uncond``
+    replace those of ``shared`` — the camera tensors of a camera that stands still — and pushes the prediction away
+    from it: v = v_c + (s − 1)·(v_c − v_u) + (s_cam − 1)·(v_c − v_cam∅). Each term is one condition's classifier-free
+    guidance around the fully conditional prediction, so with one scale at 1 the other term is the usual
+    v_∅ + s·(v_c − v_∅). The branches run as one batch: [uncond, cond, camera-uncond], the ones in use.
 
     Args:
         model_fn: ``(x (B', C, T, H, W), timestep (B', T), **kwargs) -> velocity (B', C, T, H, W)``.
-        scale: guidance scale s (5.0 for the released model).
+        scale: text guidance scale s (5.0 for the released model).
         cond: keyword tensors of the conditional branch, batch B on dim 0 (e.g. text embeddings
             (B, L, D) and mask (B, L)).
         uncond: keyword tensors of the unconditional branch, same keys and shapes as ``cond``.
-        shared: keyword arguments identical in both branches (e.g. camera tensors). Tensors whose
-            dim 0 is B are repeated to 2B; anything else (non-tensors, tensors without a batch dim)
+        shared: keyword arguments identical in all branches (e.g. camera tensors). Tensors whose
+            dim 0 is B are repeated per branch; anything else (non-tensors, tensors without a batch dim)
             is passed as is.
+        camera_scale: camera guidance scale s_cam (1 = off).
+        camera_uncond: tensors that replace ``shared``'s of the same keys (same shapes) in the camera-unconditional
+            branch; needed when ``camera_scale`` ≠ 1.
 
     Example:
         >>> den = CFGDenoiser(dit, 5.0, cond={"y": y, "mask": m}, uncond={"y": y0, "mask": m0},
@@ -267,8 +277,11 @@ class CFGDenoiser:
         cond: Mapping[str, Any] | None = None,
         uncond: Mapping[str, Any] | None = None,
         shared: Mapping[str, Any] | None = None,
+        camera_scale: float = 1.0,
+        camera_uncond: Mapping[str, Any] | None = None,
     ) -> None:
         cond, uncond, shared = dict(cond or {}), dict(uncond or {}), dict(shared or {})
+        camera_uncond = dict(camera_uncond or {})
         if scale != 1.0 and set(cond) != set(uncond):
             raise ValueError(
                 f"CFGDenoiser: cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}"
@@ -276,33 +289,75 @@ class CFGDenoiser:
         overlap = (set(cond) | set(uncond)) & set(shared)
         if overlap:
             raise ValueError(f"CFGDenoiser: keys {sorted(overlap)} appear both in cond/uncond and in shared")
+        if not (isinstance(camera_scale, numbers.Real) and math.isfinite(camera_scale)):
+            raise ValueError(f"CFGDenoiser: camera_scale must be a finite number; got {camera_scale!r}")
+        if camera_scale != 1.0:
+            if not camera_uncond:
+                raise ValueError("CFGDenoiser: camera_scale != 1 needs camera_uncond (the still camera's tensors)")
+            missing = set(camera_uncond) - set(shared)
+            if missing:
+                raise ValueError(f"CFGDenoiser: camera_uncond keys {sorted(missing)} are not keys of shared "
+                                 f"{sorted(shared)}")
+            for key, u in camera_uncond.items():
+                c = shared[key]
+                if not (isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor) and u.shape == c.shape):
+                    raise ValueError(
+                        f"CFGDenoiser: shared[{key!r}] and camera_uncond[{key!r}] must be tensors of the same shape, "
+                        f"got {getattr(c, 'shape', type(c).__name__)} and {getattr(u, 'shape', type(u).__name__)}"
+                    )
         self.model_fn = model_fn
         self.scale = float(scale)
-        self.cond, self.uncond, self.shared = cond, uncond, shared
+        self.camera_scale = float(camera_scale)
+        self.cond, self.uncond, self.shared, self.camera_uncond = cond, uncond, shared, camera_uncond
 
     @property
     def uses_guidance(self) -> bool:
-        """True when a doubled [uncond, cond] batch is run (scale ≠ 1)."""
-        return self.scale != 1.0
+        """True when more than the conditional branch runs (a guidance scale ≠ 1)."""
+        return self.scale != 1.0 or self.camera_scale != 1.0
 
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """x (B, C, T, H, W), timestep (B, T) → guided velocity (B, C, T, H, W)."""
         if not self.uses_guidance:
             return self.model_fn(x, timestep, **self.cond, **self.shared)
         B = x.shape[0]
+        text, camera = self.scale != 1.0, self.camera_scale != 1.0
+        # the branches, in batch order: [uncond (text), cond, camera-uncond], each a {key: value} of the text keys
+        # and of the shared keys
+        branches: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
+        if text:
+            for key, c in self.cond.items():
+                u = self.uncond[key]
+                if not (isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor) and u.shape == c.shape):
+                    raise ValueError(
+                        f"CFGDenoiser: cond[{key!r}] and uncond[{key!r}] must be tensors of the same shape, got "
+                        f"{getattr(c, 'shape', type(c).__name__)} and {getattr(u, 'shape', type(u).__name__)}"
+                    )
+            branches.append((self.uncond, self.shared))
+        branches.append((self.cond, self.shared))
+        if camera:
+            branches.append((self.cond, {**self.shared, **self.camera_uncond}))
+        n = len(branches)
         kwargs: dict[str, Any] = {}
-        for key, c in self.cond.items():
-            u = self.uncond[key]
-            if not (isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor) and u.shape == c.shape):
-                raise ValueError(
-                    f"CFGDenoiser: cond[{key!r}] and uncond[{key!r}] must be tensors of the same shape, got "
-                    f"{getattr(c, 'shape', type(c).__name__)} and {getattr(u, 'shape', type(u).__name__)}"
-                )
-            kwargs[key] = torch.cat([u, c], dim=0)
-        for key, val in self.shared.items():
-            if isinstance(val, torch.Tensor) and val.ndim > 0 and val.shape[0] == B:
-                val = torch.cat([val, val], dim=0)
-            kwargs[key] = val
-        v = self.model_fn(torch.cat([x, x], dim=0), torch.cat([timestep, timestep], dim=0), **kwargs)
-        v_uncond, v_cond = v.chunk(2, dim=0)
-        return guidance_combine(v_uncond, v_cond, self.scale)
+        for key in self.cond:
+            kwargs[key] = _batched([b[0][key] for b in branches], B)
+        for key in self.shared:
+            kwargs[key] = _batched([b[1][key] for b in branches], B)
+        v = self.model_fn(torch.cat([x] * n, dim=0), torch.cat([timestep] * n, dim=0), **kwargs).chunk(n, dim=0)
+        if text and not camera:
+            return guidance_combine(v[0], v[1], self.scale)
+        if camera and not text:
+            return guidance_combine(v[1], v[0], self.camera_scale)  # v_cam∅ + s_cam·(v_c − v_cam∅)
+        v_u, v_c, v_cam = v
+        return v_c + (self.scale - 1.0) * (v_c - v_u) + (self.camera_scale - 1.0) * (v_c - v_cam)
+
+
+def _batched(values: list[Any], B: int) -> Any:
+    """One keyword argument for the stacked branches: batch tensors (dim 0 = B) concatenated in branch order;
+    anything else passed as is (it must then be the same object in every branch)."""
+    first = values[0]
+    if isinstance(first, torch.Tensor) and first.ndim > 0 and first.shape[0] == B:
+        return torch.cat(values, dim=0)
+    if any(v is not first for v in values[1:]):
+        raise ValueError(f"CFGDenoiser: a keyword that differs between branches must be a tensor with the batch "
+                         f"({B}) on dim 0; got {getattr(first, 'shape', type(first).__name__)}")
+    return first

@@ -11,7 +11,9 @@ Used by ``infer.py``, the training sample callback and evaluation. Stages (docs/
 4. camera   :func:`sana_wm.camera.camera_tensors` → camera_conditions (T, 20), chunk_plucker (48, T, h, w).
 5. stage 1  noise (1, C, T, h, w) from a CPU generator seeded ``seed`` (so a seed means the same video on any
             device); frame 0 replaced by the image latent and held at t = 0; flow-Euler (LTX per-frame timesteps)
-            or DPM-Solver++ over the σ grid of ``inference_sigmas(steps, shift)``, CFG [uncond, cond].
+            or DPM-Solver++ over the σ grid of ``inference_sigmas(steps, shift)``, CFG [uncond, cond]; optional
+            camera guidance (``camera_guidance`` ≠ 1, off in the release) adds a branch whose camera stands still at
+            frame 0's pose (:class:`sana_wm.diffusion.CFGDenoiser`).
             The latent state stays float32; the DiT runs in its own dtype.
 6. stage 2  optional LTX-2 refiner (:mod:`sana_wm.inference.refiner`) on the stage-1 latent.
 7. decode   LTX-2 VAE decode (frame-wise tiled by default) → uint8 frames. After the refiner the sink frame is
@@ -34,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import numbers
 import os
 import resource
 import time
@@ -209,6 +213,8 @@ class _Prepared:
     pixels: torch.Tensor | None
     camera_conditions: torch.Tensor
     chunk_plucker: torch.Tensor
+    # the same tensors for a camera standing still at frame 0's pose (camera guidance's unconditional branch)
+    still_camera: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class _Stages:
@@ -523,6 +529,7 @@ class SanaWMPipeline:
         image_latent: torch.Tensor | None = None,
         sigmas: torch.Tensor | None = None,
         progress: bool = True,
+        camera_guidance: float = 1.0,
     ) -> GenerationResult:
         """Generate one video.
 
@@ -545,13 +552,17 @@ class SanaWMPipeline:
             sigmas: explicit stage-1 σ grid (overrides num_steps / flow_shift; e.g. a truncated grid to time a few
                 steps of a long schedule).
             progress: tqdm bars.
+            camera_guidance: camera guidance scale (1 = off, as released): each step also predicts the video for a
+                camera that stands still at frame 0's pose and moves the prediction away from it by this factor,
+                one more DiT batch per step (docs/inference.md).
         """
         stages = _Stages(self.device)
-        refine = self._check_settings(sampler, num_steps, refine)
+        refine = self._check_settings(sampler, num_steps, refine, camera_guidance)
         guidance = cfg_scale != 1.0
         prefetch = refine and self.prefetch_refiner
         with stages("prepare"):
-            inputs = self._prepare_inputs(image, c2w, intrinsics, num_frames, refine, image_latent)
+            inputs = self._prepare_inputs(image, c2w, intrinsics, num_frames, refine, image_latent,
+                                          still_camera=camera_guidance != 1.0)
         with stages("text_encoder"):
             cond, uncond = self._text_embeddings(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance)
         refiner_text = None
@@ -564,7 +575,7 @@ class SanaWMPipeline:
             with stages("stage1"):
                 stage1 = self._stage1(inputs, z0, cond, uncond, cfg_scale=cfg_scale, sampler=sampler, seed=seed,
                                       sigmas=sigmas, num_steps=num_steps, flow_shift=flow_shift, progress=progress,
-                                      prefetch=prefetch)
+                                      prefetch=prefetch, camera_guidance=camera_guidance)
             final = stage1
             if refine:
                 with stages("stage2"):
@@ -599,8 +610,11 @@ class SanaWMPipeline:
             stage1_video=stage1_video,
         )
 
-    def _check_settings(self, sampler: str, num_steps: int, refine: bool | None) -> bool:
+    def _check_settings(self, sampler: str, num_steps: int, refine: bool | None, camera_guidance: float = 1.0) -> bool:
         """Check the sampling settings; returns whether stage 2 runs."""
+        real = isinstance(camera_guidance, numbers.Real) and not isinstance(camera_guidance, bool)
+        if not (real and math.isfinite(camera_guidance) and camera_guidance >= 0):
+            raise ValueError(f"camera_guidance must be a finite number >= 0 (1 = off); got {camera_guidance!r}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}; got {sampler!r}")
         if not isinstance(num_steps, int) or num_steps < 1:
@@ -614,9 +628,11 @@ class SanaWMPipeline:
         s = self.codec.spatial_compression
         return self.height // s, self.width // s
 
-    def _prepare_inputs(self, image, c2w, intrinsics, num_frames, refine: bool, image_latent) -> _Prepared:
+    def _prepare_inputs(self, image, c2w, intrinsics, num_frames, refine: bool, image_latent,
+                        still_camera: bool = False) -> _Prepared:
         """Stage "prepare": the trajectory plan (the one place generation inputs are checked), the first frame at
-        model resolution, crop-adjusted intrinsics and the DiT's camera tensors."""
+        model resolution, crop-adjusted intrinsics and the DiT's camera tensors (``still_camera``: also those of a
+        camera that stays at frame 0's pose, with the same intrinsics)."""
         stride = self.codec.temporal_compression
         plan = plan_trajectory(c2w, intrinsics, num_frames, refine=refine, temporal_stride=stride)
         pixels = geom = None
@@ -624,7 +640,11 @@ class SanaWMPipeline:
             pixels, geom = self.prepare_image(image)
         intr = plan.intrinsics if geom is None else crop_intrinsics(plan.intrinsics, geom)
         cam, plucker = camera_tensors(plan.c2w, intr, (self.height, self.width), self._latent_hw(), stride)
-        return _Prepared(plan.c2w, intr, plan.num_frames, plan.notices, pixels, cam, plucker)
+        still = None
+        if still_camera:
+            still_c2w = np.repeat(np.asarray(plan.c2w)[:1], len(plan.c2w), axis=0)
+            still = camera_tensors(still_c2w, intr, (self.height, self.width), self._latent_hw(), stride)
+        return _Prepared(plan.c2w, intr, plan.num_frames, plan.notices, pixels, cam, plucker, still)
 
     def _text_embeddings(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance: bool):
         """Stage "text_encoder": (cond, uncond) Gemma-2 embeddings, encoding only what was not passed in; uncond is
@@ -657,10 +677,10 @@ class SanaWMPipeline:
         return z0
 
     def _stage1(self, inputs: _Prepared, z0, cond, uncond, *, cfg_scale, sampler, seed, sigmas, num_steps, flow_shift,
-                progress, prefetch: bool = False) -> torch.Tensor:
+                progress, prefetch: bool = False, camera_guidance: float = 1.0) -> torch.Tensor:
         """Stage 1: seeded CPU noise, frame 0 held at the image latent, CFG denoising with the camera inputs shared by
-        both branches (``prefetch``: the refiner transformer uploads meanwhile). Returns (1, C, T, h, w) float32 CPU
-        latents."""
+        the text branches (and, with camera guidance, a still camera's branch; ``prefetch``: the refiner transformer
+        uploads meanwhile). Returns (1, C, T, h, w) float32 CPU latents."""
         self._onload("dit")
         if prefetch:
             self.placement.prefetch("refiner.transformer", self.refiner.transformer, self.device, skip=is_audio_only)
@@ -676,6 +696,10 @@ class SanaWMPipeline:
             self.dit, cfg_scale, cond=emb(cond), uncond=emb(uncond) if cfg_scale != 1.0 else None,
             shared={"camera_conditions": inputs.camera_conditions[None].to(dev),
                     "chunk_plucker": inputs.chunk_plucker[None].to(dev)},
+            camera_scale=camera_guidance,
+            camera_uncond=None if inputs.still_camera is None else {
+                "camera_conditions": inputs.still_camera[0][None].to(dev),
+                "chunk_plucker": inputs.still_camera[1][None].to(dev)},
         )
         if sigmas is None:
             sigmas = inference_sigmas(num_steps, self.flow_shift if flow_shift is None else float(flow_shift))

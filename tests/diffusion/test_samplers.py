@@ -213,6 +213,85 @@ def test_cfg_batches_uncond_then_cond_and_combines():
     assert torch.equal(guidance_combine(v_u, v_c, 1.0), v_c)
 
 
+def _text_camera_model(x, t, y, camera, flag):
+    # a velocity that depends non-linearly on text and camera, so every branch differs from the others
+    return x * y.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1) + torch.tanh(camera).sum(dim=(1, 2)).view(-1, 1, 1, 1, 1) ** 2
+
+
+@pytest.mark.parametrize("text_scale, camera_scale, batches", [(1.0, 2.5, 2), (4.0, 1.0, 2), (4.0, 2.5, 3),
+                                                               (1.0, 0.0, 2)])
+def test_camera_guidance_combines_each_condition_around_the_conditional(text_scale, camera_scale, batches):
+    """v = v_c + (s − 1)(v_c − v_u) + (s_cam − 1)(v_c − v_still), in float64 from separate calls; one batched call
+    of [uncond, cond, still] (the branches in use)."""
+    torch.manual_seed(0)
+    B = 2
+    y_c, y_u = torch.randn(B, 3, 4, dtype=torch.float64), torch.randn(B, 3, 4, dtype=torch.float64)
+    cam, still = torch.randn(B, 5, 20, dtype=torch.float64), torch.randn(B, 5, 20, dtype=torch.float64)
+    x, t = torch.randn(B, 2, 3, 2, 2, dtype=torch.float64), torch.full((B, 3), 500.0, dtype=torch.float64)
+    seen = []
+
+    def model_fn(x, t, y, camera, flag):
+        seen.append((x.shape[0], y, camera))
+        return _text_camera_model(x, t, y, camera, flag)
+
+    den = CFGDenoiser(model_fn, text_scale, cond={"y": y_c}, uncond={"y": y_u}, shared={"camera": cam, "flag": "x"},
+                      camera_scale=camera_scale, camera_uncond={"camera": still})
+    assert den.uses_guidance
+    v = den(x, t)
+    assert len(seen) == 1 and seen[0][0] == batches * B
+    v_c = _text_camera_model(x, t, y_c, cam, "x")
+    v_u = _text_camera_model(x, t, y_u, cam, "x")
+    v_still = _text_camera_model(x, t, y_c, still, "x")
+    expected = v_c + (text_scale - 1) * (v_c - v_u) + (camera_scale - 1) * (v_c - v_still)
+    torch.testing.assert_close(v, expected, rtol=1e-12, atol=1e-12)
+    # the still branch carries the conditional text and the still camera; the text branch the commanded camera
+    _, y, camera = seen[0]
+    assert torch.equal(y[-B:], y_c) and torch.equal(camera[-B:], still if camera_scale != 1.0 else cam)
+    if text_scale != 1.0:
+        assert torch.equal(y[:B], y_u) and torch.equal(camera[:B], cam)
+    if camera_scale == 0.0:  # s_cam = 0 is the still camera's prediction
+        torch.testing.assert_close(v, v_still, rtol=1e-12, atol=1e-12)
+
+
+def test_camera_guidance_of_a_still_command_changes_nothing():
+    """When the commanded camera is the still one, the camera term vanishes: the same velocity as text CFG alone."""
+    B = 2
+    y_c, y_u = torch.randn(B, 3, 4), torch.randn(B, 3, 4)
+    cam = torch.randn(B, 5, 20)
+    x, t = torch.randn(B, 2, 3, 2, 2), torch.full((B, 3), 500.0)
+    plain = CFGDenoiser(_text_camera_model, 3.0, cond={"y": y_c}, uncond={"y": y_u}, shared={"camera": cam,
+                                                                                            "flag": "x"})
+    guided = CFGDenoiser(_text_camera_model, 3.0, cond={"y": y_c}, uncond={"y": y_u},
+                         shared={"camera": cam, "flag": "x"}, camera_scale=4.0, camera_uncond={"camera": cam.clone()})
+    torch.testing.assert_close(guided(x, t), plain(x, t), rtol=1e-5, atol=1e-5)
+
+
+def test_camera_guidance_rejects_bad_settings():
+    y = torch.ones(2, 1, 1)
+    cam = torch.zeros(2, 5, 20)
+
+    def model_fn(x, t, y, camera):
+        return x
+
+    with pytest.raises(ValueError, match="needs camera_uncond"):
+        CFGDenoiser(model_fn, 1.0, cond={"y": y}, shared={"camera": cam}, camera_scale=2.0)
+    with pytest.raises(ValueError, match=r"camera_uncond keys \['cam'\] are not keys of shared \['camera'\]"):
+        CFGDenoiser(model_fn, 1.0, cond={"y": y}, shared={"camera": cam}, camera_scale=2.0,
+                    camera_uncond={"cam": cam})
+    with pytest.raises(ValueError, match=r"shared\['camera'\] and camera_uncond\['camera'\] must be tensors of the "
+                                         r"same shape"):
+        CFGDenoiser(model_fn, 1.0, cond={"y": y}, shared={"camera": cam}, camera_scale=2.0,
+                    camera_uncond={"camera": torch.zeros(2, 4, 20)})
+    with pytest.raises(ValueError, match="camera_scale must be a finite number; got nan"):
+        CFGDenoiser(model_fn, 1.0, cond={"y": y}, shared={"camera": cam}, camera_scale=float("nan"),
+                    camera_uncond={"camera": cam})
+    # a differing keyword without the batch on dim 0 cannot be split into branches
+    den = CFGDenoiser(model_fn, 1.0, cond={"y": y}, shared={"camera": torch.zeros(5, 20)}, camera_scale=2.0,
+                      camera_uncond={"camera": torch.ones(5, 20)})
+    with pytest.raises(ValueError, match=r"must be a tensor with the batch \(2\) on dim 0; got torch.Size\(\[5, 20\]\)"):
+        den(torch.zeros(2, 1, 1, 1, 1), torch.zeros(2, 1))
+
+
 def test_cfg_scale_one_is_a_single_conditional_call():
     calls = []
 

@@ -151,6 +151,22 @@ def test_cli_flags_single_shot_refiner_offload_dpm(files, tmp_path, capsys):
         "moves": 0, "h2d_bytes": 0, "d2h_bytes": 0}
 
 
+def test_cli_camera_guidance_reaches_the_pipeline(files, tmp_path, capsys, monkeypatch):
+    seen = []
+    generate = SanaWMPipeline.generate
+
+    def recording(self, *a, **kw):
+        seen.append(kw["camera_guidance"])
+        return generate(self, *a, **kw)
+
+    monkeypatch.setattr(SanaWMPipeline, "generate", recording)
+    common = ("--action", "w-8", "--num_frames", "9", "--no_refiner", "--step", "1", "--no_action_overlay")
+    assert infer.main(argv(files, tmp_path / "off", *common)) == 0
+    assert infer.main(argv(files, tmp_path / "on", *common, "--camera_cfg_scale", "2.5")) == 0, capsys.readouterr().err
+    assert seen == [1.0, 2.5]
+    assert json.loads((tmp_path / "on" / "img.json").read_text())["args"]["camera_cfg_scale"] == 2.5
+
+
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -176,6 +192,9 @@ BAD = {
     "output_unwritable": (["--action", "w-16", "--output_dir", "{d}/afile/out"], "cannot write"),
     "too_few_frames_for_refiner": (["--action", "w-16", "--num_frames", "1"], "--no_refiner"),
     "bad_number": (["--action", "w-16", "--step", "0"], "--step"),
+    "camera_cfg_negative": (["--action", "w-16", "--camera_cfg_scale", "-1"],
+                            "--camera_cfg_scale must be a finite number >= 0 (1 = off); got -1.0"),
+    "camera_cfg_inf": (["--action", "w-16", "--camera_cfg_scale", "inf"], "--camera_cfg_scale must be a finite"),
     "missing_refiner": (["--action", "w-16", "--refiner_root", "{d}/norefiner"], "norefiner"),
     "fp8_not_bf16": (["--action", "w-16", "--fp8", "rowwise", "--dtype", "fp32"], "--fp8 needs the DiT in bfloat16"),
     "fp8_without_gpu": (["--action", "w-16", "--fp8", "tensorwise", "--device", "cpu"],

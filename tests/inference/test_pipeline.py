@@ -110,6 +110,27 @@ def test_dpm_solver_and_guidance_off(parts, image):
         run(pipe, image, sampler="unipc")
 
 
+def test_camera_guidance_branch_is_a_still_camera(parts, image):
+    """camera_guidance = 0 is the still camera's prediction: the same latents as commanding a still camera; a still
+    command is unchanged by any scale; 1 is off; a moving command is pushed away from the still one."""
+    pipe = make(parts, refine=False)
+    moving = run(pipe, image, decode=False, cfg_scale=1.0)
+    still_command = run(pipe, image, action="none-16", decode=False, cfg_scale=1.0)
+    only_still = run(pipe, image, decode=False, cfg_scale=1.0, camera_guidance=0.0)
+    torch.testing.assert_close(only_still.latents, still_command.latents, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(only_still.c2w, action_to_c2w("w-8,l-8")[:17])  # the commanded poses are returned
+    assert torch.equal(run(pipe, image, decode=False, cfg_scale=1.0, camera_guidance=1.0).latents, moving.latents)
+    still_guided = run(pipe, image, action="none-16", decode=False, camera_guidance=3.0)
+    torch.testing.assert_close(still_guided.latents, run(pipe, image, action="none-16", decode=False).latents,
+                               rtol=1e-5, atol=1e-5)
+    guided = run(pipe, image, decode=False, cfg_scale=1.0, camera_guidance=3.0)
+    # two Euler steps of v_still + 3 (v_c − v_still) move further from the still result than the plain ones
+    assert (guided.latents - still_command.latents).abs().mean() > 1.5 * (moving.latents - still_command.latents).abs().mean()
+    for bad in (-0.5, float("nan"), float("inf"), "2"):
+        with pytest.raises(ValueError, match=f"camera_guidance must be a finite number >= 0 \\(1 = off\\); got {bad!r}"):
+            run(pipe, image, decode=False, camera_guidance=bad)
+
+
 def test_precomputed_embeddings_and_latent(parts, image):
     """The training helper's validation path: no text encoder, no image decode of the input."""
     dit, codec, te, _ = parts
