@@ -190,13 +190,16 @@ def _loss_curve(train_dir: Path) -> list[tuple[int, float]]:
 
 def evaluate_camera_following(model_root: Path, checkpoint: Path, starts: list, actions: tuple[str, ...],
                               num_steps: int, cfg_scale: float, seed: int, show_action: str,
-                              translation_speed: float | None = None, num_seeds: int = 1) -> dict:
+                              translation_speed: float | None = None, num_seeds: int = 1,
+                              camera_guidance: float = 1.0) -> dict:
     """Generate one video per held-out action and sampling seed with the trained DiT, then again with its camera
     branch zeroed, and score each with :func:`sana_wm.inference.motion.camera_following`.
 
     Paths run at `translation_speed` metres per frame (default the DSL's). Seeds are `seed` … `seed + num_seeds − 1`;
     under seed `seed + r`, string i starts from `starts[(i + START_STEP·r) mod len(starts)]`. One draw of 40 checks
     scatters by about ±8 points; the seeds average that out, and each seed's rate is kept so the spread can be seen.
+    Both models sample with the same `camera_guidance` (the pipeline's camera guidance scale); with the camera branch
+    zeroed the commanded and the still camera give the same prediction, so it changes nothing there.
 
     `starts`: [(image uint8 (H, W, 3), intrinsics (4,), prompt)]. Also returns the frames generated for
     `show_action` from starts[0] (both models) for the contact sheet.
@@ -212,13 +215,14 @@ def evaluate_camera_following(model_root: Path, checkpoint: Path, starts: list, 
         image, K, prompt = start
         c2w = action_to_c2w(action, translation_speed)
         res = pipe.generate(image, prompt, c2w, K, num_frames=len(c2w), num_steps=num_steps, cfg_scale=cfg_scale,
-                            seed=sample_seed, refine=False, progress=False)
+                            seed=sample_seed, refine=False, progress=False, camera_guidance=camera_guidance)
         return res.video
 
     # The codec decodes each latent cell to its own block: the motion estimate ignores structure finer than a block.
     block = pipe.codec.spatial_compression
     seeds = [seed + r for r in range(num_seeds)]
     out: dict = {"actions": list(actions), "seeds": seeds, "sampling_steps": num_steps, "cfg_scale": cfg_scale,
+                 "camera_cfg_scale": camera_guidance,
                  "motion_block_px": block}
     shown = {}
     for label in ("with_camera", "camera_branch_zeroed"):
@@ -330,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="sampling steps")
     p.add_argument("--cfg-scale", type=float, default=1.0,
                    help="classifier-free guidance (1 = none: the demo's random text encoder gives captions no meaning)")
+    p.add_argument("--camera-cfg-scale", type=float, default=2.0,
+                   help="camera guidance of the demo video and the scored videos (1 = off; docs/demo.md)")
     p.add_argument("--eval-actions", type=int, default=len(EVAL_ACTIONS),
                    help=f"held-out action strings scored for camera following (at most {len(EVAL_ACTIONS)}; 0 skips)")
     p.add_argument("--eval-steps", type=int, default=10, help="sampling steps of the camera-following videos")
@@ -345,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 0 <= a.eval_actions <= len(EVAL_ACTIONS):
         print(f"error: --eval-actions must be in 0..{len(EVAL_ACTIONS)}; got {a.eval_actions}", file=sys.stderr)
+        return 2
+    if not 0 <= a.camera_cfg_scale < float("inf"):
+        print(f"error: --camera-cfg-scale must be a finite number >= 0 (1 = off); got {a.camera_cfg_scale}",
+              file=sys.stderr)
         return 2
     if a.eval_seeds < 1:
         print(f"error: --eval-seeds must be >= 1; got {a.eval_seeds}", file=sys.stderr)
@@ -433,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
           "--no_refiner", "--image", str(inputs / "first_frame.png"), "--prompt", str(inputs / "prompt.txt"),
           "--intrinsics", str(inputs / "intrinsics.npy"), "--action", a.action,
           "--translation_speed", str(a.translation_speed), "--num_frames", str(a.num_frames),
-          "--step", str(a.steps), "--cfg_scale", str(a.cfg_scale), "--device", "cpu", "--dtype", "fp32",
+          "--step", str(a.steps), "--cfg_scale", str(a.cfg_scale), "--camera_cfg_scale", str(a.camera_cfg_scale),
+          "--device", "cpu", "--dtype", "fp32",
           "--output_dir", str(out / "videos"), "--output_name", "demo"], "inference")
     times["generate"] = time.perf_counter() - t
 
@@ -446,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     if seen:
         raise RuntimeError(f"held-out action strings {seen} are training trajectories of this world; pick others")
     evaluation = evaluate_camera_following(model_root, checkpoint, starts, actions, a.eval_steps,
-                                           a.cfg_scale, a.seed, a.action, a.translation_speed, a.eval_seeds)
+                                           a.cfg_scale, a.seed, a.action, a.translation_speed, a.eval_seeds,
+                                           a.camera_cfg_scale)
     following = evaluation["summary"] if actions else None
     sheet = contact_sheet(out / "contact_sheet.png", starts[0][0], a.action,
                           {"generated": evaluation["frames"]["with_camera"],

@@ -51,6 +51,7 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
     assert cf["actions"] == list(EVAL_ACTIONS[:8])
     assert cf["motion_block_px"] == 16  # the motion estimate ignores the codec's 16-px block grid
     assert cf["seeds"] == [0, 1]
+    assert cf["camera_cfg_scale"] == 2.0  # the demo's default camera guidance, for both models
     for label in ("with_camera", "camera_branch_zeroed"):  # 8 strings x 2 checks each x 2 seeds
         assert cf[label]["checks"] == 32 and 0.0 <= cf[label]["rate"] <= 1.0
         assert len(cf[label]["details"]) == 32 and len(cf[label]["rate_per_seed"]) == 2
