@@ -5,13 +5,18 @@ import warnings
 
 import pytest
 
-from sana_wm.console import _NOISE, quiet_third_party
+from sana_wm.console import _NOISE, _DropMessage, quiet_third_party
 
 
 @pytest.fixture
 def clean_loggers():
+    """Start without the filters that an entry point run earlier in this process (infer.main, the demo) installed;
+    put everything back afterwards."""
     names = [name for name, _, _ in _NOISE] + ["lightning"]
     saved = {n: (list(logging.getLogger(n).filters), list(logging.getLogger(n).handlers)) for n in names}
+    for n in names:
+        lg = logging.getLogger(n)
+        lg.filters[:] = [f for f in lg.filters if not isinstance(f, _DropMessage)]
     with warnings.catch_warnings():
         yield
     for n, (filters, handlers) in saved.items():

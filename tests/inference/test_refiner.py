@@ -103,8 +103,11 @@ def test_default_single_shot_equals_nvidia_refine_latents(parts, dtype):
     assert got.shape == want.shape == z.shape
     assert torch.equal(got[:, :, 0], z.to(dtype).float()[:, :, 0])  # the sink comes back unchanged (in the dtype)
     # The same operations in the same order and dtype (the sink's K/V cached vs recomputed per step changes nothing
-    # the sink computes): bit-equal on CPU, in float32 and in bf16.
-    torch.testing.assert_close(got, want.float(), rtol=0, atol=0)
+    # the sink computes). Bit-equal on an AMD EPYC CPU in float32 and bf16; on an Intel Xeon the float32 GEMMs over
+    # the cached and the recomputed K/V are blocked differently and land 4.8e-7 apart, so each dtype allows one
+    # rounding of its own (bf16: 2 ulp).
+    tol = {torch.float32: dict(rtol=1e-5, atol=2e-6), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-3)}[dtype]
+    torch.testing.assert_close(got, want.float(), **tol)
     # The oracle tells the modes apart: the AR refinement is far from it.
     ar = refiner.refine(z, prompt_embeds=text, fps=16.0, block_size=3)
     assert (ar - want.float()).abs().max() > 1e-2

@@ -36,7 +36,9 @@ for mode in ("checkpointed", "compiled"):
         out = model(x, t, y)
         out.square().mean().backward()
     rel = lambda a, b: ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-    assert rel(out, out_ref) < 1e-5, (mode, rel(out, out_ref))
+    # float32: the compiled blocks' decomposed ops round differently (1.09e-5 measured on an Intel Xeon, below 1e-5
+    # on an AMD EPYC); a missing or doubled path is off by O(1)
+    assert rel(out, out_ref) < 5e-5, (mode, rel(out, out_ref))
     names = {n.replace("_checkpoint_wrapped_module.", "") for n, _ in model.named_parameters()}
     assert names == {n for n, _ in ref.named_parameters()}, mode
     for n, p in model.named_parameters():

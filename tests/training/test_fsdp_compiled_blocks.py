@@ -55,7 +55,9 @@ for checkpointed in (False, True):
             out = model(x, t, y)
         out.square().mean().backward()
     saved[checkpointed] = total
-    assert rel(out, out_ref) < 1e-5, (checkpointed, rel(out, out_ref))
+    # float32: the compiled blocks' decomposed ops round differently (1.09e-5 measured on an Intel Xeon, below 1e-5
+    # on an AMD EPYC); a missing or doubled path is off by O(1)
+    assert rel(out, out_ref) < 5e-5, (checkpointed, rel(out, out_ref))
     with FSDP.summon_full_params(model, with_grads=True):
         errs = {clean(n): rel(p.grad, grads[clean(n)]) for n, p in model.named_parameters() if clean(n) in grads}
     assert len(errs) == len(grads), sorted(set(grads) - set(errs))
