@@ -289,6 +289,9 @@ class CFGDenoiser:
         overlap = (set(cond) | set(uncond)) & set(shared)
         if overlap:
             raise ValueError(f"CFGDenoiser: keys {sorted(overlap)} appear both in cond/uncond and in shared")
+        if scale != 1.0:
+            for key, c in cond.items():
+                _check_branch_pair("cond", "uncond", key, c, uncond[key])
         if not (isinstance(camera_scale, numbers.Real) and math.isfinite(camera_scale)):
             raise ValueError(f"CFGDenoiser: camera_scale must be a finite number; got {camera_scale!r}")
         if camera_scale != 1.0:
@@ -299,12 +302,7 @@ class CFGDenoiser:
                 raise ValueError(f"CFGDenoiser: camera_uncond keys {sorted(missing)} are not keys of shared "
                                  f"{sorted(shared)}")
             for key, u in camera_uncond.items():
-                c = shared[key]
-                if not (isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor) and u.shape == c.shape):
-                    raise ValueError(
-                        f"CFGDenoiser: shared[{key!r}] and camera_uncond[{key!r}] must be tensors of the same shape, "
-                        f"got {getattr(c, 'shape', type(c).__name__)} and {getattr(u, 'shape', type(u).__name__)}"
-                    )
+                _check_branch_pair("shared", "camera_uncond", key, shared[key], u)
         self.model_fn = model_fn
         self.scale = float(scale)
         self.camera_scale = float(camera_scale)
@@ -325,13 +323,6 @@ class CFGDenoiser:
         # and of the shared keys
         branches: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
         if text:
-            for key, c in self.cond.items():
-                u = self.uncond[key]
-                if not (isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor) and u.shape == c.shape):
-                    raise ValueError(
-                        f"CFGDenoiser: cond[{key!r}] and uncond[{key!r}] must be tensors of the same shape, got "
-                        f"{getattr(c, 'shape', type(c).__name__)} and {getattr(u, 'shape', type(u).__name__)}"
-                    )
             branches.append((self.uncond, self.shared))
         branches.append((self.cond, self.shared))
         if camera:
@@ -349,6 +340,15 @@ class CFGDenoiser:
             return guidance_combine(v[1], v[0], self.camera_scale)  # v_cam∅ + s_cam·(v_c − v_cam∅)
         v_u, v_c, v_cam = v
         return v_c + (self.scale - 1.0) * (v_c - v_u) + (self.camera_scale - 1.0) * (v_c - v_cam)
+
+
+def _check_branch_pair(name_c: str, name_u: str, key: str, c: Any, u: Any) -> None:
+    """A keyword whose value differs between two branches must be a tensor of one shape in both."""
+    if not (isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor) and u.shape == c.shape):
+        raise ValueError(
+            f"CFGDenoiser: {name_c}[{key!r}] and {name_u}[{key!r}] must be tensors of the same shape, got "
+            f"{getattr(c, 'shape', type(c).__name__)} and {getattr(u, 'shape', type(u).__name__)}"
+        )
 
 
 def _batched(values: list[Any], B: int) -> Any:

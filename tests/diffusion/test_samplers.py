@@ -306,3 +306,6 @@ def test_cfg_scale_one_is_a_single_conditional_call():
     assert torch.equal(den(x, t), x + 2.0) and calls == [2]
     with pytest.raises(ValueError, match="same keys"):
         CFGDenoiser(model_fn, 3.0, cond={"y": y_c}, uncond={"z": y_c})
+    with pytest.raises(ValueError, match=r"cond\['y'\] and uncond\['y'\] must be tensors of the same shape, got "
+                                         r"torch.Size\(\[2, 1, 1\]\) and torch.Size\(\[2, 3, 1\]\)"):
+        CFGDenoiser(model_fn, 3.0, cond={"y": y_c}, uncond={"y": torch.zeros(2, 3, 1)})
